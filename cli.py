@@ -1,0 +1,68 @@
+"""What the command-line programs share: one-line errors and argument types.
+
+Import this before TensorFlow: it loads TensorFlow with its start-up chatter
+silenced, so that an error is the one line a user reads on stderr.
+"""
+
+import argparse
+import os
+import sys
+
+
+def _import_tensorflow_quietly():
+    """TensorFlow 2.21 logs oneDNN notices straight to file descriptor 2 while it
+    loads, whatever TF_CPP_MIN_LOG_LEVEL says: point fd 2 at /dev/null meanwhile."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with the error on one line, without the usage block above it."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def fail(prog, message):
+    """Report bad input the user can fix: one line on stderr, exit status 2."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def positive_int(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
+    return value
+
+
+def fraction(text):
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
+    return value
+
+
+# argparse names a type in its messages ("invalid positive_int value"): give them
+# names a user reads.
+positive_int.__name__ = "whole number"
+positive_float.__name__ = "number"
+fraction.__name__ = "fraction"

@@ -1,0 +1,336 @@
+"""Train a character-level language model: stacked GRU cells unrolled over SEQLEN
+characters, with the RNN state carried from each batch to the next.
+
+    python rnn_train.py                       # Shakespeare, the talk's settings
+    python rnn_train.py --data 'src/**/*.py'  # any text
+    python rnn_train.py --resume              # continue the newest run
+"""
+
+import cli  # noqa: I001  (first: quiets TensorFlow's logging before it loads)
+
+import os
+import signal
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import ckpt
+import txtutils
+from model import build_model, generate, loss_and_accuracy
+
+# ---------------------------------------------------------------------------
+# Hyperparameters: the talk's values, each one a flag below.
+SEQLEN = 30            # characters unrolled: the reach of backpropagation through time
+BATCH_SIZE = 200       # rows per batch, each row its own contiguous slice of the text
+CELL_SIZE = 512        # GRU units per layer
+LAYERS = 3             # stacked GRU cells: depth for higher-order structure
+LEARNING_RATE = 0.001  # Adam's step size, constant, as in the talk
+DROPOUT = 0.2          # fraction dropped (the talk's keep 0.8), on each layer's input and the output
+EPOCHS = 10            # passes over the training text
+SEED = 0               # same seed, same initial weights and dropout masks
+# Intervals, in batches.
+LOG_EVERY = 10         # training loss and accuracy (averaged over the interval)
+EVAL_EVERY = 100       # validation loss and accuracy
+SAMPLE_EVERY = 500     # a generated sample on the console and in TensorBoard
+SAVE_EVERY = 200       # a checkpoint; the TensorBoard log is written out with it
+KEEP = 5               # checkpoints kept per run, newest first
+# Fixed choices.
+SAMPLE_LENGTH = 600    # characters in each sample
+SAMPLE_TOPN = 10       # sample among the 10 likeliest characters: early models need it
+VALID_SEQLEN = 1024    # validation rows start from a zero state, so make them long
+
+# A resumed run must keep these: the weights' shapes and the layout of the data
+# and of the RNN state depend on them.
+ARCHITECTURE = ("alphasize", "cell_size", "layers", "batch_size", "seqlen")
+# The summary writers keep everything in memory until flush(), which happens right
+# after each checkpoint: the log on disk never runs ahead of the newest checkpoint,
+# so a resumed run's curves continue without a gap or a step logged twice.
+NEVER = 2**31 - 1
+
+
+def parse_args(argv):
+    p = cli.ArgumentParser(
+        prog="rnn_train.py",
+        description="Train a character-level GRU language model (TensorFlow without a PhD).")
+    p.add_argument("--data", nargs="+", metavar="GLOB",
+                   help="training text: files, directories or globs ('**' recursive; quote them) "
+                        "(default: shakespeare/*.txt)")
+    p.add_argument("--validation", nargs="+", metavar="GLOB",
+                   help="files held out for validation, never trained on, or 'none' "
+                        "(default: the last files of the sorted list, about 10%% of the text, "
+                        "at most 90 KB and a fifth of the files)")
+    p.add_argument("--seqlen", type=cli.positive_int, help=f"characters unrolled (default {SEQLEN})")
+    p.add_argument("--batch-size", type=cli.positive_int,
+                   help=f"sequences per batch (default {BATCH_SIZE})")
+    p.add_argument("--cell-size", type=cli.positive_int,
+                   help=f"GRU units per layer (default {CELL_SIZE})")
+    p.add_argument("--layers", type=cli.positive_int,
+                   help=f"stacked GRU layers (default {LAYERS})")
+    p.add_argument("--learning-rate", type=cli.positive_float,
+                   help=f"Adam learning rate (default {LEARNING_RATE})")
+    p.add_argument("--dropout", type=cli.fraction,
+                   help=f"fraction of activations dropped in training (default {DROPOUT}, "
+                        "i.e. keep 0.8)")
+    p.add_argument("--epochs", type=cli.positive_int,
+                   help=f"passes over the training text, counted from the start of the run "
+                        f"(default {EPOCHS})")
+    p.add_argument("--max-steps", type=cli.positive_int,
+                   help="stop after this many batches, counted from the start of the run")
+    p.add_argument("--seed", type=int, help=f"random seed (default {SEED})")
+    p.add_argument("--run", help="name of the run (default: the date and time)")
+    p.add_argument("--resume", nargs="?", const="", metavar="RUN",
+                   help="continue the newest run, or the one named, where it stopped")
+    p.add_argument("--checkpoint-dir", default="checkpoints",
+                   help="where runs keep checkpoints (default checkpoints)")
+    p.add_argument("--log-dir", default="log", help="TensorBoard logs (default log)")
+    p.add_argument("--log-every", type=cli.positive_int,
+                   help=f"batches between training figures (default {LOG_EVERY})")
+    p.add_argument("--eval-every", type=cli.positive_int,
+                   help=f"batches between validations (default {EVAL_EVERY})")
+    p.add_argument("--sample-every", type=cli.positive_int,
+                   help=f"batches between generated samples (default {SAMPLE_EVERY})")
+    p.add_argument("--save-every", type=cli.positive_int,
+                   help=f"batches between checkpoints (default {SAVE_EVERY})")
+    p.add_argument("--keep", type=cli.positive_int,
+                   help=f"checkpoints kept per run (default {KEEP})")
+    return p.parse_args(argv)
+
+
+def make_config(args, saved=None):
+    """The run's settings: flags given, else the checkpoint's (when resuming), else
+    the defaults above. Raises UsageError if a flag contradicts the architecture of
+    the checkpoint being resumed."""
+    defaults = dict(
+        alphasize=txtutils.ALPHASIZE, alphabet=txtutils.ALPHABET,
+        data=["shakespeare/*.txt"], validation=None, seqlen=SEQLEN, batch_size=BATCH_SIZE,
+        cell_size=CELL_SIZE, layers=LAYERS, learning_rate=LEARNING_RATE, dropout=DROPOUT,
+        epochs=EPOCHS, max_steps=None, seed=SEED, log_every=LOG_EVERY, eval_every=EVAL_EVERY,
+        sample_every=SAMPLE_EVERY, save_every=SAVE_EVERY, keep=KEEP)
+    config = dict(defaults, **(saved or {}))
+    for key in defaults:
+        given = getattr(args, key, None)
+        if given is None:
+            continue
+        if key == "validation" and [v.lower() for v in given] == ["none"]:
+            given = []
+        if saved and key in ARCHITECTURE and given != saved[key]:
+            flag = "--" + key.replace("_", "-")
+            raise UsageError(f"the run being resumed was trained with {flag} {saved[key]}, "
+                             f"not {given}: drop {flag} to resume it, or start a new run")
+        config[key] = given
+    return config
+
+
+class UsageError(Exception):
+    """Flags that cannot work together; the message says what to do."""
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM ask the loop to stop after the current batch, so that the
+    checkpoint it saves is consistent. A second Ctrl-C quits at once."""
+
+    def __init__(self):
+        self.signal = None
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signum
+        print("\nstopping: saving a checkpoint first (Ctrl-C again to quit without saving)",
+              file=sys.stderr, flush=True)
+
+
+def open_run(args):
+    """Decide the run to train: (run name, newest checkpoint to resume or None)."""
+    if args.resume is None:
+        run = args.run or time.strftime("%Y%m%d-%H%M%S")
+        if os.path.exists(os.path.join(args.checkpoint_dir, run)) or \
+                os.path.exists(os.path.join(args.log_dir, run)):
+            raise UsageError(f"run {run} exists already: continue it with --resume {run}, "
+                             "or choose another --run")
+        return run, None
+    if args.run and args.resume and args.run != args.resume:
+        raise UsageError(f"--run {args.run} and --resume {args.resume} name different runs")
+    run = args.resume or args.run or ckpt.newest_run(args.checkpoint_dir)
+    if run is None:
+        raise UsageError(f"nothing to resume: no run in {args.checkpoint_dir}/ has a checkpoint; "
+                         "start one without --resume")
+    prefix = ckpt.newest_in(os.path.join(args.checkpoint_dir, run))
+    if prefix is None:
+        raise UsageError(f"nothing to resume: {args.checkpoint_dir}/{run} has no checkpoint; "
+                         f"see the runs in {args.checkpoint_dir}/")
+    return run, prefix
+
+
+def format_duration(seconds):
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds) % 60:02d}s"
+
+
+def evaluate(model, x, y, rows_per_call=256):
+    """Validation loss and accuracy: every row from a zero state, no dropout."""
+    losses, accuracies, weights = [], [], []
+    for i in range(0, len(x), rows_per_call):
+        xb, yb = x[i:i + rows_per_call], y[i:i + rows_per_call]       # [ROWS, VALID_SEQLEN]
+        logits, _ = model.predict(xb, model.zero_state(len(xb)))
+        loss, acc = loss_and_accuracy(logits, yb)
+        losses.append(float(loss))
+        accuracies.append(float(acc))
+        weights.append(len(xb))
+    return np.average(losses, weights=weights), np.average(accuracies, weights=weights)
+
+
+def train(args):
+    run, resume_from = open_run(args)
+    saved = ckpt.read_config(resume_from) if resume_from else None
+    config = make_config(args, saved)
+    if saved and saved["alphabet"] != txtutils.ALPHABET:
+        raise UsageError("the run being resumed uses another alphabet than this version")
+
+    train_text, valid_text, train_files, valid_files = txtutils.read_corpus(
+        config["data"], config["validation"])
+    B, T = config["batch_size"], config["seqlen"]
+    nb_batches = txtutils.batches_per_epoch(len(train_text), B, T)
+    total_steps = config["epochs"] * nb_batches
+    if config["max_steps"]:
+        total_steps = min(total_steps, config["max_steps"])
+    if len(valid_text) >= 2:
+        valid_x, valid_y = txtutils.validation_rows(valid_text, VALID_SEQLEN)  # [ROWS, VALID_SEQLEN]
+    else:
+        valid_x = None
+
+    run_dir = os.path.join(args.checkpoint_dir, run)
+    log_dir = os.path.join(args.log_dir, run)
+    try:
+        os.makedirs(run_dir, exist_ok=True)
+        os.makedirs(log_dir, exist_ok=True)
+    except OSError as e:
+        raise UsageError(f"cannot create {e.filename}: {e.strerror}; choose another "
+                         "--checkpoint-dir or --log-dir") from None
+
+    keras.utils.set_random_seed(config["seed"])
+    model = build_model(config)
+    optimizer = keras.optimizers.Adam(config["learning_rate"])
+    optimizer.build(model.trainable_variables)  # a Keras optimizer restores its slots only once built
+    step_var = tf.Variable(0, dtype=tf.int64)
+    state_var = tf.Variable(model.zero_state(B))                      # [BATCH, LAYERS*CELL]
+    checkpoint = ckpt.checkpoint_object(model, config, optimizer, step_var, state_var)
+    manager = tf.train.CheckpointManager(checkpoint, run_dir, max_to_keep=config["keep"],
+                                         checkpoint_name="ckpt")
+    if resume_from:
+        checkpoint.restore(resume_from).assert_consumed()
+        optimizer.learning_rate.assign(config["learning_rate"])  # a new --learning-rate wins
+    step = saved_step = int(step_var.numpy())
+    if step >= total_steps:
+        print(f"run {run} is complete at step {step} of {total_steps}: "
+              "raise --epochs or --max-steps to train it further")
+        return 0
+
+    @tf.function
+    def train_step(x, y, state):
+        # x, y: [BATCH, SEQLEN]; state: [BATCH, LAYERS*CELL]
+        with tf.GradientTape() as tape:
+            logits, new_state = model(x, state, training=True)       # [BATCH, SEQLEN, ALPHASIZE]
+            loss, accuracy = loss_and_accuracy(logits, y)
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return loss, accuracy, new_state
+
+    writers = {name: tf.summary.create_file_writer(os.path.join(log_dir, name),
+                                                   max_queue=NEVER, flush_millis=NEVER)
+               for name in (["training", "validation"] if valid_x is not None else ["training"])}
+
+    def save():
+        nonlocal saved_step
+        saved_step = step
+        step_var.assign(step)
+        state_var.assign(state)
+        manager.save(checkpoint_number=step)
+        for writer in writers.values():
+            writer.flush()
+
+    rng = np.random.default_rng(config["seed"] + step)
+    params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    print(f"run {run}: {f'resuming at step {step}' if resume_from else 'new'}; "
+          f"{config['layers']} x {config['cell_size']} GRU, {params:,} parameters")
+    print(f"training on {len(train_text):,} characters ({len(train_files)} files), validating on "
+          f"{len(valid_text):,} ({', '.join(os.path.basename(f) for f in valid_files) or 'none'})")
+    print(f"{nb_batches:,} batches of {B} x {T} per epoch; checkpoints in {run_dir}, "
+          f"TensorBoard logs in {log_dir} (make tensorboard)", flush=True)
+
+    stop = StopRequest()
+    state = state_var.value()
+    batches = txtutils.minibatch_sequencer(train_text, B, T, config["epochs"], start_step=step)
+    window_loss, window_acc, window_start, window_steps = 0.0, 0.0, time.perf_counter(), 0
+    for x, y, epoch in batches:
+        if step >= total_steps or stop.signal:
+            break
+        # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
+        loss, accuracy, state = train_step(x, y, state)
+        step += 1
+        window_loss += float(loss)
+        window_acc += float(accuracy)
+        window_steps += 1
+
+        if step % config["log_every"] == 0 or step == total_steps:
+            elapsed = time.perf_counter() - window_start
+            chars_per_s = window_steps * B * T / elapsed
+            left = (total_steps - step) * elapsed / window_steps
+            loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
+            print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
+                  f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
+                  f"{chars_per_s / 1000:.1f}k chars/s  {format_duration(left)} left", flush=True)
+            with writers["training"].as_default(step=step):
+                tf.summary.scalar("loss", loss_avg, description="cross-entropy, nats per character")
+                tf.summary.scalar("accuracy", acc_avg, description="next character predicted right")
+                tf.summary.scalar("chars_per_second", chars_per_s)
+            window_loss, window_acc, window_start, window_steps = 0.0, 0.0, time.perf_counter(), 0
+
+        if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
+            valid_loss, valid_acc = evaluate(model, valid_x, valid_y)
+            print(f"validation: loss {valid_loss:.3f}  acc {valid_acc:.3f}", flush=True)
+            with writers["validation"].as_default(step=step):
+                tf.summary.scalar("loss", valid_loss, description="cross-entropy, nats per character")
+                tf.summary.scalar("accuracy", valid_acc, description="next character predicted right")
+
+        if step % config["sample_every"] == 0 or step == total_steps:
+            codes = generate(model, txtutils.encode("\n"), rng, topn=SAMPLE_TOPN)
+            text = txtutils.decode([next(codes) for _ in range(SAMPLE_LENGTH)])
+            print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
+            with writers["training"].as_default(step=step):
+                tf.summary.text("sample", "```\n" + text + "\n```")  # Markdown: keep line breaks
+
+        if step % config["save_every"] == 0:
+            save()
+        if stop.signal:
+            break
+
+    if step != saved_step:
+        save()
+    if stop.signal:
+        print(f"stopped at step {step}: checkpoint saved; continue with "
+              f"python rnn_train.py --resume {run}", file=sys.stderr)
+        return 128 + stop.signal
+    print(f"done: step {step}, checkpoint {manager.latest_checkpoint}")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        return train(args)
+    except (txtutils.CorpusError, ckpt.CheckpointError, UsageError) as e:
+        cli.fail("rnn_train.py", e)
+    except KeyboardInterrupt:
+        print("\nrnn_train.py: quit without saving; the previous checkpoint is intact",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
