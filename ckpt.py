@@ -13,6 +13,8 @@ import os
 
 import tensorflow as tf
 
+from model import build_model
+
 CONFIG_KEY = "config/.ATTRIBUTES/VARIABLE_VALUE"
 
 
@@ -23,7 +25,7 @@ class CheckpointError(Exception):
 def checkpoint_object(model, config, optimizer=None, step=None, state=None):
     """The tf.train.Checkpoint for saving or restoring these objects. Weights are
     named explicitly (model.named_weights) rather than trusted to Keras tracking."""
-    objects = dict(weights=model.named_weights(), config=tf.Variable(json.dumps(config)))
+    objects = {"weights": model.named_weights(), "config": tf.Variable(json.dumps(config))}
     if optimizer is not None:
         objects.update(optimizer=optimizer, step=step, state=state)
     return tf.train.Checkpoint(**objects)
@@ -76,3 +78,15 @@ def resolve(what, checkpoint_dir):
         raise CheckpointError(f"{what} holds no checkpoint: name a run directory "
                               f"from {checkpoint_dir}/ or a checkpoint like RUN/ckpt-100")
     raise CheckpointError(f"no run or checkpoint named {what}: see the runs in {checkpoint_dir}/")
+
+
+def load_model(path):
+    """The model stored at checkpoint path, rebuilt from its own config: (model, config)."""
+    config = read_config(path)
+    model = build_model(config)
+    status = checkpoint_object(model, config).restore(path).expect_partial()
+    try:
+        status.assert_existing_objects_matched()
+    except AssertionError:
+        raise CheckpointError(f"{path} does not hold the weights its config describes") from None
+    return model, config

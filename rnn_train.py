@@ -103,12 +103,14 @@ def make_config(args, saved=None):
     """The run's settings: flags given, else the checkpoint's (when resuming), else
     the defaults above. Raises UsageError if a flag contradicts the architecture of
     the checkpoint being resumed."""
-    defaults = dict(
-        alphasize=txtutils.ALPHASIZE, alphabet=txtutils.ALPHABET,
-        data=["shakespeare/*.txt"], validation=None, seqlen=SEQLEN, batch_size=BATCH_SIZE,
-        cell_size=CELL_SIZE, layers=LAYERS, learning_rate=LEARNING_RATE, dropout=DROPOUT,
-        epochs=EPOCHS, max_steps=None, seed=SEED, log_every=LOG_EVERY, eval_every=EVAL_EVERY,
-        sample_every=SAMPLE_EVERY, save_every=SAVE_EVERY, keep=KEEP)
+    defaults = {
+        "alphasize": txtutils.ALPHASIZE, "alphabet": txtutils.ALPHABET,
+        "data": ["shakespeare/*.txt"], "validation": None, "seqlen": SEQLEN,
+        "batch_size": BATCH_SIZE, "cell_size": CELL_SIZE, "layers": LAYERS,
+        "learning_rate": LEARNING_RATE, "dropout": DROPOUT, "epochs": EPOCHS, "max_steps": None,
+        "seed": SEED, "log_every": LOG_EVERY, "eval_every": EVAL_EVERY,
+        "sample_every": SAMPLE_EVERY, "save_every": SAVE_EVERY, "keep": KEEP,
+    }
     config = dict(defaults, **(saved or {}))
     for key in defaults:
         given = getattr(args, key, None)

@@ -1,0 +1,31 @@
+# Each target sets up what it needs: the virtual env, the requirements, the corpus.
+#   make train [ARGS="--flags"]   make play [ARGS="..."]   make tensorboard   make test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+ARGS ?=
+
+.PHONY: venv corpus train play tensorboard test
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+venv: $(VENV)/.installed
+
+corpus: venv
+	$(PY) fetch_corpus.py shakespeare
+
+train: corpus
+	$(PY) rnn_train.py $(ARGS)
+
+play: venv
+	$(PY) rnn_play.py $(ARGS)
+
+tensorboard: venv
+	$(VENV)/bin/tensorboard --logdir log --host 127.0.0.1 --port 6006
+
+test: venv
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest $(ARGS)

@@ -1,0 +1,113 @@
+"""Generate text from a trained checkpoint, one character at a time: feed a
+character and the state, sample the next character, feed both back.
+
+    python rnn_play.py                        # newest checkpoint of the newest run
+    python rnn_play.py RUN --length 0         # endless, until Ctrl-C
+    python rnn_play.py --score hamlet.txt     # bits per character on a text
+"""
+
+import cli  # noqa: I001  (first: quiets TensorFlow's logging before it loads)
+
+import os
+import sys
+
+import numpy as np
+
+import ckpt
+import txtutils
+from model import generate, loss_and_accuracy
+
+LENGTH = 1000        # characters to generate
+TOPN = 2             # the original's choice for a trained model: likely, still varied
+SCORE_CHUNK = 1000   # characters per call when scoring; the state is carried between calls
+
+
+def parse_args(argv):
+    p = cli.ArgumentParser(prog="rnn_play.py",
+                           description="Generate text from a checkpoint of rnn_train.py.")
+    p.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT",
+                   help="a run name or directory (its newest checkpoint), or a checkpoint such "
+                        "as checkpoints/RUN/ckpt-500 (default: the newest run)")
+    p.add_argument("--length", type=int, default=LENGTH,
+                   help=f"characters to generate, 0 = until Ctrl-C (default {LENGTH})")
+    p.add_argument("--prime", default="\n",
+                   help="text fed to the model first and printed as the start (default: a newline)")
+    p.add_argument("--topn", type=int, default=TOPN,
+                   help=f"sample among the N likeliest characters, 0 = all, 1 = always the "
+                        f"likeliest (default {TOPN})")
+    p.add_argument("--temperature", type=cli.positive_float, default=1.0,
+                   help="below 1 is bolder in the likeliest choices, above 1 wilder (default 1.0)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
+    p.add_argument("--score", metavar="FILE",
+                   help="instead of generating, print the model's bits per character and "
+                        "accuracy on this text file")
+    p.add_argument("--checkpoint-dir", default="checkpoints",
+                   help="where to look for runs (default checkpoints)")
+    args = p.parse_args(argv)
+    if args.length < 0:
+        p.error(f"argument --length: must be 0 or more, got {args.length}")
+    if args.topn < 0:
+        p.error(f"argument --topn: must be 0 or more, got {args.topn}")
+    if not args.prime:
+        p.error("argument --prime: give at least one character")
+    return args
+
+
+def score(model, path):
+    """(nats per character, accuracy, characters) of the model on a text file, the
+    state carried through the whole text."""
+    codes = txtutils.read_file(path).astype(np.int32)
+    if len(codes) < 2:
+        raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
+    state = model.zero_state(1)
+    total_loss = total_hits = 0.0
+    for i in range(0, len(codes) - 1, SCORE_CHUNK):
+        x = codes[i:i + SCORE_CHUNK][None, :]                          # [1, CHUNK]
+        y = codes[i + 1:i + 1 + SCORE_CHUNK][None, :]
+        x = x[:, :y.shape[1]]
+        logits, state = model.predict(x, state)                        # [1, CHUNK, ALPHASIZE]
+        loss, accuracy = loss_and_accuracy(logits, y)
+        total_loss += float(loss) * y.shape[1]
+        total_hits += float(accuracy) * y.shape[1]
+    n = len(codes) - 1
+    return total_loss / n, total_hits / n, n
+
+
+def play(args):
+    model, _ = ckpt.load_model(ckpt.resolve(args.checkpoint, args.checkpoint_dir))
+    if args.score:
+        nats, accuracy, n = score(model, args.score)
+        print(f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "
+              f"accuracy {accuracy:.3f}, over {n:,} characters")
+        return 0
+    rng = np.random.default_rng(args.seed)
+    codes = generate(model, txtutils.encode(args.prime), rng,
+                     topn=args.topn or None, temperature=args.temperature)
+    out = sys.stdout
+    out.write(args.prime)
+    n = 0
+    while args.length == 0 or n < args.length:
+        out.write(txtutils.decode([next(codes)]))
+        out.flush()  # stream: show each character as it comes
+        n += 1
+    out.write("\n")
+    return 0
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character gets '?'
+    try:
+        return play(args)
+    except (ckpt.CheckpointError, txtutils.CorpusError) as e:
+        cli.fail("rnn_play.py", e)
+    except KeyboardInterrupt:
+        print()
+        return 0
+    except BrokenPipeError:  # e.g. piped into head
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
