@@ -1,0 +1,171 @@
+"""The real rnn_train.py CLI on a tiny model and a tiny corpus."""
+
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util.tensor_util import make_ndarray
+
+from conftest import HERE, TINY, run_cli, write_corpus
+
+
+def read_events(folder):
+    """{tag: [(step, value), ...]} from the event files in folder, read with
+    TensorBoard's own reader."""
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {tag: [(e.step, make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+            for tag in acc.Tags()["tensors"]}
+
+
+def progress(stdout):
+    """[(step, loss)] from the progress lines."""
+    return [(int(m[1]), float(m[2]))
+            for m in re.finditer(r"^step +(\d+)/\d+ .* loss ([\d.]+) ", stdout, re.MULTILINE)]
+
+
+def tree_digest(*folders):
+    """A hash of every file's path and bytes below the folders."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for root, _, files in sorted(os.walk(folder)):
+            for name in sorted(files):
+                path = os.path.join(root, name)
+                h.update(path.encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
+def test_loss_goes_down_and_checkpoints_appear(tiny_run):
+    points = progress(tiny_run["result"].stdout)
+    assert [s for s, _ in points] == list(range(10, 121, 10))
+    first, last = points[0][1], points[-1][1]
+    assert last < first - 1.0, points
+    names = os.listdir(tiny_run["checkpoints"] / "tiny")
+    assert {"ckpt-50.index", "ckpt-100.index", "ckpt-120.index"} <= set(names)
+    assert "---- sample at step 60 ----" in tiny_run["result"].stdout
+
+
+def test_event_files_hold_both_runs_under_the_same_tags(tiny_run):
+    training = read_events(tiny_run["log"] / "tiny" / "training")
+    validation = read_events(tiny_run["log"] / "tiny" / "validation")
+    # the same tags in both runs, so TensorBoard overlays the curves
+    assert {"loss", "accuracy"} <= set(training) & set(validation)
+    assert [s for s, _ in training["loss"]] == list(range(10, 121, 10))
+    assert [s for s, _ in validation["loss"]] == [40, 80, 120]
+    assert validation["loss"][-1][1] < validation["loss"][0][1]
+    assert all(0 <= float(v) <= 1 for _, v in training["accuracy"] + validation["accuracy"])
+    # the logged training loss is the one on the console (averaged over 10 steps)
+    console = progress(tiny_run["result"].stdout)
+    assert [round(float(v), 3) for _, v in training["loss"]] == [loss for _, loss in console]
+    samples = training["sample"]
+    assert [s for s, _ in samples] == [60, 120]
+    assert len(samples[-1][1].item().decode()) > 500
+
+
+def test_resume_continues_at_the_right_step(tmp_path):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    common = ["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *TINY,
+              "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    first = run_cli("rnn_train.py", *common, "--run", "r", "--max-steps", "60")
+    assert first.returncode == 0, first.stderr
+    # Resume names nothing but the new limit: the architecture comes from the checkpoint.
+    second = run_cli("rnn_train.py", "--resume", "--max-steps", "100",
+                     "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 60" in second.stdout
+    assert [s for s, _ in progress(second.stdout)] == [70, 80, 90, 100]
+    assert os.path.exists(tmp_path / "ck" / "r" / "ckpt-100.index")
+    # The curves continue: every step logged once, in order, across both processes.
+    steps = [s for s, _ in read_events(tmp_path / "log" / "r" / "training")["loss"]]
+    assert steps == list(range(10, 101, 10))
+    # A finished run says so and trains no further.
+    again = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "100",
+                    "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    assert again.returncode == 0 and "complete at step 100" in again.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_before_exiting(tmp_path, sig):
+    corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=4000)
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "rnn_train.py"), "--data", corpus, "--run", "r",
+         "--validation", "none", *TINY, "--save-every", "100000", "--sample-every", "100000",
+         "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "log")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step"):  # training is under way
+            break
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert "--resume r" in err
+    saved = [n for n in os.listdir(ck / "r") if n.endswith(".index")]
+    assert len(saved) == 1
+    step = int(re.match(r"ckpt-(\d+)\.index", saved[0])[1])
+    assert step >= 10 and f"stopped at step {step}" in err
+
+
+def bad_input_cases(tmp):
+    """(name, extra setup, args) for every bad input rnn_train.py must refuse."""
+    corpus = write_corpus(str(tmp / "corpus"))
+    empty = tmp / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    binary = tmp / "binary"
+    binary.mkdir()
+    (binary / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    small = tmp / "small"
+    small.mkdir()
+    (small / "a.txt").write_text("too short for one batch")
+    data = ["--data", os.path.join(corpus, "*.txt")]
+    return [
+        ("glob matches nothing", ["--data", str(tmp / "nothing" / "*.txt")], "matches no file"),
+        ("empty files", ["--data", str(empty)], "holds no text"),
+        ("binary file", ["--data", str(binary)], "not a text file"),
+        ("too small", ["--data", str(small), "--validation", "none"], "too small for one batch"),
+        ("validation takes all", [*data, "--validation", os.path.join(corpus, "*.txt")],
+         "validation files take all"),
+        ("zero batch size", [*data, "--batch-size", "0"], "--batch-size"),
+        ("negative seqlen", [*data, "--seqlen", "-3"], "--seqlen"),
+        ("negative learning rate", [*data, "--learning-rate", "-0.1"], "--learning-rate"),
+        ("dropout of 1", [*data, "--dropout", "1"], "--dropout"),
+        ("not a number", [*data, "--cell-size", "big"], "--cell-size"),
+        ("nothing to resume", ["--resume"], "nothing to resume"),
+        ("resume a run that is not there", ["--resume", "nosuchrun"], "nothing to resume"),
+        ("other architecture", ["--resume", "kept", "--cell-size", "64"], "--cell-size 32"),
+        ("run exists", [*data, "--run", "kept"], "exists already"),
+    ]
+
+
+def test_bad_input_gets_one_line_and_loses_nothing(tmp_path):
+    """Each bad input: exit 2, one line on stderr that names the problem, no traceback,
+    and the existing run's checkpoints and logs untouched. (One test, so the
+    checkpoint that must survive is trained once.)"""
+    ck, log = tmp_path / "ck", tmp_path / "log"
+    cases = bad_input_cases(tmp_path)
+    dirs = ["--checkpoint-dir", str(ck), "--log-dir", str(log)]
+    kept = run_cli("rnn_train.py", "--data", os.path.join(tmp_path / "corpus", "*.txt"),
+                   "--run", "kept", "--max-steps", "10", *TINY, *dirs)
+    assert kept.returncode == 0, kept.stderr
+    before = tree_digest(ck, log)
+    for name, args, expected in cases:
+        if name == "nothing to resume":
+            result = run_cli("rnn_train.py", *args, "--checkpoint-dir", str(tmp_path / "none"),
+                             "--log-dir", str(log))
+        else:
+            result = run_cli("rnn_train.py", *TINY[4:], *args, *dirs)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (name, result.stderr)
+        assert len(lines) == 1, (name, result.stderr)
+        assert lines[0].startswith("rnn_train.py: error:"), (name, lines)
+        assert expected in lines[0], (name, lines)
+        assert tree_digest(ck, log) == before, name
