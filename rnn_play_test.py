@@ -1,0 +1,98 @@
+"""The real rnn_play.py CLI on the tiny run's checkpoints."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+
+import numpy as np
+
+import ckpt
+import txtutils
+from conftest import HERE, run_cli
+from model import loss_and_accuracy
+
+
+def play(tiny_run, *args):
+    return run_cli("rnn_play.py", *args, "--checkpoint-dir", str(tiny_run["checkpoints"]))
+
+
+def test_generates_the_asked_length_and_the_same_text_for_one_seed(tiny_run):
+    a = play(tiny_run, "--length", "300", "--seed", "7", "--prime", "ROMEO:")
+    b = play(tiny_run, "--length", "300", "--seed", "7", "--prime", "ROMEO:")
+    c = play(tiny_run, "--length", "300", "--seed", "8", "--prime", "ROMEO:")
+    assert a.returncode == 0, a.stderr
+    assert a.stderr == ""
+    assert a.stdout.startswith("ROMEO:")
+    assert len(a.stdout) == len("ROMEO:") + 300 + 1  # the prime, the text, a final newline
+    assert a.stdout == b.stdout
+    assert a.stdout != c.stdout
+    # the tiny model has learnt its corpus: the names come back
+    assert re.search(r"ROMEO|JULIET|NURSE", a.stdout[len("ROMEO:"):])
+
+
+def test_any_prime_text_works(tiny_run):
+    result = play(tiny_run, "--length", "50", "--seed", "1", "--prime", "Żółw ✓\r\n\tnaïve")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("Żółw ✓")
+
+
+def test_a_checkpoint_can_be_named_by_run_directory_or_prefix(tiny_run):
+    by_run = play(tiny_run, "tiny", "--length", "40", "--seed", "3")
+    by_dir = play(tiny_run, str(tiny_run["checkpoints"] / "tiny"), "--length", "40", "--seed", "3")
+    older = play(tiny_run, str(tiny_run["checkpoints"] / "tiny" / "ckpt-50"),
+                 "--length", "40", "--seed", "3")
+    assert by_run.returncode == by_dir.returncode == older.returncode == 0
+    assert by_run.stdout == by_dir.stdout
+    assert older.stdout != by_run.stdout  # other weights, other text
+
+
+def test_score_prints_bits_per_character(tiny_run, tmp_path):
+    text = os.path.join(tiny_run["corpus"], "part2.txt")
+    result = play(tiny_run, "--score", text)
+    assert result.returncode == 0, result.stderr
+    m = re.search(r"([\d.]+) bits/char \(([\d.]+) nats/char\), accuracy ([\d.]+), "
+                  r"over ([\d,]+) characters", result.stdout)
+    bits, nats, accuracy, n = float(m[1]), float(m[2]), float(m[3]), int(m[4].replace(",", ""))
+    assert abs(bits - nats / np.log(2)) < 2e-3
+    assert n == len(txtutils.read_file(text)) - 1
+    assert 0 < accuracy <= 1
+    # better than a uniform guess over 98 symbols, as the training run's validation showed
+    assert nats < np.log(98) - 1
+    # the same figure as running the whole text in one call with the state carried
+    model, _ = ckpt.load_model(ckpt.resolve("tiny", str(tiny_run["checkpoints"])))
+    codes = txtutils.read_file(text).astype(np.int32)
+    logits, _ = model.predict(codes[None, :-1], model.zero_state(1))
+    expected, _ = loss_and_accuracy(logits, codes[None, 1:])
+    assert abs(nats - float(expected)) < 2e-3
+
+
+def test_endless_output_stops_quietly_on_ctrl_c(tiny_run):
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "rnn_play.py"), "--length", "0",
+         "--checkpoint-dir", str(tiny_run["checkpoints"])],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(2000)  # well past any fixed default length... it keeps going
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    assert b"Traceback" not in err
+
+
+def test_bad_checkpoints_get_one_line(tiny_run, tmp_path):
+    (tmp_path / "notarun").mkdir()
+    cases = [
+        (["--checkpoint-dir", str(tmp_path / "empty")], "no checkpoint in"),
+        ([str(tmp_path / "notarun"), "--checkpoint-dir", str(tmp_path)], "holds no checkpoint"),
+        (["nosuchrun", "--checkpoint-dir", str(tiny_run["checkpoints"])], "no run or checkpoint"),
+        (["--score", str(tmp_path / "missing.txt"),
+          "--checkpoint-dir", str(tiny_run["checkpoints"])], "cannot read"),
+        (["--length", "-1"], "--length"),
+    ]
+    for args, expected in cases:
+        result = run_cli("rnn_play.py", *args)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("rnn_play.py: error:"), (args, lines)
+        assert expected in lines[0], (args, lines)
