@@ -268,21 +268,25 @@ def train(args):
     stop = StopRequest()
     state = state_var.value()
     batches = txtutils.minibatch_sequencer(train_text, B, T, config["epochs"], start_step=step)
-    window_loss, window_acc, window_start, window_steps = 0.0, 0.0, time.perf_counter(), 0
+    started, first_step = time.perf_counter(), step
+    window_loss = window_acc = window_time = 0.0  # sums over the steps since the last log line
+    window_steps = 0
     for x, y, epoch in batches:
         if step >= total_steps or stop.signal:
             break
         # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
+        t0 = time.perf_counter()
         loss, accuracy, state = train_step(x, y, state)
-        step += 1
-        window_loss += float(loss)
+        window_loss += float(loss)  # float() waits for the step to finish
         window_acc += float(accuracy)
+        window_time += time.perf_counter() - t0
         window_steps += 1
+        step += 1
 
         if step % config["log_every"] == 0 or step == total_steps:
-            elapsed = time.perf_counter() - window_start
-            chars_per_s = window_steps * B * T / elapsed
-            left = (total_steps - step) * elapsed / window_steps
+            chars_per_s = window_steps * B * T / window_time
+            # time left at this run's pace so far, validation, samples and checkpoints included
+            left = (total_steps - step) * (time.perf_counter() - started) / (step - first_step)
             loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
             print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
                   f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
@@ -291,7 +295,8 @@ def train(args):
                 tf.summary.scalar("loss", loss_avg, description="cross-entropy, nats per character")
                 tf.summary.scalar("accuracy", acc_avg, description="next character predicted right")
                 tf.summary.scalar("chars_per_second", chars_per_s)
-            window_loss, window_acc, window_start, window_steps = 0.0, 0.0, time.perf_counter(), 0
+            window_loss = window_acc = window_time = 0.0
+            window_steps = 0
 
         if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
             valid_loss, valid_acc = evaluate(model, valid_x, valid_y)

@@ -7,7 +7,9 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
@@ -169,3 +171,28 @@ def test_bad_input_gets_one_line_and_loses_nothing(tmp_path):
         assert lines[0].startswith("rnn_train.py: error:"), (name, lines)
         assert expected in lines[0], (name, lines)
         assert tree_digest(ck, log) == before, name
+
+
+def test_resume_restores_everything_training_depends_on(tmp_path):
+    """Without dropout (the one random input), 40 steps + resume + 40 steps end with the
+    same weights as 80 steps in one go: the weights, optimizer moments, step, data
+    position and RNN state all came back from the checkpoint."""
+    corpus = write_corpus(str(tmp_path / "corpus"), files=1)
+    common = ["--data", corpus, "--validation", "none", *TINY, "--dropout", "0",
+              "--sample-every", "1000", "--checkpoint-dir", str(tmp_path / "ck"),
+              "--log-dir", str(tmp_path / "log")]
+    whole = run_cli("rnn_train.py", *common, "--run", "whole", "--max-steps", "80")
+    half = run_cli("rnn_train.py", *common, "--run", "split", "--max-steps", "40")
+    rest = run_cli("rnn_train.py", "--resume", "split", "--max-steps", "80",
+                   "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    for result in (whole, half, rest):
+        assert result.returncode == 0, result.stderr
+    a = tf.train.load_checkpoint(str(tmp_path / "ck" / "whole" / "ckpt-80"))
+    b = tf.train.load_checkpoint(str(tmp_path / "ck" / "split" / "ckpt-80"))
+    # weights, Adam's moments and step count, the RNN state, the step
+    keys = [k for k in a.get_variable_to_shape_map() if not k.startswith(("config", "save", "_"))]
+    assert len(keys) == 2 * 3 + 2 + 2 * (2 * 3 + 2) + 2 + 2
+    for key in keys:
+        np.testing.assert_allclose(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6,
+                                   err_msg=key)
+    assert progress(whole.stdout)[4:] == progress(rest.stdout)
