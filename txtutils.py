@@ -30,7 +30,9 @@ class CorpusError(Exception):
 def encode(text):
     """str -> uint8 array of symbol codes. CRLF becomes LF; unknown characters become 0."""
     text = text.replace("\r\n", "\n")
-    points = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    # surrogatepass: a command-line argument holding bytes that are not UTF-8 reaches
+    # Python as lone surrogates; they are unknown characters, not an error
+    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
     ascii_ = points < 128
     return np.where(ascii_, _ENCODE[np.where(ascii_, points, 0)], UNKNOWN).astype(np.uint8)
 

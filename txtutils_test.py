@@ -1,0 +1,475 @@
+"""txtutils: the alphabet, reading a corpus, state-continuous batches, sampling.
+
+No TensorFlow here. The batch tests feed np.arange(N) as the "text": the sequencer
+only slices it, so every value is the position of its character in the text.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import txtutils
+from txtutils import CorpusError
+
+PRINTABLE = "".join(chr(c) for c in range(32, 127))
+
+
+# ---------------------------------------------------------------------------
+# The alphabet
+
+def test_the_alphabet_has_98_distinct_symbols():
+    assert txtutils.ALPHASIZE == 98
+    assert len(txtutils.ALPHABET) == 98
+    assert len(set(txtutils.ALPHABET)) == 98
+
+
+def test_printable_ascii_tab_and_newline_round_trip_each_to_its_own_code():
+    text = PRINTABLE + "\t\n"
+    codes = txtutils.encode(text)
+    assert codes.dtype == np.uint8
+    assert txtutils.decode(codes) == text
+    # 97 characters onto codes 1..97: one code each, 0 is left for "unknown"
+    assert sorted(codes.tolist()) == list(range(1, 98))
+    for code in codes:
+        assert txtutils.ALPHABET[code] == txtutils.decode([code])
+
+
+@pytest.mark.parametrize("char, code", [("\t", 1), (" ", 2), ("~", 96), ("\n", 97),
+                                        ("A", ord("A") - 30)])
+def test_documented_codes(char, code):
+    assert txtutils.encode(char).tolist() == [code]
+
+
+def test_crlf_becomes_lf():
+    assert txtutils.encode("a\r\nb\r\n").tolist() == txtutils.encode("a\nb\n").tolist()
+    assert txtutils.decode(txtutils.encode("one\r\ntwo")) == "one\ntwo"
+
+
+@pytest.mark.parametrize("char", ["é", "\r", "\x00", "\x7f", "\x80", "€", "\u2028", "😀"])
+def test_unknown_characters_encode_to_0_one_code_each(char):
+    codes = txtutils.encode(f"a{char}b")
+    assert codes.tolist() == [txtutils.encode("a")[0], txtutils.UNKNOWN, txtutils.encode("b")[0]]
+    assert txtutils.UNKNOWN == 0
+    assert txtutils.decode(codes) == "a\ufffdb"
+
+
+def test_a_lone_cr_is_unknown_but_the_lf_of_cr_cr_lf_stays():
+    assert txtutils.encode("\r\r\n").tolist() == [0, 97]
+
+
+def test_empty_text_encodes_to_an_empty_array():
+    codes = txtutils.encode("")
+    assert codes.shape == (0,)
+    assert txtutils.decode(codes) == ""
+
+
+def test_a_lone_surrogate_is_unknown_and_does_not_crash():
+    """Python puts lone surrogates in sys.argv for bytes that are not UTF-8
+    (rnn_play.py --prime $'\\xff')."""
+    assert txtutils.encode("a\udcffb").tolist() == [txtutils.encode("a")[0], txtutils.UNKNOWN,
+                                                    txtutils.encode("b")[0]]
+
+
+# ---------------------------------------------------------------------------
+# State-continuous minibatches
+
+def run(n, batch_size, seqlen, epochs, start_step=0):
+    return list(txtutils.minibatch_sequencer(np.arange(n), batch_size, seqlen, epochs,
+                                             start_step))
+
+
+def test_batches_have_the_asked_shape_and_y_is_x_one_character_ahead():
+    batches = run(1000, 4, 7, 2)
+    assert batches
+    for x, y, _ in batches:
+        assert x.shape == y.shape == (4, 7)
+        assert x.dtype == y.dtype == np.int32
+        assert (np.diff(x, axis=1) == 1).all()  # each row is a contiguous run of the text
+        assert (y == x + 1).all()
+
+
+def test_x_and_y_are_read_from_the_text_itself():
+    """Any codes: x[k, t] is text[i] and y[k, t] is text[i + 1] for some position i."""
+    text = np.random.default_rng(0).integers(0, txtutils.ALPHASIZE, 500).astype(np.uint8)
+    for (x, y, _), (pos, _, _) in zip(txtutils.minibatch_sequencer(text, 3, 10, 2),
+                                      run(500, 3, 10, 2), strict=True):
+        assert (x == text[pos]).all()
+        assert (y == text[pos + 1]).all()
+
+
+def test_each_row_continues_across_batches_with_one_break_per_epoch_boundary():
+    batch_size, seqlen, epochs = 5, 7, 4
+    batches = run(1000, batch_size, seqlen, epochs)
+    nb = txtutils.batches_per_epoch(1000, batch_size, seqlen)
+    assert [e for _, _, e in batches] == [e for e in range(epochs) for _ in range(nb)]
+    for (x0, y0, e0), (x1, y1, e1) in itertools.pairwise(batches):
+        breaks = int(np.sum(x1[:, 0] != x0[:, -1] + 1))
+        assert (y1[:, 0] != y0[:, -1] + 1).sum() == breaks
+        if e1 == e0:
+            assert breaks == 0, f"state broken inside epoch {e0}"
+        else:
+            assert breaks == 1, f"{breaks} rows broken from epoch {e0} to {e1}"
+
+
+@pytest.mark.parametrize("batch_size", [1, 3])
+def test_one_epoch_reads_the_text_from_its_start_once_dropping_less_than_a_batch(batch_size):
+    seqlen = 8
+    for n in [batch_size * seqlen + 1, 5 * batch_size * seqlen,
+              5 * batch_size * seqlen + 1, 5 * batch_size * seqlen + 17]:
+        xs = np.concatenate([x.ravel() for x, _, _ in run(n, batch_size, seqlen, 1)])
+        assert len(np.unique(xs)) == len(xs), "a character is read twice in one epoch"
+        covered = len(xs)
+        assert (np.sort(xs) == np.arange(covered)).all()
+        # the last y is text[covered]; what neither x nor y ever reads is under one batch
+        assert 0 <= n - covered - 1 < batch_size * seqlen
+
+
+def test_every_epoch_reads_the_same_characters():
+    batches = run(700, 4, 6, 3)
+    per_epoch = [np.sort(np.concatenate([x.ravel() for x, _, e in batches if e == epoch]))
+                 for epoch in range(3)]
+    assert (per_epoch[0] == per_epoch[1]).all() and (per_epoch[1] == per_epoch[2]).all()
+
+
+def test_start_step_resumes_with_the_very_batches_a_full_run_would_give():
+    full = run(600, 4, 9, 3)
+    nb = len(full) // 3
+    for start in [0, 1, nb - 1, nb, nb + 2, len(full) - 1, len(full)]:
+        tail = run(600, 4, 9, 3, start_step=start)
+        assert len(tail) == len(full) - start
+        for (x, y, e), (fx, fy, fe) in zip(tail, full[start:], strict=True):
+            assert e == fe
+            assert (x == fx).all() and (y == fy).all()
+
+
+def test_too_small_a_text_is_a_corpus_error_saying_the_size_needed():
+    batch_size, seqlen = 4, 300
+    needed = batch_size * seqlen + 1
+    with pytest.raises(CorpusError, match=f"needs {needed:,}"):
+        run(needed - 1, batch_size, seqlen, 1)
+    assert len(run(needed, batch_size, seqlen, 1)) == 1
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 24, 25, 26, 48, 49, 50, 1000])
+def test_batches_per_epoch_is_the_most_whole_batches_x_and_y_fit_in(n):
+    batch_size, seqlen = 3, 8
+    fit = 0
+    while (fit + 1) * batch_size * seqlen + 1 <= n:  # y reads one character past x
+        fit += 1
+    if fit < 1:
+        with pytest.raises(CorpusError, match="too small"):
+            txtutils.batches_per_epoch(n, batch_size, seqlen)
+    else:
+        assert txtutils.batches_per_epoch(n, batch_size, seqlen) == fit
+
+
+# ---------------------------------------------------------------------------
+# Validation rows
+
+@pytest.mark.parametrize("n, seqlen", [(101, 10), (100, 10), (1000, 33), (11, 10)])
+def test_validation_rows_are_consecutive_slices_of_seqlen_with_y_one_ahead(n, seqlen):
+    x, y = txtutils.validation_rows(np.arange(n), seqlen)
+    rows = (n - 1) // seqlen
+    assert x.shape == y.shape == (rows, seqlen)
+    assert (x.ravel() == np.arange(rows * seqlen)).all()
+    assert (y == x + 1).all()
+
+
+@pytest.mark.parametrize("n", [2, 5, 10, 30])
+def test_a_text_shorter_than_seqlen_gives_one_shorter_row(n):
+    x, y = txtutils.validation_rows(np.arange(n), 30)
+    assert x.shape == y.shape == (1, n - 1)
+    assert x[0].tolist() == list(range(n - 1))
+    assert y[0].tolist() == list(range(1, n))
+
+
+# ---------------------------------------------------------------------------
+# Reading a corpus
+
+def write(path, text):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def files_of(tmp_path, contents):
+    """One file per name -> text, written in the given order."""
+    return [write(tmp_path / name, text) for name, text in contents.items()]
+
+
+def names(paths):
+    return [p.rsplit("/", 1)[-1] for p in paths]
+
+
+def test_files_are_read_sorted_whatever_order_they_were_made_in(tmp_path):
+    contents = {"b.txt": "B" * 10, "c.txt": "C" * 10, "a.txt": "A" * 10}
+    results = []
+    for folder, order in [("one", ["c.txt", "a.txt", "b.txt"]), ("two", ["a.txt", "b.txt", "c.txt"])]:
+        for name in order:
+            write(tmp_path / folder / name, contents[name])
+        results.append(txtutils.read_corpus([str(tmp_path / folder / "*.txt")], []))
+    for train, _, train_files, _ in results:
+        assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
+        assert txtutils.decode(train) == "A" * 10 + "B" * 10 + "C" * 10
+
+
+def make_tree(root):
+    write(root / "a.txt", "a")
+    write(root / "sub" / "b.txt", "b")
+    write(root / "sub" / "deeper" / "c.txt", "c")
+    write(root / ".hidden.txt", "H")
+    write(root / ".git" / "d.txt", "G")
+    write(root / "sub" / ".e.txt", "E")
+
+
+def test_a_directory_is_read_recursively_skipping_hidden_files_and_folders(tmp_path):
+    make_tree(tmp_path / "corpus")
+    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path / "corpus")], [])
+    assert train_files == sorted(str(tmp_path / "corpus" / p)
+                                 for p in ["a.txt", "sub/b.txt", "sub/deeper/c.txt"])
+    assert txtutils.decode(train) == "abc"
+    assert len(valid) == 0 and valid_files == []
+
+
+def test_a_recursive_glob_is_accepted_and_overlapping_patterns_read_a_file_once(tmp_path):
+    root = tmp_path / "corpus"
+    make_tree(root)
+    by_glob = txtutils.read_corpus([str(root / "**" / "*.txt")], [])
+    overlapping = txtutils.read_corpus([str(root / "**" / "*.txt"), str(root),
+                                        str(root / "a.txt")], [])
+    for train, _, train_files, _ in [by_glob, overlapping]:
+        assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
+        assert txtutils.decode(train) == "abc"
+
+
+@pytest.mark.parametrize("sizes, expected", [
+    ([], 0),
+    ([100] * 4, 0),                         # 4 files or fewer: no validation
+    ([10] * 3 + [10**6], 0),
+    ([100] * 5, 1),                         # a fifth of 5 files
+    ([100] * 20, 3),                        # 2 files hold exactly 10%, not more: 3
+    ([100] * 19 + [1000], 1),               # the last file alone holds over 10%
+    ([60_000] * 30, 2),                     # 10% needs 4 files, but 2 exceed 90 KB
+    ([100_000] * 50, 1),                    # one file exceeds 90 KB
+    ([90 * 1024] * 30, 2),                  # 90 KB exactly is not over 90 KB
+    ([10**6] + [10] * 9, 2),                # 10% needs all 10 files: capped at a fifth
+])
+def test_default_validation_count(sizes, expected):
+    assert txtutils.default_validation_count(sizes) == expected
+
+
+def test_by_default_the_last_sorted_files_are_held_out_for_validation(tmp_path):
+    letters = "ABCDEFGHIJ"
+    texts = {f"{i:02d}.txt": letters[i] * 100 for i in range(10)}
+    files_of(tmp_path, dict(reversed(list(texts.items()))))
+    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path)])
+    assert txtutils.default_validation_count([100] * 10) == 2
+    assert names(train_files) == [f"{i:02d}.txt" for i in range(8)]
+    assert names(valid_files) == ["08.txt", "09.txt"]
+    assert txtutils.decode(train) == "".join(letters[i] * 100 for i in range(8))
+    assert txtutils.decode(valid) == "I" * 100 + "J" * 100
+
+
+def test_by_default_4_files_give_no_validation(tmp_path):
+    files_of(tmp_path, {f"{c}.txt": c * 1000 for c in "abcd"})
+    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path)])
+    assert len(train_files) == 4 and valid_files == []
+    assert len(train) == 4000
+    assert len(valid) == 0 and valid.dtype == np.uint8
+
+
+def test_the_default_split_counts_characters_not_bytes(tmp_path):
+    """The last file has 60 characters in 120 bytes: in bytes it alone would hold over
+    10% of the text (120 > 102); in characters (60 <= 96) it takes two files."""
+    files_of(tmp_path, {**{f"{i}.txt": "a" * 100 for i in range(9)}, "9.txt": "é" * 60})
+    _, valid, _, valid_files = txtutils.read_corpus([str(tmp_path)])
+    assert names(valid_files) == ["8.txt", "9.txt"]
+    assert len(valid) == 160
+
+
+def test_explicit_validation_files_are_never_trained_on(tmp_path):
+    files_of(tmp_path, {f"{c}.txt": c * 50 for c in "abcdef"})
+    train, valid, train_files, valid_files = txtutils.read_corpus(
+        [str(tmp_path / "*.txt"), str(tmp_path / "c.txt")], [str(tmp_path / "[ce].txt")])
+    assert names(valid_files) == ["c.txt", "e.txt"]
+    assert names(train_files) == ["a.txt", "b.txt", "d.txt", "f.txt"]
+    assert set(txtutils.decode(train)) == set("abdf")
+    assert txtutils.decode(valid) == "c" * 50 + "e" * 50
+
+
+def test_a_relative_validation_path_is_held_out_from_absolute_data_paths(tmp_path, monkeypatch):
+    files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
+    monkeypatch.chdir(tmp_path)
+    train, valid, _, valid_files = txtutils.read_corpus([str(tmp_path)], ["./b.txt"])
+    assert txtutils.decode(train) == "aaa"
+    assert txtutils.decode(valid) == "bbb"
+    assert valid_files == [str(tmp_path / "b.txt")]
+
+
+def test_validation_files_outside_the_data_are_read_too(tmp_path):
+    files_of(tmp_path / "data", {"a.txt": "aaa", "b.txt": "bbb"})
+    write(tmp_path / "held" / "v.txt", "vvvv")
+    train, valid, _, valid_files = txtutils.read_corpus(
+        [str(tmp_path / "data")], [str(tmp_path / "held" / "v.txt")])
+    assert txtutils.decode(train) == "aaabbb"
+    assert txtutils.decode(valid) == "vvvv"
+    assert valid_files == [str(tmp_path / "held" / "v.txt")]
+
+
+def test_an_empty_validation_list_means_no_validation(tmp_path):
+    files_of(tmp_path, {f"{i:02d}.txt": "x" * 100 for i in range(10)})
+    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path)], [])
+    assert len(train_files) == 10 and len(train) == 1000
+    assert valid_files == [] and len(valid) == 0
+
+
+def test_reading_twice_gives_the_same_split(tmp_path):
+    rng = np.random.default_rng(1)
+    files_of(tmp_path, {f"{i}.txt": "".join(rng.choice(list(PRINTABLE), 200 + 37 * i))
+                        for i in range(7)})
+    first = txtutils.read_corpus([str(tmp_path)])
+    second = txtutils.read_corpus([str(tmp_path)])
+    assert first[2] == second[2] and first[3] == second[3]
+    assert (first[0] == second[0]).all() and (first[1] == second[1]).all()
+    assert len(first[1]) > 0  # the check covers a real split
+
+
+def test_files_with_crlf_or_invalid_utf8_are_read(tmp_path):
+    (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\xff!")
+    train, *_ = txtutils.read_corpus([str(tmp_path)], [])
+    assert txtutils.decode(train) == "one\ntwo\ufffd!"
+
+
+def test_a_pattern_that_matches_nothing_is_a_corpus_error(tmp_path):
+    with pytest.raises(CorpusError, match="matches no file"):
+        txtutils.read_corpus([str(tmp_path / "nothing-*.txt")])
+    (tmp_path / "empty-folder").mkdir()
+    with pytest.raises(CorpusError, match="matches no file"):
+        txtutils.read_corpus([str(tmp_path / "empty-folder")])
+
+
+def test_a_binary_file_is_a_corpus_error_naming_it(tmp_path):
+    write(tmp_path / "a.txt", "text")
+    (tmp_path / "b.bin").write_bytes(b"PK\x03\x04\x00\x00")
+    with pytest.raises(CorpusError, match="b.bin is not a text file"):
+        txtutils.read_corpus([str(tmp_path)])
+
+
+def test_empty_files_are_a_corpus_error(tmp_path):
+    files_of(tmp_path, {"a.txt": "", "b.txt": ""})
+    with pytest.raises(CorpusError, match="holds no text"):
+        txtutils.read_corpus([str(tmp_path)])
+
+
+@pytest.mark.parametrize("contents", [{"a.txt": "aaa"}, {"a.txt": "aaa", "b.txt": ""}])
+def test_validation_taking_all_the_training_text_is_a_corpus_error(tmp_path, contents):
+    files_of(tmp_path, contents)
+    with pytest.raises(CorpusError, match="take all of the training text"):
+        txtutils.read_corpus([str(tmp_path)], [str(tmp_path / "a.txt")])
+
+
+def test_a_validation_pattern_that_matches_nothing_is_a_corpus_error(tmp_path):
+    files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
+    with pytest.raises(CorpusError, match="--validation .* matches no file"):
+        txtutils.read_corpus([str(tmp_path)], [str(tmp_path / "missing.txt")])
+
+
+# ---------------------------------------------------------------------------
+# Sampling
+
+def draws(logits, n, seed=0, **kwargs):
+    rng = np.random.default_rng(seed)
+    return np.array([txtutils.sample(logits, rng, **kwargs) for _ in range(n)])
+
+
+def assert_follows(samples, probs):
+    """The draws never hit a symbol of probability 0, and match probs: each symbol of
+    probability 5% or more, and the rest pooled, is within 5 standard deviations of
+    its expected frequency, and a chi-square over them is below the 0.1% critical value."""
+    n = len(samples)
+    counts = np.bincount(samples, minlength=len(probs))
+    assert counts[probs == 0].sum() == 0
+    big = probs >= 0.05
+    expected = np.append(probs[big], probs[~big].sum())
+    observed = np.append(counts[big], counts[~big].sum()) / n
+    if expected[-1] == 0:
+        expected, observed = expected[:-1], observed[:-1]
+    assert (np.abs(observed - expected) <= 5 * np.sqrt(expected * (1 - expected) / n)).all()
+    chi2 = n * ((observed - expected) ** 2 / expected).sum()
+    dof = len(expected) - 1
+    critical = dof * (1 - 2 / (9 * dof) + 3.09 * np.sqrt(2 / (9 * dof))) ** 3  # Wilson-Hilferty
+    assert chi2 < critical, (chi2, critical)
+
+
+def skewed_probs():
+    """Half on 10, 30% on 20, 15% on 30, and 5% spread over the 95 others."""
+    p = np.full(txtutils.ALPHASIZE, 0.05 / 95)
+    p[[10, 20, 30]] = [0.5, 0.3, 0.15]
+    return p
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_sample_does_not_change_its_input(dtype):
+    logits = np.random.default_rng(2).normal(size=txtutils.ALPHASIZE).astype(dtype)
+    before = logits.copy()
+    rng = np.random.default_rng(0)
+    for kwargs in [{}, {"topn": 5}, {"topn": 1}, {"temperature": 0.3}, {"topn": 3,
+                                                                       "temperature": 2.0}]:
+        txtutils.sample(logits, rng, **kwargs)
+        assert logits.dtype == dtype
+        assert (logits == before).all(), kwargs
+
+
+def test_topn_never_draws_outside_the_n_most_likely_and_draws_each_of_them():
+    # a flat-ish ramp, shuffled: the top 5 are close, so all of them should come up
+    logits = np.random.default_rng(3).permutation(np.linspace(0.0, 3.0, txtutils.ALPHASIZE))
+    top5 = set(np.argsort(logits)[-5:].tolist())
+    got = draws(logits, 2000, topn=5)
+    assert set(got.tolist()) == top5
+
+
+def test_topn_renormalises_over_the_kept_symbols():
+    p = skewed_probs()
+    kept = np.zeros_like(p)
+    kept[[10, 20, 30]] = p[[10, 20, 30]] / p[[10, 20, 30]].sum()
+    assert_follows(draws(np.log(p), 4000, seed=4, topn=3), kept)
+
+
+def test_topn_1_is_argmax_whatever_the_temperature():
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        logits = rng.normal(size=txtutils.ALPHASIZE) * 0.1
+        for temperature in [0.1, 1.0, 10.0]:
+            assert txtutils.sample(logits, rng, topn=1, temperature=temperature) == \
+                int(np.argmax(logits))
+
+
+def test_topn_of_the_whole_alphabet_or_more_is_no_truncation():
+    logits = np.log(skewed_probs())
+    for topn in [txtutils.ALPHASIZE, txtutils.ALPHASIZE + 10]:
+        assert (draws(logits, 300, seed=6, topn=topn) == draws(logits, 300, seed=6)).all()
+
+
+def test_a_very_low_temperature_almost_always_picks_the_argmax():
+    logits = np.log(skewed_probs())  # argmax 10 at 50%, next 30%
+    got = draws(logits, 1000, seed=7, temperature=0.01)
+    assert np.mean(got == 10) >= 0.99
+    assert np.mean(draws(logits, 1000, seed=7) == 10) < 0.6  # unlike T = 1
+
+
+def test_draws_follow_the_softmax_of_the_logits_at_temperature_1():
+    p = skewed_probs()
+    assert_follows(draws(np.log(p) + 7.0, 4000, seed=8), p)  # softmax ignores a shift
+
+
+def test_draws_follow_the_softmax_of_logits_over_temperature():
+    p = skewed_probs()
+    softened = p ** 0.5 / (p ** 0.5).sum()  # softmax(log(p) / 2)
+    assert_follows(draws(np.log(p), 4000, seed=9, temperature=2.0), softened)
+
+
+def test_the_same_seed_gives_the_same_draws():
+    logits = np.zeros(txtutils.ALPHASIZE)  # uniform: two seeds cannot agree by chance
+    assert (draws(logits, 100, seed=11) == draws(logits, 100, seed=11)).all()
+    assert (draws(logits, 100, seed=11) != draws(logits, 100, seed=12)).any()
