@@ -8,6 +8,8 @@ and the RNN state of every batch row - plus `config`, a JSON string with the
 hyperparameters and the alphabet, so rnn_play.py needs no flags repeated.
 """
 
+import fcntl
+import glob
 import json
 import os
 
@@ -41,9 +43,48 @@ def read_config(path):
     return json.loads(raw)
 
 
+def _step_of(prefix):
+    return int(prefix.rsplit("-", 1)[1])
+
+
+def all_in(run_dir):
+    """Prefixes of the complete checkpoints in a run directory, newest first. Found by
+    their .index files, which TensorFlow renames into place last, rather than by the
+    `checkpoint` state file, which may itself be damaged."""
+    found = glob.glob(os.path.join(glob.escape(run_dir), "ckpt-*.index"))
+    prefixes = [f[:-len(".index")] for f in found if f[:-len(".index")].rsplit("-", 1)[1].isdigit()]
+    return sorted(prefixes, key=_step_of, reverse=True)
+
+
 def newest_in(run_dir):
     """Prefix of the newest checkpoint in a run directory, or None."""
-    return tf.train.latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    prefixes = all_in(run_dir) if os.path.isdir(run_dir) else []
+    return prefixes[0] if prefixes else None
+
+
+def verify(path):
+    """Read every tensor of a checkpoint, so that a truncated or scribbled file shows
+    now (TensorFlow checks each tensor's CRC32C) and not halfway through a restore."""
+    try:
+        reader = tf.train.load_checkpoint(path)
+        for key in reader.get_variable_to_shape_map():
+            reader.get_tensor(key)
+        json.loads(reader.get_tensor(CONFIG_KEY))
+    except (tf.errors.OpError, ValueError, KeyError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} is damaged ({reason[:200]})") from None
+
+
+def newest_good(run_dir, warn):
+    """The newest checkpoint of a run that reads back whole. Damaged newer ones are
+    skipped, each with a warning that names it; none is deleted."""
+    for prefix in all_in(run_dir):
+        try:
+            verify(prefix)
+            return prefix
+        except CheckpointError as e:
+            warn(f"warning: {e}; falling back to the one before")
+    return None
 
 
 def newest_run(checkpoint_dir):
@@ -59,20 +100,47 @@ def newest_run(checkpoint_dir):
     return best
 
 
-def resolve(what, checkpoint_dir):
+class RunLock:
+    """One writer per run: an exclusive flock on RUN/lock, held while training. The
+    kernel releases it when the process ends, however it ends, so a crash never
+    leaves it stuck."""
+
+    def __init__(self, run_dir):
+        self.file = open(os.path.join(run_dir, "lock"), "a+")  # noqa: SIM115 (held open)
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            pid = self.file.read().strip() or "?"
+            self.file.close()
+            raise CheckpointError(f"{run_dir} is being trained by another process (pid {pid}): "
+                                  "wait for it to finish, or stop it first") from None
+        self.file.seek(0)
+        self.file.truncate()
+        self.file.write(f"{os.getpid()}\n")
+        self.file.flush()
+
+    def release(self):
+        self.file.close()
+
+
+def resolve(what, checkpoint_dir, warn):
     """Find a checkpoint prefix from what a user typed: None (the newest run), a run
-    name under checkpoint_dir, a run directory, or a checkpoint prefix."""
+    name under checkpoint_dir, a run directory (its newest good checkpoint), or a
+    checkpoint prefix."""
     if what is None:
-        run = newest_run(checkpoint_dir)
-        if run is None:
+        what = newest_run(checkpoint_dir)
+        if what is None:
             raise CheckpointError(f"no checkpoint in {checkpoint_dir}/: train one first "
                                   "(make train, or python rnn_train.py), or name one")
-        return newest_in(os.path.join(checkpoint_dir, run))
     if os.path.isfile(what + ".index"):
+        verify(what)
         return what
     for run_dir in (what, os.path.join(checkpoint_dir, what)):
-        prefix = newest_in(run_dir)
-        if prefix:
+        if newest_in(run_dir):
+            prefix = newest_good(run_dir, warn)
+            if prefix is None:
+                raise CheckpointError(f"every checkpoint in {run_dir} is damaged")
             return prefix
     if os.path.isdir(what) or os.path.isdir(os.path.join(checkpoint_dir, what)):
         raise CheckpointError(f"{what} holds no checkpoint: name a run directory "

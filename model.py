@@ -41,7 +41,7 @@ class CharRNN(keras.Model):
         # save layers kept in a list of a keras.Model subclass.
         for i in range(layers):
             setattr(self, f"gru{i}", gru_layer(cell_size))
-        self.dropout = keras.layers.Dropout(dropout)
+        self.dropout_rate = dropout
         self.softmax = keras.layers.Dense(alphasize)
 
     @property
@@ -63,24 +63,34 @@ class CharRNN(keras.Model):
     def zero_state(self, batch_size):
         return tf.zeros([batch_size, self.state_size])                # [BATCH, LAYERS*CELL]
 
-    def call(self, x, state, training=False):
+    def call(self, x, state, training=False, dropout_seed=None):
         """x: int [BATCH, SEQLEN]; state: [BATCH, LAYERS*CELL].
-        Returns logits [BATCH, SEQLEN, ALPHASIZE] and the new state [BATCH, LAYERS*CELL]."""
+        Returns logits [BATCH, SEQLEN, ALPHASIZE] and the new state [BATCH, LAYERS*CELL].
+
+        In training, dropout_seed (int [2], e.g. [seed, step]) draws the dropout masks
+        statelessly: a step's masks depend on nothing else, so a resumed run draws
+        exactly the masks the uninterrupted run would have."""
         batch, seqlen = tf.shape(x)[0], tf.shape(x)[1]
         h = tf.one_hot(x, self.alphasize)                             # [BATCH, SEQLEN, ALPHASIZE]
         states_in = tf.split(state, self.layers_count, axis=1)        # LAYERS x [BATCH, CELL]
         states_out = []
-        for gru, s in zip(self.grus, states_in):
-            h = self.dropout(h, training=training)
+        for i, (gru, s) in enumerate(zip(self.grus, states_in)):
+            h = self._dropout(h, training, dropout_seed, i)
             h, s = gru(h, initial_state=s, training=training)          # [BATCH, SEQLEN, CELL]
             states_out.append(s)
-        h = self.dropout(h, training=training)
+        h = self._dropout(h, training, dropout_seed, self.layers_count)
         # One softmax layer for every time step: put them all in the same bag.
         flat = tf.reshape(h, [-1, self.cell_size])                    # [BATCH*SEQLEN, CELL]
         logits = self.softmax(flat)                                   # [BATCH*SEQLEN, ALPHASIZE]
         logits = tf.reshape(logits, [batch, seqlen, self.alphasize])  # [BATCH, SEQLEN, ALPHASIZE]
         return logits, tf.concat(states_out, axis=1)
 
+
+    def _dropout(self, h, training, seed, salt):
+        if not training or self.dropout_rate == 0:
+            return h
+        seed = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), salt)
+        return tf.nn.experimental.stateless_dropout(h, self.dropout_rate, seed=seed)
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
                                   tf.TensorSpec([None, None], tf.float32)])

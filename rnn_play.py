@@ -73,8 +73,12 @@ def score(model, path):
     return total_loss / n, total_hits / n, n
 
 
+def warn(message):
+    print(message, file=sys.stderr, flush=True)
+
+
 def play(args):
-    model, _ = ckpt.load_model(ckpt.resolve(args.checkpoint, args.checkpoint_dir))
+    model, _ = ckpt.load_model(ckpt.resolve(args.checkpoint, args.checkpoint_dir, warn))
     if args.score:
         nats, accuracy, n = score(model, args.score)
         print(f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "

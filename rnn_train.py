@@ -8,6 +8,7 @@ characters, with the RNN state carried from each batch to the next.
 
 import cli  # noqa: I001  (first: quiets TensorFlow's logging before it loads)
 
+import math
 import os
 import signal
 import sys
@@ -80,6 +81,9 @@ def parse_args(argv):
     p.add_argument("--max-steps", type=cli.positive_int,
                    help="stop after this many batches, counted from the start of the run")
     p.add_argument("--seed", type=int, help=f"random seed (default {SEED})")
+    p.add_argument("--deterministic", action="store_true", default=None,
+                   help="turn on TensorFlow's op determinism, so that a run and its resumed "
+                        "twin give bit-identical weights (slower on a GPU)")
     p.add_argument("--run", help="name of the run (default: the date and time)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue the newest run, or the one named, where it stopped")
@@ -108,7 +112,7 @@ def make_config(args, saved=None):
         "data": ["shakespeare/*.txt"], "validation": None, "seqlen": SEQLEN,
         "batch_size": BATCH_SIZE, "cell_size": CELL_SIZE, "layers": LAYERS,
         "learning_rate": LEARNING_RATE, "dropout": DROPOUT, "epochs": EPOCHS, "max_steps": None,
-        "seed": SEED, "log_every": LOG_EVERY, "eval_every": EVAL_EVERY,
+        "seed": SEED, "deterministic": False, "log_every": LOG_EVERY, "eval_every": EVAL_EVERY,
         "sample_every": SAMPLE_EVERY, "save_every": SAVE_EVERY, "keep": KEEP,
     }
     config = dict(defaults, **(saved or {}))
@@ -131,13 +135,17 @@ class UsageError(Exception):
 
 
 class StopRequest:
-    """Ctrl-C or SIGTERM ask the loop to stop after the current batch, so that the
-    checkpoint it saves is consistent. A second Ctrl-C quits at once."""
+    """While in use, Ctrl-C and SIGTERM ask the loop to stop after the current batch,
+    so that the checkpoint it saves is consistent. A second Ctrl-C quits at once."""
 
-    def __init__(self):
+    def __enter__(self):
         self.signal = None
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        self.previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
     def _handle(self, signum, frame):
         if self.signal is not None:
@@ -147,26 +155,28 @@ class StopRequest:
               file=sys.stderr, flush=True)
 
 
-def open_run(args):
-    """Decide the run to train: (run name, newest checkpoint to resume or None)."""
+def warn(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def pick_run(args):
+    """The name of the run to train, and whether it is resumed."""
     if args.resume is None:
         run = args.run or time.strftime("%Y%m%d-%H%M%S")
-        if os.path.exists(os.path.join(args.checkpoint_dir, run)) or \
-                os.path.exists(os.path.join(args.log_dir, run)):
+        if ckpt.newest_in(os.path.join(args.checkpoint_dir, run)):
             raise UsageError(f"run {run} exists already: continue it with --resume {run}, "
                              "or choose another --run")
-        return run, None
+        return run, False
     if args.run and args.resume and args.run != args.resume:
         raise UsageError(f"--run {args.run} and --resume {args.resume} name different runs")
     run = args.resume or args.run or ckpt.newest_run(args.checkpoint_dir)
     if run is None:
         raise UsageError(f"nothing to resume: no run in {args.checkpoint_dir}/ has a checkpoint; "
                          "start one without --resume")
-    prefix = ckpt.newest_in(os.path.join(args.checkpoint_dir, run))
-    if prefix is None:
+    if not ckpt.newest_in(os.path.join(args.checkpoint_dir, run)):
         raise UsageError(f"nothing to resume: {args.checkpoint_dir}/{run} has no checkpoint; "
                          f"see the runs in {args.checkpoint_dir}/")
-    return run, prefix
+    return run, True
 
 
 def format_duration(seconds):
@@ -188,8 +198,17 @@ def evaluate(model, x, y, rows_per_call=256):
 
 
 def train(args):
-    run, resume_from = open_run(args)
-    saved = ckpt.read_config(resume_from) if resume_from else None
+    run, resuming = pick_run(args)
+    run_dir = os.path.join(args.checkpoint_dir, run)
+    log_dir = os.path.join(args.log_dir, run)
+    lock = resume_from = saved = None  # the lock is held until train() returns
+    if resuming:
+        lock = ckpt.RunLock(run_dir)  # before choosing a checkpoint another writer may be adding
+        resume_from = ckpt.newest_good(run_dir, warn)
+        if resume_from is None:
+            raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged: "
+                                       "start a new run")
+        saved = ckpt.read_config(resume_from)
     config = make_config(args, saved)
     if saved and saved["alphabet"] != txtutils.ALPHABET:
         raise UsageError("the run being resumed uses another alphabet than this version")
@@ -206,14 +225,15 @@ def train(args):
     else:
         valid_x = None
 
-    run_dir = os.path.join(args.checkpoint_dir, run)
-    log_dir = os.path.join(args.log_dir, run)
     try:
         os.makedirs(run_dir, exist_ok=True)
         os.makedirs(log_dir, exist_ok=True)
+        lock = lock or ckpt.RunLock(run_dir)
     except OSError as e:
-        raise UsageError(f"cannot create {e.filename}: {e.strerror}; choose another "
+        raise UsageError(f"cannot write in {e.filename}: {e.strerror}; choose another "
                          "--checkpoint-dir or --log-dir") from None
+    if config["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
 
     keras.utils.set_random_seed(config["seed"])
     model = build_model(config)
@@ -234,10 +254,12 @@ def train(args):
         return 0
 
     @tf.function
-    def train_step(x, y, state):
+    def train_step(x, y, state, step):
         # x, y: [BATCH, SEQLEN]; state: [BATCH, LAYERS*CELL]
+        # The dropout masks depend on (seed, step) alone: a resumed run draws the same ones.
+        dropout_seed = tf.stack([tf.constant(config["seed"], tf.int64), step])
         with tf.GradientTape() as tape:
-            logits, new_state = model(x, state, training=True)       # [BATCH, SEQLEN, ALPHASIZE]
+            logits, new_state = model(x, state, training=True, dropout_seed=dropout_seed)
             loss, accuracy = loss_and_accuracy(logits, y)
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
@@ -248,13 +270,22 @@ def train(args):
                for name in (["training", "validation"] if valid_x is not None else ["training"])}
 
     def save():
+        """Checkpoint, then write out the log up to this step. A failed save (disk full,
+        say) is reported and leaves the earlier checkpoints as they were."""
         nonlocal saved_step
-        saved_step = step
         step_var.assign(step)
         state_var.assign(state)
-        manager.save(checkpoint_number=step)
-        for writer in writers.values():
-            writer.flush()
+        try:
+            manager.save(checkpoint_number=step)
+            for writer in writers.values():
+                writer.flush()
+        except (OSError, tf.errors.OpError) as e:
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            warn(f"warning: could not save a checkpoint at step {step} ({reason}); the one "
+                 f"at step {saved_step} is intact")
+            return False
+        saved_step = step
+        return True
 
     rng = np.random.default_rng(config["seed"] + step)
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
@@ -265,60 +296,68 @@ def train(args):
     print(f"{nb_batches:,} batches of {B} x {T} per epoch; checkpoints in {run_dir}, "
           f"TensorBoard logs in {log_dir} (make tensorboard)", flush=True)
 
-    stop = StopRequest()
-    state = state_var.value()
-    batches = txtutils.minibatch_sequencer(train_text, B, T, config["epochs"], start_step=step)
-    started, first_step = time.perf_counter(), step
-    window_loss = window_acc = window_time = 0.0  # sums over the steps since the last log line
-    window_steps = 0
-    for x, y, epoch in batches:
-        if step >= total_steps or stop.signal:
-            break
-        # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
-        t0 = time.perf_counter()
-        loss, accuracy, state = train_step(x, y, state)
-        window_loss += float(loss)  # float() waits for the step to finish
-        window_acc += float(accuracy)
-        window_time += time.perf_counter() - t0
-        window_steps += 1
-        step += 1
+    with StopRequest() as stop:
+        state = state_var.value()
+        batches = txtutils.minibatch_sequencer(train_text, B, T, config["epochs"], start_step=step)
+        started, first_step = time.perf_counter(), step
+        window_loss = window_acc = window_time = 0.0  # sums over the steps since the last log line
+        window_steps = 0
+        for x, y, epoch in batches:
+            if step >= total_steps or stop.signal:
+                break
+            # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
+            t0 = time.perf_counter()
+            loss, accuracy, state = train_step(x, y, state, tf.constant(step, tf.int64))
+            if not math.isfinite(float(loss)):  # float() waits for the step to finish
+                warn(f"rnn_train.py: error: the loss became {float(loss)} at step {step + 1}: "
+                     f"training diverged. Nothing was saved after step {saved_step}; resume from "
+                     f"there with a lower learning rate: --resume {run} --learning-rate "
+                     f"{config['learning_rate'] / 4:g}")
+                return 1
+            window_loss += float(loss)
+            window_acc += float(accuracy)
+            window_time += time.perf_counter() - t0
+            window_steps += 1
+            step += 1
 
-        if step % config["log_every"] == 0 or step == total_steps:
-            chars_per_s = window_steps * B * T / window_time
-            # time left at this run's pace so far, validation, samples and checkpoints included
-            left = (total_steps - step) * (time.perf_counter() - started) / (step - first_step)
-            loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
-            print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
-                  f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
-                  f"{chars_per_s / 1000:.1f}k chars/s  {format_duration(left)} left", flush=True)
-            with writers["training"].as_default(step=step):
-                tf.summary.scalar("loss", loss_avg, description="cross-entropy, nats per character")
-                tf.summary.scalar("accuracy", acc_avg, description="next character predicted right")
-                tf.summary.scalar("chars_per_second", chars_per_s)
-            window_loss = window_acc = window_time = 0.0
-            window_steps = 0
+            if step % config["log_every"] == 0 or step == total_steps:
+                chars_per_s = window_steps * B * T / window_time
+                # time left at this run's pace so far, validation, samples and checkpoints included
+                left = (total_steps - step) * (time.perf_counter() - started) / (step - first_step)
+                loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
+                print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
+                      f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
+                      f"{chars_per_s / 1000:.1f}k chars/s  {format_duration(left)} left", flush=True)
+                with writers["training"].as_default(step=step):
+                    tf.summary.scalar("loss", loss_avg, description="cross-entropy, nats per character")
+                    tf.summary.scalar("accuracy", acc_avg, description="next character predicted right")
+                    tf.summary.scalar("chars_per_second", chars_per_s)
+                window_loss = window_acc = window_time = 0.0
+                window_steps = 0
 
-        if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
-            valid_loss, valid_acc = evaluate(model, valid_x, valid_y)
-            print(f"validation: loss {valid_loss:.3f}  acc {valid_acc:.3f}", flush=True)
-            with writers["validation"].as_default(step=step):
-                tf.summary.scalar("loss", valid_loss, description="cross-entropy, nats per character")
-                tf.summary.scalar("accuracy", valid_acc, description="next character predicted right")
+            if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
+                valid_loss, valid_acc = evaluate(model, valid_x, valid_y)
+                print(f"validation: loss {valid_loss:.3f}  acc {valid_acc:.3f}", flush=True)
+                with writers["validation"].as_default(step=step):
+                    tf.summary.scalar("loss", valid_loss, description="cross-entropy, nats per character")
+                    tf.summary.scalar("accuracy", valid_acc, description="next character predicted right")
 
-        if step % config["sample_every"] == 0 or step == total_steps:
-            codes = generate(model, txtutils.encode("\n"), rng, topn=SAMPLE_TOPN)
-            text = txtutils.decode([next(codes) for _ in range(SAMPLE_LENGTH)])
-            print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
-            with writers["training"].as_default(step=step):
-                tf.summary.text("sample", "```\n" + text + "\n```")  # Markdown: keep line breaks
+            if step % config["sample_every"] == 0 or step == total_steps:
+                codes = generate(model, txtutils.encode("\n"), rng, topn=SAMPLE_TOPN)
+                text = txtutils.decode([next(codes) for _ in range(SAMPLE_LENGTH)])
+                print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
+                with writers["training"].as_default(step=step):
+                    tf.summary.text("sample", "```\n" + text + "\n```")  # Markdown: keep line breaks
 
-        if step % config["save_every"] == 0:
-            save()
-        if stop.signal:
-            break
+            if step % config["save_every"] == 0:
+                save()  # on failure, training goes on: the next interval tries again
+            if stop.signal:
+                break
 
-    if step != saved_step:
-        save()
+    if step != saved_step and not save():
+        warn(f"rnn_train.py: error: the last {step - saved_step} steps could not be saved; "
+             f"free some space and --resume {run} from step {saved_step}")
+        return 1
     if stop.signal:
         print(f"stopped at step {step}: checkpoint saved; continue with "
               f"python rnn_train.py --resume {run}", file=sys.stderr)

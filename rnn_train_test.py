@@ -32,11 +32,12 @@ def progress(stdout):
 
 
 def tree_digest(*folders):
-    """A hash of every file's path and bytes below the folders."""
+    """A hash of every file's path and bytes below the folders (but the run lock, which
+    holds the pid of the last process that trained the run)."""
     h = hashlib.sha256()
     for folder in folders:
         for root, _, files in sorted(os.walk(folder)):
-            for name in sorted(files):
+            for name in sorted(set(files) - {"lock"}):
                 path = os.path.join(root, name)
                 h.update(path.encode())
                 with open(path, "rb") as f:
