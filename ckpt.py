@@ -12,6 +12,8 @@ import fcntl
 import glob
 import json
 import os
+import re
+import shutil
 
 import tensorflow as tf
 
@@ -62,6 +64,21 @@ def newest_in(run_dir):
     return prefixes[0] if prefixes else None
 
 
+def short_reason(error):
+    """The gist of a TensorFlow or OS error, without TensorFlow's function-node noise:
+    '{{function_node ...}} /path/...; File too large [Op:SaveV2]' -> 'File too large'."""
+    text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", str(error)).strip()
+    lines = text.splitlines() or [type(error).__name__]
+    return lines[0].split("; ")[-1].strip()[:200]
+
+
+def remove_partial_saves(run_dir):
+    """Delete the ckpt-N_temp folders a save leaves when it is killed or fails: never
+    a checkpoint, only the pieces of one. Call it holding the run's lock."""
+    for partial in glob.glob(os.path.join(glob.escape(run_dir), "ckpt-*_temp")):
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def verify(path):
     """Read every tensor of a checkpoint, so that a truncated or scribbled file shows
     now (TensorFlow checks each tensor's CRC32C) and not halfway through a restore."""
@@ -70,9 +87,9 @@ def verify(path):
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
         json.loads(reader.get_tensor(CONFIG_KEY))
-    except (tf.errors.OpError, ValueError, KeyError) as e:
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} is damaged ({reason[:200]})") from None
+    # what TensorFlow's reader raises on a damaged file varies with the damage
+    except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError) as e:
+        raise CheckpointError(f"checkpoint {path} is damaged ({short_reason(e)})") from None
 
 
 def newest_good(run_dir, warn):

@@ -134,6 +134,10 @@ class UsageError(Exception):
     """Flags that cannot work together; the message says what to do."""
 
 
+class Diverged(Exception):
+    """The loss or the weights stopped being finite numbers."""
+
+
 class StopRequest:
     """While in use, Ctrl-C and SIGTERM ask the loop to stop after the current batch,
     so that the checkpoint it saves is consistent. A second Ctrl-C quits at once."""
@@ -204,6 +208,7 @@ def train(args):
     lock = resume_from = saved = None  # the lock is held until train() returns
     if resuming:
         lock = ckpt.RunLock(run_dir)  # before choosing a checkpoint another writer may be adding
+        ckpt.remove_partial_saves(run_dir)
         resume_from = ckpt.newest_good(run_dir, warn)
         if resume_from is None:
             raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged: "
@@ -273,6 +278,8 @@ def train(args):
         """Checkpoint, then write out the log up to this step. A failed save (disk full,
         say) is reported and leaves the earlier checkpoints as they were."""
         nonlocal saved_step
+        if not all(tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables):
+            raise Diverged(f"the weights became infinite or NaN by step {step}")
         step_var.assign(step)
         state_var.assign(state)
         try:
@@ -280,7 +287,7 @@ def train(args):
             for writer in writers.values():
                 writer.flush()
         except (OSError, tf.errors.OpError) as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            reason = ckpt.short_reason(e)
             warn(f"warning: could not save a checkpoint at step {step} ({reason}); the one "
                  f"at step {saved_step} is intact")
             return False
@@ -296,67 +303,74 @@ def train(args):
     print(f"{nb_batches:,} batches of {B} x {T} per epoch; checkpoints in {run_dir}, "
           f"TensorBoard logs in {log_dir} (make tensorboard)", flush=True)
 
-    with StopRequest() as stop:
-        state = state_var.value()
-        batches = txtutils.minibatch_sequencer(train_text, B, T, config["epochs"], start_step=step)
-        started, first_step = time.perf_counter(), step
-        window_loss = window_acc = window_time = 0.0  # sums over the steps since the last log line
-        window_steps = 0
-        for x, y, epoch in batches:
-            if step >= total_steps or stop.signal:
-                break
-            # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
-            t0 = time.perf_counter()
-            loss, accuracy, state = train_step(x, y, state, tf.constant(step, tf.int64))
-            if not math.isfinite(float(loss)):  # float() waits for the step to finish
-                warn(f"rnn_train.py: error: the loss became {float(loss)} at step {step + 1}: "
-                     f"training diverged. Nothing was saved after step {saved_step}; resume from "
-                     f"there with a lower learning rate: --resume {run} --learning-rate "
-                     f"{config['learning_rate'] / 4:g}")
-                return 1
-            window_loss += float(loss)
-            window_acc += float(accuracy)
-            window_time += time.perf_counter() - t0
-            window_steps += 1
-            step += 1
+    try:
+        with StopRequest() as stop:
+            state = state_var.value()
+            batches = txtutils.minibatch_sequencer(train_text, B, T, config["epochs"], start_step=step)
+            started, first_step = time.perf_counter(), step
+            window_loss = window_acc = window_time = 0.0  # sums over the steps since the last log line
+            window_steps = 0
+            for x, y, epoch in batches:
+                if step >= total_steps or stop.signal:
+                    break
+                # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
+                t0 = time.perf_counter()
+                loss, accuracy, state = train_step(x, y, state, tf.constant(step, tf.int64))
+                if not math.isfinite(float(loss)):  # float() waits for the step to finish
+                    raise Diverged(f"the loss became {float(loss)} at step {step + 1}")
+                window_loss += float(loss)
+                window_acc += float(accuracy)
+                window_time += time.perf_counter() - t0
+                window_steps += 1
+                step += 1
 
-            if step % config["log_every"] == 0 or step == total_steps:
-                chars_per_s = window_steps * B * T / window_time
-                # time left at this run's pace so far, validation, samples and checkpoints included
-                left = (total_steps - step) * (time.perf_counter() - started) / (step - first_step)
-                loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
-                print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
-                      f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
-                      f"{chars_per_s / 1000:.1f}k chars/s  {format_duration(left)} left", flush=True)
-                with writers["training"].as_default(step=step):
-                    tf.summary.scalar("loss", loss_avg, description="cross-entropy, nats per character")
-                    tf.summary.scalar("accuracy", acc_avg, description="next character predicted right")
-                    tf.summary.scalar("chars_per_second", chars_per_s)
-                window_loss = window_acc = window_time = 0.0
-                window_steps = 0
+                if step % config["log_every"] == 0 or step == total_steps:
+                    chars_per_s = window_steps * B * T / window_time
+                    # time left at this run's pace so far, validation, samples and checkpoints included
+                    left = (total_steps - step) * (time.perf_counter() - started) / (step - first_step)
+                    loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
+                    print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
+                          f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
+                          f"{chars_per_s / 1000:.1f}k chars/s  {format_duration(left)} left", flush=True)
+                    with writers["training"].as_default(step=step):
+                        tf.summary.scalar("loss", loss_avg, description="cross-entropy, nats per character")
+                        tf.summary.scalar("accuracy", acc_avg, description="next character predicted right")
+                        tf.summary.scalar("chars_per_second", chars_per_s)
+                    window_loss = window_acc = window_time = 0.0
+                    window_steps = 0
 
-            if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
-                valid_loss, valid_acc = evaluate(model, valid_x, valid_y)
-                print(f"validation: loss {valid_loss:.3f}  acc {valid_acc:.3f}", flush=True)
-                with writers["validation"].as_default(step=step):
-                    tf.summary.scalar("loss", valid_loss, description="cross-entropy, nats per character")
-                    tf.summary.scalar("accuracy", valid_acc, description="next character predicted right")
+                if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
+                    valid_loss, valid_acc = evaluate(model, valid_x, valid_y)
+                    print(f"validation: loss {valid_loss:.3f}  acc {valid_acc:.3f}", flush=True)
+                    with writers["validation"].as_default(step=step):
+                        tf.summary.scalar("loss", valid_loss, description="cross-entropy, nats per character")
+                        tf.summary.scalar("accuracy", valid_acc, description="next character predicted right")
 
-            if step % config["sample_every"] == 0 or step == total_steps:
-                codes = generate(model, txtutils.encode("\n"), rng, topn=SAMPLE_TOPN)
-                text = txtutils.decode([next(codes) for _ in range(SAMPLE_LENGTH)])
-                print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
-                with writers["training"].as_default(step=step):
-                    tf.summary.text("sample", "```\n" + text + "\n```")  # Markdown: keep line breaks
+                if step % config["sample_every"] == 0 or step == total_steps:
+                    codes = generate(model, txtutils.encode("\n"), rng, topn=SAMPLE_TOPN)
+                    text = txtutils.decode([next(codes) for _ in range(SAMPLE_LENGTH)])
+                    print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
+                    with writers["training"].as_default(step=step):
+                        tf.summary.text("sample", "```\n" + text + "\n```")  # Markdown: keep line breaks
 
-            if step % config["save_every"] == 0:
-                save()  # on failure, training goes on: the next interval tries again
-            if stop.signal:
-                break
+                if step % config["save_every"] == 0:
+                    save()  # on failure, training goes on: the next interval tries again
+                if stop.signal:
+                    break
 
-    if step != saved_step and not save():
-        warn(f"rnn_train.py: error: the last {step - saved_step} steps could not be saved; "
-             f"free some space and --resume {run} from step {saved_step}")
+        if step != saved_step and not save():
+            warn(f"rnn_train.py: error: the last {step - saved_step} steps could not be saved; "
+                 f"free some space and --resume {run} from step {saved_step}")
+            return 1
+    except Diverged as e:
+        lower = f"--learning-rate {config['learning_rate'] / 4:g}"
+        if manager.latest_checkpoint:
+            warn(f"rnn_train.py: error: {e}: training diverged. Nothing was saved after step "
+                 f"{saved_step}; resume from there with a lower learning rate: "
+                 f"--resume {run} {lower}")
+        else:
+            warn(f"rnn_train.py: error: {e}: training diverged before any checkpoint; "
+                 f"start again with a lower learning rate, e.g. {lower}")
         return 1
     if stop.signal:
         print(f"stopped at step {step}: checkpoint saved; continue with "
