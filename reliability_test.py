@@ -43,7 +43,7 @@ def test_kill_9_at_random_moments(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=3000)
     run_dir = tmp_path / "ck" / "r"
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    total = 400
+    total = 1000
     first = ["--data", corpus, "--validation", "none", "--run", "r", *TINY,
              "--cell-size", "256", "--save-every", "3", "--log-every", "3",
              "--sample-every", "100000", "--max-steps", str(total), *dirs]

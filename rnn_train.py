@@ -46,10 +46,6 @@ VALID_SEQLEN = 1024    # validation rows start from a zero state, so make them l
 # A resumed run must keep these: the weights' shapes and the layout of the data
 # and of the RNN state depend on them.
 ARCHITECTURE = ("alphasize", "cell_size", "layers", "batch_size", "seqlen")
-# The summary writers keep everything in memory until flush(), which happens right
-# after each checkpoint: the log on disk never runs ahead of the newest checkpoint,
-# so a resumed run's curves continue without a gap or a step logged twice.
-NEVER = 2**31 - 1
 
 
 def parse_args(argv):
@@ -157,6 +153,37 @@ class StopRequest:
         self.signal = signum
         print("\nstopping: saving a checkpoint first (Ctrl-C again to quit without saving)",
               file=sys.stderr, flush=True)
+
+
+class HeldBackLog:
+    """TensorBoard figures, held back in memory until the checkpoint that covers them
+    is saved, then written out. The log on disk never runs ahead of the newest
+    checkpoint, so a run killed at any moment and resumed logs no step twice.
+    (TensorFlow's own writer sends each summary to the file at once, whatever its
+    max_queue and flush_millis say.)"""
+
+    LOSS = "cross-entropy, nats per character"
+    ACCURACY = "next character predicted right"
+
+    def __init__(self, log_dir, runs):
+        self.writers = {run: tf.summary.create_file_writer(os.path.join(log_dir, run))
+                        for run in runs}
+        self.pending = []
+
+    def scalar(self, run, tag, value, step, description=None):
+        self.pending.append((run, tf.summary.scalar, tag, float(value), step, description))
+
+    def text(self, run, tag, text, step):
+        # Markdown: a code block keeps the sample's line breaks
+        self.pending.append((run, tf.summary.text, tag, f"```\n{text}\n```", step, None))
+
+    def write_out(self):
+        for run, summary, tag, value, step, description in self.pending:
+            with self.writers[run].as_default(step=step):
+                summary(tag, value, description=description)
+        for writer in self.writers.values():
+            writer.flush()
+        self.pending.clear()
 
 
 def warn(message):
@@ -270,9 +297,7 @@ def train(args):
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss, accuracy, new_state
 
-    writers = {name: tf.summary.create_file_writer(os.path.join(log_dir, name),
-                                                   max_queue=NEVER, flush_millis=NEVER)
-               for name in (["training", "validation"] if valid_x is not None else ["training"])}
+    log = HeldBackLog(log_dir, ["training", "validation"] if valid_x is not None else ["training"])
 
     def save():
         """Checkpoint, then write out the log up to this step. A failed save (disk full,
@@ -284,8 +309,7 @@ def train(args):
         state_var.assign(state)
         try:
             manager.save(checkpoint_number=step)
-            for writer in writers.values():
-                writer.flush()
+            log.write_out()
         except (OSError, tf.errors.OpError) as e:
             reason = ckpt.short_reason(e)
             warn(f"warning: could not save a checkpoint at step {step} ({reason}); the one "
@@ -332,26 +356,23 @@ def train(args):
                     print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
                           f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
                           f"{chars_per_s / 1000:.1f}k chars/s  {format_duration(left)} left", flush=True)
-                    with writers["training"].as_default(step=step):
-                        tf.summary.scalar("loss", loss_avg, description="cross-entropy, nats per character")
-                        tf.summary.scalar("accuracy", acc_avg, description="next character predicted right")
-                        tf.summary.scalar("chars_per_second", chars_per_s)
+                    log.scalar("training", "loss", loss_avg, step, log.LOSS)
+                    log.scalar("training", "accuracy", acc_avg, step, log.ACCURACY)
+                    log.scalar("training", "chars_per_second", chars_per_s, step)
                     window_loss = window_acc = window_time = 0.0
                     window_steps = 0
 
                 if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
                     valid_loss, valid_acc = evaluate(model, valid_x, valid_y)
                     print(f"validation: loss {valid_loss:.3f}  acc {valid_acc:.3f}", flush=True)
-                    with writers["validation"].as_default(step=step):
-                        tf.summary.scalar("loss", valid_loss, description="cross-entropy, nats per character")
-                        tf.summary.scalar("accuracy", valid_acc, description="next character predicted right")
+                    log.scalar("validation", "loss", valid_loss, step, log.LOSS)
+                    log.scalar("validation", "accuracy", valid_acc, step, log.ACCURACY)
 
                 if step % config["sample_every"] == 0 or step == total_steps:
                     codes = generate(model, txtutils.encode("\n"), rng, topn=SAMPLE_TOPN)
                     text = txtutils.decode([next(codes) for _ in range(SAMPLE_LENGTH)])
                     print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
-                    with writers["training"].as_default(step=step):
-                        tf.summary.text("sample", "```\n" + text + "\n```")  # Markdown: keep line breaks
+                    log.text("training", "sample", text, step)
 
                 if step % config["save_every"] == 0:
                     save()  # on failure, training goes on: the next interval tries again
