@@ -35,8 +35,10 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def fail(prog, message):
-    """Report bad input the user can fix: one line on stderr, exit status 2."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    """Report bad input the user can fix: one line on stderr, exit status 2. Line
+    breaks inside the message (a file name may hold one) are shown escaped."""
+    one_line = str(message).replace("\r", "\\r").replace("\n", "\\n")
+    print(f"{prog}: error: {one_line}", file=sys.stderr)
     sys.exit(2)
 
 

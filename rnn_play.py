@@ -44,6 +44,8 @@ def parse_args(argv):
     p.add_argument("--checkpoint-dir", default="checkpoints",
                    help="where to look for runs (default checkpoints)")
     args = p.parse_args(argv)
+    if args.prime == []:  # Python 3.11's argparse turns the value of --prime=-- into []
+        args.prime = "--"
     if args.length < 0:
         p.error(f"argument --length: must be 0 or more, got {args.length}")
     if args.topn < 0:
