@@ -178,12 +178,12 @@ class HeldBackLog:
         self.pending.append((run, tf.summary.text, tag, f"```\n{text}\n```", step, None))
 
     def write_out(self):
-        for run, summary, tag, value, step, description in self.pending:
+        pending, self.pending = self.pending, []  # taken first: a failed write never repeats
+        for run, summary, tag, value, step, description in pending:
             with self.writers[run].as_default(step=step):
                 summary(tag, value, description=description)
         for writer in self.writers.values():
             writer.flush()
-        self.pending.clear()
 
 
 def warn(message):
@@ -309,13 +309,16 @@ def train(args):
         state_var.assign(state)
         try:
             manager.save(checkpoint_number=step)
-            log.write_out()
         except (OSError, tf.errors.OpError) as e:
-            reason = ckpt.short_reason(e)
-            warn(f"warning: could not save a checkpoint at step {step} ({reason}); the one "
-                 f"at step {saved_step} is intact")
+            warn(f"warning: could not save a checkpoint at step {step} "
+                 f"({ckpt.short_reason(e)}); the one at step {saved_step} is intact")
             return False
         saved_step = step
+        try:
+            log.write_out()
+        except (OSError, tf.errors.OpError) as e:  # the checkpoint is safe: say so, go on
+            warn(f"warning: the TensorBoard log up to step {step} could not be written "
+                 f"({ckpt.short_reason(e)})")
         return True
 
     rng = np.random.default_rng(config["seed"] + step)
