@@ -54,7 +54,8 @@ def all_in(run_dir):
     their .index files, which TensorFlow renames into place last, rather than by the
     `checkpoint` state file, which may itself be damaged."""
     found = glob.glob(os.path.join(glob.escape(run_dir), "ckpt-*.index"))
-    prefixes = [f[:-len(".index")] for f in found if f[:-len(".index")].rsplit("-", 1)[1].isdigit()]
+    prefixes = [f.removesuffix(".index") for f in found]
+    prefixes = [p for p in prefixes if p.rsplit("-", 1)[1].isdigit()]
     return sorted(prefixes, key=_step_of, reverse=True)
 
 
@@ -136,9 +137,6 @@ class RunLock:
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
         self.file.flush()
-
-    def release(self):
-        self.file.close()
 
 
 def resolve(what, checkpoint_dir, warn):

@@ -42,6 +42,11 @@ def fail(prog, message):
     sys.exit(2)
 
 
+def warn(message):
+    """A warning the user should see, on stderr, at once."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def positive_int(text):
     value = int(text)
     if value <= 0:

@@ -85,7 +85,6 @@ class CharRNN(keras.Model):
         logits = tf.reshape(logits, [batch, seqlen, self.alphasize])  # [BATCH, SEQLEN, ALPHASIZE]
         return logits, tf.concat(states_out, axis=1)
 
-
     def _dropout(self, h, training, seed, salt):
         if not training or self.dropout_rate == 0:
             return h

@@ -61,26 +61,21 @@ def score(model, path):
     codes = txtutils.read_file(path).astype(np.int32)
     if len(codes) < 2:
         raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
+    n = len(codes) - 1  # characters predicted: every one but the first
     state = model.zero_state(1)
     total_loss = total_hits = 0.0
-    for i in range(0, len(codes) - 1, SCORE_CHUNK):
-        x = codes[i:i + SCORE_CHUNK][None, :]                          # [1, CHUNK]
-        y = codes[i + 1:i + 1 + SCORE_CHUNK][None, :]
-        x = x[:, :y.shape[1]]
+    for i in range(0, n, SCORE_CHUNK):
+        end = min(i + SCORE_CHUNK, n)
+        x, y = codes[None, i:end], codes[None, i + 1:end + 1]         # [1, CHUNK]
         logits, state = model.predict(x, state)                        # [1, CHUNK, ALPHASIZE]
         loss, accuracy = loss_and_accuracy(logits, y)
-        total_loss += float(loss) * y.shape[1]
-        total_hits += float(accuracy) * y.shape[1]
-    n = len(codes) - 1
+        total_loss += float(loss) * (end - i)
+        total_hits += float(accuracy) * (end - i)
     return total_loss / n, total_hits / n, n
 
 
-def warn(message):
-    print(message, file=sys.stderr, flush=True)
-
-
 def play(args):
-    model, _ = ckpt.load_model(ckpt.resolve(args.checkpoint, args.checkpoint_dir, warn))
+    model, _ = ckpt.load_model(ckpt.resolve(args.checkpoint, args.checkpoint_dir, cli.warn))
     if args.score:
         nats, accuracy, n = score(model, args.score)
         print(f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "

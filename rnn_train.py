@@ -186,10 +186,6 @@ class HeldBackLog:
             writer.flush()
 
 
-def warn(message):
-    print(message, file=sys.stderr, flush=True)
-
-
 def pick_run(args):
     """The name of the run to train, and whether it is resumed."""
     if args.resume is None:
@@ -236,7 +232,7 @@ def train(args):
     if resuming:
         lock = ckpt.RunLock(run_dir)  # before choosing a checkpoint another writer may be adding
         ckpt.remove_partial_saves(run_dir)
-        resume_from = ckpt.newest_good(run_dir, warn)
+        resume_from = ckpt.newest_good(run_dir, cli.warn)
         if resume_from is None:
             raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged: "
                                        "start a new run")
@@ -310,14 +306,14 @@ def train(args):
         try:
             manager.save(checkpoint_number=step)
         except (OSError, tf.errors.OpError) as e:
-            warn(f"warning: could not save a checkpoint at step {step} "
+            cli.warn(f"warning: could not save a checkpoint at step {step} "
                  f"({ckpt.short_reason(e)}); the one at step {saved_step} is intact")
             return False
         saved_step = step
         try:
             log.write_out()
         except (OSError, tf.errors.OpError) as e:  # the checkpoint is safe: say so, go on
-            warn(f"warning: the TensorBoard log up to step {step} could not be written "
+            cli.warn(f"warning: the TensorBoard log up to step {step} could not be written "
                  f"({ckpt.short_reason(e)})")
         return True
 
@@ -383,17 +379,17 @@ def train(args):
                     break
 
         if step != saved_step and not save():
-            warn(f"rnn_train.py: error: the last {step - saved_step} steps could not be saved; "
+            cli.warn(f"rnn_train.py: error: the last {step - saved_step} steps could not be saved; "
                  f"free some space and --resume {run} from step {saved_step}")
             return 1
     except Diverged as e:
         lower = f"--learning-rate {config['learning_rate'] / 4:g}"
         if manager.latest_checkpoint:
-            warn(f"rnn_train.py: error: {e}: training diverged. Nothing was saved after step "
+            cli.warn(f"rnn_train.py: error: {e}: training diverged. Nothing was saved after step "
                  f"{saved_step}; resume from there with a lower learning rate: "
                  f"--resume {run} {lower}")
         else:
-            warn(f"rnn_train.py: error: {e}: training diverged before any checkpoint; "
+            cli.warn(f"rnn_train.py: error: {e}: training diverged before any checkpoint; "
                  f"start again with a lower learning rate, e.g. {lower}")
         return 1
     if stop.signal:
