@@ -1,11 +1,11 @@
 # Each target sets up what it needs: the virtual env, the requirements, the corpus.
-#   make train [ARGS="--flags"]   make play [ARGS="..."]   make tensorboard   make test
+#   make train [ARGS="--flags"]   make play [ARGS="..."]   make tensorboard   make test   make bench
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv corpus train play tensorboard test
+.PHONY: venv corpus train play tensorboard test bench
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,3 +29,6 @@ tensorboard: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest $(ARGS)
+
+bench: venv
+	$(PY) bench.py $(ARGS)

@@ -239,7 +239,7 @@ class CharRNN(keras.Model):
         states_out = []
         for i, (gru, s) in enumerate(zip(self.grus, states_in)):
             if keep[i] is not None:
-                h = h * batch_major(keep[i])
+                h = h * tf.cast(batch_major(keep[i]), h.dtype)
             h, s = gru(h, initial_state=s, training=training)          # [BATCH, SEQLEN, CELL]
             states_out.append(tf.cast(s, tf.float32))
         h = tf.cast(h, tf.float32)

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import ckpt
-from model import build_model, loss_and_accuracy
+from model import Generator, build_model, loss_and_accuracy, sample_logits
 
 # the module, not the function of the same name that its package exports
 keras_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
@@ -147,3 +147,101 @@ def test_every_gru_weight_is_in_the_checkpoint(model, tmp_path):
     for i in range(3):
         for name in ("kernel", "recurrent_kernel", "bias"):
             assert f"weights/gru{i}/{name}/.ATTRIBUTES/VARIABLE_VALUE" in keys
+
+
+def twins(config, mixed_precision=False):
+    """The same weights in the fused CPU implementation and in Keras' GRU layers."""
+    keras.utils.set_random_seed(1)
+    fused = build_model(config, fused=True, mixed_precision=mixed_precision)
+    layers = build_model(config, fused=False, mixed_precision=mixed_precision)
+    for a, b in zip(fused.weights, layers.weights, strict=True):
+        b.assign(a)
+    return fused, layers
+
+
+def forward_and_gradients(model, x, state, training):
+    with tf.GradientTape() as tape:
+        logits, new_state = model(x, state, training=training, dropout_seed=tf.constant([3, 4]))
+        # the new state in the loss too: its gradient must flow back through time
+        loss = loss_and_accuracy(logits, np.roll(x, -1, axis=1))[0] + 0.01 * tf.reduce_sum(new_state)
+    grads = tape.gradient(loss, model.trainable_variables)
+    return logits, new_state, [tf.convert_to_tensor(g).numpy() for g in grads]
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_fused_gru_computes_what_the_keras_layers_compute(training):
+    """The CPU implementation (hand-written backward pass included) against Keras' own
+    GRU, which is what a GPU runs through cuDNN: same logits, states and gradients,
+    with the same dropout masks."""
+    fused, layers = twins(CONFIG)
+    x = random_codes([4, 12])
+    state = tf.random.normal([4, fused.state_size], seed=5) * 0.5
+    a = forward_and_gradients(fused, x, state, training)
+    b = forward_and_gradients(layers, x, state, training)
+    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
+    np.testing.assert_allclose(a[1], b[1], atol=1e-5)
+    for ga, gb, v in zip(a[2], b[2], fused.trainable_variables, strict=True):
+        assert np.abs(gb).max() > 0, v.path  # every weight gets a gradient
+        np.testing.assert_allclose(ga, gb, atol=1e-6, err_msg=v.path)
+
+
+def test_mixed_precision_stays_close_to_float32():
+    """bfloat16 matmuls, float32 everything else: logits within bfloat16's precision,
+    and both implementations agree."""
+    fused32, _ = twins(CONFIG)
+    fused16, layers16 = twins(CONFIG, mixed_precision=True)
+    assert fused16.train_dtype == tf.bfloat16
+    x = random_codes([4, 12])
+    state = fused32.zero_state(4)
+    a = forward_and_gradients(fused32, x, state, True)
+    b = forward_and_gradients(fused16, x, state, True)
+    c = forward_and_gradients(layers16, x, state, True)
+    assert a[0].dtype == b[0].dtype == np.float32
+    np.testing.assert_allclose(b[0], a[0], atol=0.02)
+    np.testing.assert_allclose(c[0], a[0], atol=0.02)
+    assert np.abs(np.asarray(b[0]) - np.asarray(a[0])).max() > 0  # really 16 bits
+    for ga, gb in zip(a[2], b[2], strict=True):
+        np.testing.assert_allclose(gb, ga, atol=0.02 * np.abs(ga).max() + 1e-6)
+
+
+def test_generator_feeds_back_what_it_samples(model):
+    """topn=1 (always the likeliest) must give exactly the characters of a plain loop
+    that feeds the model its own argmax, stream by stream."""
+    prime = random_codes([3, 7])
+    generator = Generator(model, topn=1)
+    generator.start(prime, seed=0)
+    got = np.concatenate([generator.next(8), generator.next(8)], axis=1)   # [3, 16]
+    logits, state = model.predict(prime, model.zero_state(3))
+    want = []
+    for _ in range(16):
+        code = np.argmax(logits[:, -1], axis=-1).astype(np.int32)            # [3]
+        want.append(code)
+        logits, state = model.predict(code[:, None], state)
+    np.testing.assert_array_equal(got, np.stack(want, axis=1))
+
+
+def test_generator_streams_are_independent_and_seeded(model):
+    prime = np.zeros([2, 1], np.int32)
+    generator = Generator(model, topn=0)
+    generator.start(prime, seed=5)
+    a = generator.next(50)
+    generator.start(prime, seed=5)
+    b = generator.next(50)
+    generator.start(prime, seed=6)
+    c = generator.next(50)
+    np.testing.assert_array_equal(a, b)
+    assert (a != c).any()
+    assert (a[0] != a[1]).any()  # same prime, each stream draws its own text
+
+
+@pytest.mark.parametrize(("topn", "temperature"), [(0, 1.0), (2, 1.0), (3, 0.5), (1, 2.0)])
+def test_sampling_follows_the_renormalised_distribution(topn, temperature):
+    logits = np.array([2.0, 1.0, 0.5, -1.0, 0.0], np.float32)
+    draws = sample_logits(tf.constant(np.tile(logits, [20000, 1])), tf.constant([1, 2], tf.int64),
+                          topn, temperature).numpy()
+    scaled = logits / temperature
+    keep = np.argsort(-scaled)[:topn] if topn else np.arange(5)
+    p = np.zeros(5)
+    p[keep] = np.exp(scaled[keep])
+    p /= p.sum()
+    np.testing.assert_allclose(np.bincount(draws, minlength=5) / len(draws), p, atol=0.015)

@@ -94,6 +94,8 @@ def test_bad_checkpoints_get_one_line(tiny_run, tmp_path):
         (["--score", str(tmp_path / "missing.txt"),
           "--checkpoint-dir", str(tiny_run["checkpoints"])], "cannot read"),
         (["--length", "-1"], "--length"),
+        (["--streams", "4", "--length", "0"], "--length"),
+        (["--streams", "0"], "--streams"),
     ]
     for args, expected in cases:
         result = run_cli("rnn_play.py", *args)
@@ -101,3 +103,36 @@ def test_bad_checkpoints_get_one_line(tiny_run, tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("rnn_play.py: error:"), (args, lines)
         assert expected in lines[0], (args, lines)
+
+
+def test_many_streams_are_separate_samples(tiny_run):
+    result = play(tiny_run, "--streams", "5", "--length", "100", "--seed", "2", "--prime", "NURSE:")
+    assert result.returncode == 0, result.stderr
+    parts = re.split(r"^==== sample (\d+) of 5 ====\n", result.stdout, flags=re.MULTILINE)
+    assert parts[0] == ""
+    numbers, samples = parts[1::2], parts[2::2]
+    assert all(s.endswith("\n") for s in samples)
+    samples = [s[:-1] for s in samples]  # each is followed by one line break
+    assert numbers == ["1", "2", "3", "4", "5"]
+    assert all(s.startswith("NURSE:") and len(s) == len("NURSE:") + 100 for s in samples)
+    assert len(set(samples)) == 5  # independent draws, not one sample five times
+    # the same seed gives the same samples
+    assert play(tiny_run, "--streams", "5", "--length", "100", "--seed", "2",
+                "--prime", "NURSE:").stdout == result.stdout
+
+
+def test_streams_can_go_to_files(tiny_run, tmp_path):
+    out = tmp_path / "samples"
+    result = play(tiny_run, "--streams", "12", "--length", "70", "--seed", "1", "--out-dir", str(out))
+    assert result.returncode == 0, result.stderr
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [f"sample-{i:02d}.txt" for i in range(1, 13)]
+    texts = [(out / f).read_text() for f in files]
+    assert all(len(t) == 1 + 70 + 1 for t in texts)  # prime (a newline), text, newline
+    assert "12 samples written to" in result.stdout
+    assert len(set(texts)) == 12
+    # a file where the folder should be: one error line
+    (tmp_path / "taken").write_text("")
+    bad = play(tiny_run, "--streams", "2", "--length", "5", "--out-dir", str(tmp_path / "taken"))
+    assert bad.returncode == 2
+    assert bad.stderr.startswith("rnn_play.py: error: cannot write") and bad.stderr.count("\n") == 1

@@ -197,3 +197,26 @@ def test_resume_restores_everything_training_depends_on(tmp_path):
         np.testing.assert_allclose(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6,
                                    err_msg=key)
     assert progress(whole.stdout)[4:] == progress(rest.stdout)
+
+
+def test_mixed_precision_trains_and_saves_float32_weights(tmp_path):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    common = ["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *TINY,
+              "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    first = run_cli("rnn_train.py", *common, "--run", "m", "--max-steps", "60",
+                    "--mixed-precision")
+    assert first.returncode == 0, first.stderr
+    losses = [loss for _, loss in progress(first.stdout)]
+    assert losses[-1] < losses[0] - 0.5
+    reader = tf.train.load_checkpoint(str(tmp_path / "ck" / "m" / "ckpt-60"))
+    dtypes = reader.get_variable_to_dtype_map()
+    # (saved with the optimizer, the weights are filed under its references to them)
+    weights = [k for k in dtypes if "trainable_variables" in k or k.startswith("weights/")]
+    assert len(weights) == 2 * 3 + 2  # 2 GRU layers (kernel, recurrent, bias) + softmax
+    assert all(dtypes[k] == tf.float32 for k in weights)
+    assert not {tf.bfloat16, tf.float16} & set(dtypes.values())
+    # the precision is a training choice, not part of the checkpoint's architecture
+    second = run_cli("rnn_train.py", "--resume", "m", "--max-steps", "70", "--no-mixed-precision",
+                     "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 60" in second.stdout

@@ -1,0 +1,215 @@
+"""Measure what a user waits for, in one process: training speed against this
+machine's own matmul limit, generation speed, and peak memory.
+
+    python bench.py                    # the table (make bench)
+    python bench.py --json bench.json  # and the same figures as JSON
+    python bench.py --quick            # a tiny model, seconds: checks the bench itself runs
+
+Every speed is a median over repeated timings after a warm-up; run it on an idle
+machine, and compare figures only within one run.
+"""
+
+import cli  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import rnn_play
+import rnn_train
+from model import Generator, build_model
+
+DEFAULT = {"alphasize": 98, "cell_size": rnn_train.CELL_SIZE, "layers": rnn_train.LAYERS,
+           "dropout": rnn_train.DROPOUT, "batch_size": rnn_train.BATCH_SIZE,
+           "seqlen": rnn_train.SEQLEN}
+QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
+
+
+def train_flops_per_char(config):
+    """The fixed FLOP count of one training character, whatever the implementation
+    does (design.md section 8), so that fractions compare implementations:
+    per layer, 3 gates x (input width + CELL) x CELL multiply-adds (2 FLOPs), the
+    first layer's input counted as a one-hot matmul of ALPHASIZE; plus the softmax
+    layer, CELL x ALPHASIZE; all x3 for forward + backward (input and weight
+    gradients). Default model: 24.8 M."""
+    cell, layers, alphasize = config["cell_size"], config["layers"], config["alphasize"]
+    forward = sum(3 * ((alphasize if i == 0 else cell) + cell) * cell * 2 for i in range(layers))
+    forward += cell * alphasize * 2
+    return 3 * forward
+
+
+def median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def matmul_gflops(m, k, n, repeats):
+    """Sustained float32 GFLOP/s of [m, k] x [k, n]: the training step's main shape."""
+    a, b = tf.random.normal([m, k]), tf.random.normal([k, n])
+    matmul = tf.function(lambda: tf.reduce_sum(tf.matmul(a, b)))  # the sum: one float back
+    for _ in range(3):
+        matmul().numpy()
+    return 2 * m * k * n / median_time(lambda: matmul().numpy(), repeats) / 1e9
+
+
+def training_speeds(config, steps, warmup):
+    """Characters per second of the real training step (rnn_train.make_train_step),
+    float32 and mixed precision, timed in alternating blocks so that both see the
+    same machine load. Returns {mixed_precision: median chars/s}."""
+    B, T = config["batch_size"], config["seqlen"]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, config["alphasize"], size=(B, T)).astype(np.int32)  # [BATCH, SEQLEN]
+    y = np.roll(x, -1, axis=1)
+    runs = {}
+    for mixed in (False, True):
+        keras.utils.set_random_seed(0)
+        model = build_model(config, mixed_precision=mixed)
+        optimizer = keras.optimizers.Adam(1e-3)
+        optimizer.build(model.trainable_variables)
+        runs[mixed] = {"step": rnn_train.make_train_step(model, optimizer, 0),
+                       "state": model.zero_state(B), "times": []}
+
+    def one_step(run, step, timed):
+        t0 = time.perf_counter()
+        loss, _, run["state"] = run["step"](x, y, run["state"], tf.constant(step, tf.int64))
+        float(loss)  # waits for the step to finish
+        if timed:
+            run["times"].append(time.perf_counter() - t0)
+
+    block = 5
+    for step in range(warmup + steps):
+        for run in runs.values():
+            if step < warmup:
+                one_step(run, step, timed=False)
+        if step >= warmup and (step - warmup) % block == 0:
+            for run in runs.values():
+                for i in range(min(block, warmup + steps - step)):
+                    one_step(run, step + i, timed=True)
+    return {mixed: B * T / float(np.median(run["times"])) for mixed, run in runs.items()}
+
+
+def generation_speed(model, streams, chars):
+    """Characters per second of rnn_play.py's generation (sampling included, the
+    console not): `streams` independent samples of at least `chars` characters."""
+    generator = Generator(model, topn=rnn_play.TOPN)
+    generator.start(np.zeros([streams, 1], np.int32), seed=0)
+    generator.next(rnn_play.CHUNK)  # compiles
+    calls = -(-chars // rnn_play.CHUNK)
+
+    def generate():
+        for _ in range(calls):
+            generator.next(rnn_play.CHUNK)
+
+    return streams * calls * rnn_play.CHUNK / median_time(generate, 3)
+
+
+def reset_peak_memory():
+    """Linux: start counting the peak resident memory again from now."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_memory_mb():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource  # not Linux: the peak since the process started
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny model and few repeats: checks that the bench runs, in seconds")
+    args = p.parse_args(argv)
+    config = QUICK if args.quick else DEFAULT
+    steps, warmup, repeats = (5, 2, 3) if args.quick else (30, 5, 20)
+    one_stream_chars, many_stream_chars = (128, 64) if args.quick else (2048, 256)
+
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    print(f"{cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__} on the {device}"
+          f"{' (--quick: a tiny model)' if args.quick else ''}", flush=True)
+    # The limit: the training step's main product, [BATCH*SEQLEN, 2*CELL] x [2*CELL, 3*CELL]
+    m, k, n = config["batch_size"] * config["seqlen"], 2 * config["cell_size"], 3 * config["cell_size"]
+    gflops = matmul_gflops(m, k, n, repeats)
+    flops = train_flops_per_char(config)
+    limit = gflops * 1e9 / flops
+
+    keras.utils.set_random_seed(0)
+    reset_peak_memory()
+    model = build_model(config)
+    gen_1 = generation_speed(model, 1, one_stream_chars)
+    gen_256 = generation_speed(model, 256, many_stream_chars)
+    gen_rss = peak_memory_mb()
+    del model
+
+    reset_peak_memory()
+    speeds = training_speeds(config, steps, warmup)
+    train_rss = peak_memory_mb()
+
+    figures = {
+        "matmul_gflops": round(gflops, 1),
+        "train_chars_per_s": round(speeds[False]),
+        "train_fraction_of_limit": round(speeds[False] / limit, 3),
+        "train_bf16_chars_per_s": round(speeds[True]),
+        "generate_1_chars_per_s": round(gen_1),
+        "generate_256_chars_per_s": round(gen_256),
+        "train_peak_rss_mb": round(train_rss),
+        "generate_peak_rss_mb": round(gen_rss),
+    }
+    shape = f"{config['layers']}x{config['cell_size']} GRU, batch {config['batch_size']} x {config['seqlen']}"
+    rows = [
+        (f"fp32 matmul [{m}x{k}] x [{k}x{n}]", f"{gflops:.0f} GFLOP/s"),
+        ("= training limit at the fixed FLOP count", f"{limit:,.0f} chars/s ({flops / 1e6:.1f} MFLOP/char)"),
+        (f"training, float32 ({shape})", f"{speeds[False]:,.0f} chars/s = {speeds[False] / limit:.2f} of the limit"),
+        ("training, --mixed-precision", f"{speeds[True]:,.0f} chars/s = {speeds[True] / speeds[False]:.2f}x float32"),
+        ("generation, 1 stream", f"{gen_1:,.0f} chars/s"),
+        ("generation, 256 streams", f"{gen_256:,.0f} chars/s in all"),
+        ("peak memory, training", f"{train_rss:,.0f} MB"),
+        ("peak memory, generation", f"{gen_rss:,.0f} MB"),
+    ]
+    width = max(len(r[0]) for r in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+    if args.json:
+        figures.update(cpu=cpu_name(), tensorflow=tf.__version__, quick=args.quick,
+                       train_flops_per_char=flops)
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
+            f.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""bench.py runs and reports every figure (never judged on speed: that is a benchmark's job)."""
+
+import json
+
+from conftest import run_cli
+
+KEYS = {"matmul_gflops", "train_chars_per_s", "train_fraction_of_limit", "train_bf16_chars_per_s",
+        "generate_1_chars_per_s", "generate_256_chars_per_s", "train_peak_rss_mb",
+        "generate_peak_rss_mb"}
+
+
+def test_quick_bench_prints_and_writes_every_figure(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench.py", "--quick", "--json", str(out))
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert KEYS <= set(figures)
+    for key in KEYS:
+        assert figures[key] > 0, key
+    assert figures["train_flops_per_char"] > 0
+    for row in ("fp32 matmul", "training, float32", "training, --mixed-precision",
+                "generation, 1 stream", "generation, 256 streams", "peak memory, training",
+                "peak memory, generation"):
+        assert row in result.stdout
+    # the table shows the same figures as the JSON
+    assert f"{figures['train_chars_per_s']:,} chars/s" in result.stdout
+    assert f"{figures['train_fraction_of_limit']:.2f} of the limit" in result.stdout
+
+
+def test_flop_count_is_design_md_figure():
+    import bench
+    assert round(bench.train_flops_per_char(bench.DEFAULT) / 1e6, 1) == 24.8
