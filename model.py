@@ -68,12 +68,14 @@ def _matmul(a, b, **kwargs):
 
 
 @tf.function(jit_compile=True)
-def gru_step(xw, s, U, c):
-    """One time step. xw: [BATCH, 3*CELL], the input product plus b; s: [BATCH, CELL];
-    U: [CELL, 3*CELL]; c: [3*CELL]. Returns the new state [BATCH, CELL] and the gate
-    values the backward pass needs."""
-    n = U.shape[0]
-    rec = _matmul(s, U) + c                                           # [BATCH, 3*CELL]
+def gru_gates(xw, rec, s, c):
+    """One time step's gates, given its products. xw: [BATCH, 3*CELL], the input
+    product plus b; rec: [BATCH, 3*CELL], the recurrent product s U; c: [3*CELL].
+    Returns the new state [BATCH, CELL] and the values the backward pass needs.
+    (XLA fuses these few small element-wise ops into one; the matmuls stay outside,
+    where oneDNN runs them, in bfloat16 too, faster than XLA's own.)"""
+    n = rec.shape[-1] // 3  # CELL (known where the state's shape may not be)
+    rec = rec + c
     zr = tf.sigmoid(xw[:, :2 * n] + rec[:, :2 * n])
     z, r = zr[:, :n], zr[:, n:]
     rh = rec[:, 2 * n:]
@@ -81,16 +83,22 @@ def gru_step(xw, s, U, c):
     return h + z * (s - h), (z, r, rh, h)
 
 
+def gru_step(xw, s, U, c):
+    """One time step of the GRU from state s [BATCH, CELL]: (new state, gate values)."""
+    return gru_gates(xw, _matmul(s, U), s, c)
+
+
 @tf.function(jit_compile=True)
-def gru_step_grad(ds, s, z, r, rh, h, U):
-    """Backward through gru_step: from ds, the loss gradient on the new state, to the
-    gradients on xw and on the recurrent product (both [BATCH, 3*CELL]) and on s."""
+def gru_gates_grad(ds, s, z, r, rh, h):
+    """Backward through gru_gates: from ds, the loss gradient on the new state, to the
+    gradients on xw and on the recurrent product (both [BATCH, 3*CELL]), and the
+    part of the gradient on s that does not go through the recurrent product."""
     da_h = ds * (1 - z) * (1 - h * h)              # s' = h + z (s - h), h = tanh(a_h)
     da_z = ds * (s - h) * z * (1 - z)              # z = sigmoid(a_z)
     da_r = da_h * rh * r * (1 - r)                 # a_h = xh + r rh, r = sigmoid(a_r)
     d_xw = tf.concat([da_z, da_r, da_h], axis=1)
     d_rec = tf.concat([da_z, da_r, da_h * r], axis=1)
-    return d_xw, d_rec, ds * z + _matmul(d_rec, U, transpose_b=True)
+    return d_xw, d_rec, ds * z
 
 
 @tf.custom_gradient
@@ -108,7 +116,8 @@ def gru_unrolled(xw, s0, U, c):
         # wait for the end, where they are one big matmul over every time step.
         ds, d_xw, d_rec = d_last, [], []
         for t in reversed(range(len(gates))):
-            dxw_t, drec_t, ds = gru_step_grad(ds + d_states[t], states[t], *gates[t], U)
+            dxw_t, drec_t, ds_direct = gru_gates_grad(ds + d_states[t], states[t], *gates[t])
+            ds = ds_direct + _matmul(drec_t, U, transpose_b=True)
             d_xw.append(dxw_t)
             d_rec.append(drec_t)
         d_rec = tf.concat(d_rec[::-1], axis=0)                      # [SEQLEN*BATCH, 3*CELL]
@@ -117,6 +126,17 @@ def gru_unrolled(xw, s0, U, c):
         return tf.stack(d_xw[::-1]), ds, dU, tf.reduce_sum(d_rec, axis=0)
 
     return (tf.stack(states[1:]), s), grad
+
+
+@tf.custom_gradient
+def lookup(table, codes):
+    """table[codes]: the product of one-hot vectors and table, as a lookup. Its
+    gradient is the one-hot product's, one dense matmul; a lookup's own is a list of
+    BATCH*SEQLEN rows, which Adam would then update one by one, much slower."""
+    def grad(d):                                                      # d: [..., WIDTH]
+        onehot = tf.one_hot(tf.reshape(codes, [-1]), tf.shape(table)[0])  # [N, ROWS]
+        return tf.matmul(onehot, tf.reshape(d, [-1, tf.shape(d)[-1]]), transpose_a=True), None
+    return tf.gather(table, codes), grad
 
 
 def gru_scan(xw, s0, U, c):
@@ -213,15 +233,21 @@ class CharRNN(keras.Model):
                 # transposed as floats (exact for codes below 2**24): TensorFlow's oneDNN
                 # build logs an error on stderr for every integer transpose
                 codes = tf.cast(tf.transpose(tf.cast(x, tf.float32)), tf.int32)  # [SEQLEN, BATCH]
-                xw = tf.gather(W, codes)                              # [SEQLEN, BATCH, 3*CELL]
+                table = W + bias[0]                                   # [ALPHASIZE, 3*CELL]
                 if keep[0] is not None:
-                    xw = xw * keep[0]  # a dropped character: a one-hot vector of zeros
+                    # a dropped character is a one-hot vector of zeros: its product is
+                    # row ALPHASIZE, the bias alone; the kept ones are scaled up
+                    scale = 1 / (1 - self.dropout_rate)
+                    table = tf.concat([W * scale + bias[0], bias[0][None]], axis=0)
+                    codes = tf.where(keep[0][..., 0] > 0, codes, self.alphasize)
+                xw = lookup(table, codes)                             # [SEQLEN, BATCH, 3*CELL]
             else:
                 if keep[i] is not None:
                     h = h * keep[i]
                 flat = tf.reshape(h, [-1, self.cell_size])            # [SEQLEN*BATCH, CELL]
-                xw = tf.reshape(_matmul(flat, tf.cast(W, dtype)), [seqlen, batch, -1])
-            h, s = run(xw + bias[0], s, tf.cast(U, dtype), bias[1])  # [SEQLEN, BATCH, CELL]
+                xw = _matmul(flat, tf.cast(W, dtype)) + bias[0]           # [SEQLEN*BATCH, 3*CELL]
+                xw = tf.reshape(xw, [seqlen, batch, -1])
+            h, s = run(xw, s, tf.cast(U, dtype), bias[1])            # [SEQLEN, BATCH, CELL]
             states_out.append(s)
         if keep[-1] is not None:
             h = h * keep[-1]
