@@ -68,31 +68,36 @@ def _matmul(a, b, **kwargs):
 
 
 @tf.function(jit_compile=True)
-def gru_gates(xw, rec, s, c):
+def gru_gates(xw, rec, s, c, keep=None):
     """One time step's gates, given its products. xw: [BATCH, 3*CELL], the input
-    product plus b; rec: [BATCH, 3*CELL], the recurrent product s U; c: [3*CELL].
-    Returns the new state [BATCH, CELL] and the values the backward pass needs.
-    (XLA fuses these few small element-wise ops into one; the matmuls stay outside,
-    where oneDNN runs them, in bfloat16 too, faster than XLA's own.)"""
+    product plus b; rec: [BATCH, 3*CELL], the recurrent product s U; c: [3*CELL];
+    keep: the dropout multipliers [BATCH, CELL] of this output, or None.
+    Returns the new state [BATCH, CELL], the output (the state after dropout) and the
+    values the backward pass needs. (XLA fuses these small element-wise ops into one
+    call; the matmuls stay outside, where oneDNN runs them faster than XLA, in
+    bfloat16 too.)"""
     n = rec.shape[-1] // 3  # CELL (known where the state's shape may not be)
     rec = rec + c
     zr = tf.sigmoid(xw[:, :2 * n] + rec[:, :2 * n])
     z, r = zr[:, :n], zr[:, n:]
     rh = rec[:, 2 * n:]
     h = tf.tanh(xw[:, 2 * n:] + r * rh)
-    return h + z * (s - h), (z, r, rh, h)
+    new = h + z * (s - h)
+    return new, new if keep is None else new * keep, (z, r, rh, h)
 
 
 def gru_step(xw, s, U, c):
-    """One time step of the GRU from state s [BATCH, CELL]: (new state, gate values)."""
-    return gru_gates(xw, _matmul(s, U), s, c)
+    """One time step of a GRU layer, no dropout: the new state [BATCH, CELL]."""
+    return gru_gates(xw, _matmul(s, U), s, c)[0]
 
 
 @tf.function(jit_compile=True)
-def gru_gates_grad(ds, s, z, r, rh, h):
-    """Backward through gru_gates: from ds, the loss gradient on the new state, to the
-    gradients on xw and on the recurrent product (both [BATCH, 3*CELL]), and the
-    part of the gradient on s that does not go through the recurrent product."""
+def gru_gates_grad(ds, d_out, keep, s, z, r, rh, h):
+    """Backward through gru_gates: from the loss gradients on the new state (ds, from
+    the next time step) and on the output (d_out, from the layer above), to those on
+    xw and on the recurrent product (both [BATCH, 3*CELL]), and the part of the
+    gradient on s that does not go through the recurrent product."""
+    ds = ds + (d_out if keep is None else d_out * keep)
     da_h = ds * (1 - z) * (1 - h * h)              # s' = h + z (s - h), h = tanh(a_h)
     da_z = ds * (s - h) * z * (1 - z)              # z = sigmoid(a_z)
     da_r = da_h * rh * r * (1 - r)                 # a_h = xh + r rh, r = sigmoid(a_r)
@@ -101,31 +106,85 @@ def gru_gates_grad(ds, s, z, r, rh, h):
     return d_xw, d_rec, ds * z
 
 
-@tf.custom_gradient
-def gru_unrolled(xw, s0, U, c):
-    """Training: the GRU over xw [SEQLEN, BATCH, 3*CELL] (SEQLEN known when traced),
-    from state s0 [BATCH, CELL]. Returns every state [SEQLEN, BATCH, CELL] and the last."""
-    s, states, gates = s0, [s0], []
-    for xw_t in tf.unstack(xw):
-        s, g = gru_step(xw_t, s, U, c)
-        states.append(s)
-        gates.append(g)
+def gru_stack(xw0, states, weights, keep):
+    """Training: the whole GRU stack over SEQLEN time steps (known when traced).
 
-    def grad(d_states, d_last):
-        # Backpropagation through time, one step at a time; the weight gradients
-        # wait for the end, where they are one big matmul over every time step.
-        ds, d_xw, d_rec = d_last, [], []
-        for t in reversed(range(len(gates))):
-            dxw_t, drec_t, ds_direct = gru_gates_grad(ds + d_states[t], states[t], *gates[t])
-            ds = ds_direct + _matmul(drec_t, U, transpose_b=True)
-            d_xw.append(dxw_t)
-            d_rec.append(drec_t)
-        d_rec = tf.concat(d_rec[::-1], axis=0)                      # [SEQLEN*BATCH, 3*CELL]
-        s_in = tf.concat(states[:-1], axis=0)                         # [SEQLEN*BATCH, CELL]
-        dU = tf.cast(_matmul(s_in, tf.cast(d_rec, U.dtype), transpose_a=True), U.dtype)
-        return tf.stack(d_xw[::-1]), ds, dU, tf.reduce_sum(d_rec, axis=0)
+    xw0: [SEQLEN, BATCH, 3*CELL], the first layer's input products (plus b);
+    states: LAYERS x [BATCH, CELL]; weights: LAYERS x (W, b, U, c), W and b unused
+    for the first layer (16-bit W and U under mixed precision); keep: LAYERS x
+    [SEQLEN, BATCH, CELL], the dropout multipliers of each layer's output, or None.
+    Returns the top layer's outputs [SEQLEN, BATCH, CELL] and the last states.
 
-    return (tf.stack(states[1:]), s), grad
+    Each layer's input products are computed a time step at a time, so that layer i
+    can run step t while layer i-1 runs step t+1 (and the other way in the backward
+    pass): two chains of small matmuls keep two cores busier than one chain. The
+    weight gradients wait for the end of the sequence: one big matmul each."""
+    layers, seqlen = len(weights), xw0.shape[0]
+    keep = keep or [None] * layers
+    flat_weights = [w for layer in weights for w in layer]
+    flat_keep = [k for k in keep if k is not None]
+
+    @tf.custom_gradient
+    def run(xw0, *args):
+        states0 = args[:layers]
+        ws = [args[layers + 4 * i:layers + 4 * i + 4] for i in range(layers)]
+        keeps = iter(args[5 * layers:])
+        keeps = [tf.unstack(next(keeps)) if k is not None else [None] * seqlen for k in keep]
+        inputs = tf.unstack(xw0)              # layer 0: input products; above: outputs
+        saved, last = [], []
+        for i, (W, b, U, c) in enumerate(ws):
+            s, seen, outputs, gates = states0[i], [], [], []
+            for t in range(seqlen):
+                xw = inputs[t] if i == 0 else _matmul(inputs[t], W) + b      # [BATCH, 3*CELL]
+                seen.append(s)
+                s, out, g = gru_gates(xw, _matmul(s, U), s, c, keeps[i][t])
+                outputs.append(out)
+                gates.append(g)
+            saved.append((inputs, seen, gates))
+            inputs = outputs
+            last.append(s)
+
+        def grad(d_top, *d_last):
+            d_outs, d_args, d_states0 = tf.unstack(d_top), [], [None] * layers
+            for i in reversed(range(layers)):
+                W, _, U, _ = ws[i]
+                layer_inputs, seen, gates = saved[i]
+                ds, d_xw, d_rec, d_inputs = d_last[i], [], [], []  # ds: [BATCH, CELL]
+                for t in reversed(range(seqlen)):
+                    dxw, drec, ds = gru_gates_grad(ds, d_outs[t], keeps[i][t], seen[t], *gates[t])
+                    ds = ds + _matmul(drec, U, transpose_b=True)
+                    if i > 0:
+                        d_inputs.append(_matmul(dxw, W, transpose_b=True))
+                    d_xw.append(dxw)
+                    d_rec.append(drec)
+                d_xw, d_rec = tf.concat(d_xw[::-1], 0), tf.concat(d_rec[::-1], 0)  # [SEQLEN*BATCH, 3*CELL]
+                dU = _weight_grad(tf.concat(seen, 0), d_rec, U.dtype)
+                if i > 0:
+                    dW = _weight_grad(tf.concat(layer_inputs, 0), d_xw, W.dtype)
+                    d_layer = [dW, _column_sums(d_xw), dU, _column_sums(d_rec)]
+                    d_outs = d_inputs[::-1]
+                else:
+                    d_layer = [None, None, dU, _column_sums(d_rec)]
+                    d_xw0 = tf.reshape(d_xw, xw0.shape)
+                d_args = d_layer + d_args
+                d_states0[i] = ds
+            return [d_xw0, *d_states0, *d_args, *[None] * len(flat_keep)]
+
+        return (tf.stack(inputs), *last), grad
+
+    top, *last = run(xw0, *states, *flat_weights, *flat_keep)
+    return top, last
+
+
+def _weight_grad(inputs, d_products, dtype):
+    """inputs^T d_products: [IN, N] x [N, 3*CELL], the gradient of a weight matrix of
+    type dtype from every row (time step and batch row) at once."""
+    return tf.cast(_matmul(inputs, tf.cast(d_products, dtype), transpose_a=True), dtype)
+
+
+def _column_sums(x):
+    """x summed over its rows, as a matmul: ~10x faster than reduce_sum here."""
+    return tf.matmul(tf.ones([1, tf.shape(x)[0]]), x)[0]
 
 
 @tf.custom_gradient
@@ -140,8 +199,8 @@ def lookup(table, codes):
 
 
 def gru_scan(xw, s0, U, c):
-    """Inference: the same GRU over xw [SEQLEN, BATCH, 3*CELL] of any length, in a loop."""
-    states = tf.scan(lambda s, xw_t: gru_step(xw_t, s, U, c)[0], xw, initializer=s0)
+    """Inference: one GRU layer over xw [SEQLEN, BATCH, 3*CELL] of any length, in a loop."""
+    states = tf.scan(lambda s, xw_t: gru_step(xw_t, s, U, c), xw, initializer=s0)
     return states, states[-1]
 
 
@@ -225,32 +284,32 @@ class CharRNN(keras.Model):
     def _fused(self, x, states_in, keep, training):
         seqlen, batch = tf.shape(x)[1], tf.shape(x)[0]
         dtype = self.train_dtype if training else tf.float32
-        run = gru_unrolled if training else gru_scan
-        h, states_out = None, []
-        for i, (gru, s) in enumerate(zip(self.grus, states_in)):
-            W, U, bias = gru.cell.kernel, gru.cell.recurrent_kernel, gru.cell.bias
-            if i == 0:
-                # transposed as floats (exact for codes below 2**24): TensorFlow's oneDNN
-                # build logs an error on stderr for every integer transpose
-                codes = tf.cast(tf.transpose(tf.cast(x, tf.float32)), tf.int32)  # [SEQLEN, BATCH]
-                table = W + bias[0]                                   # [ALPHASIZE, 3*CELL]
-                if keep[0] is not None:
-                    # a dropped character is a one-hot vector of zeros: its product is
-                    # row ALPHASIZE, the bias alone; the kept ones are scaled up
-                    scale = 1 / (1 - self.dropout_rate)
-                    table = tf.concat([W * scale + bias[0], bias[0][None]], axis=0)
-                    codes = tf.where(keep[0][..., 0] > 0, codes, self.alphasize)
-                xw = lookup(table, codes)                             # [SEQLEN, BATCH, 3*CELL]
-            else:
-                if keep[i] is not None:
-                    h = h * keep[i]
-                flat = tf.reshape(h, [-1, self.cell_size])            # [SEQLEN*BATCH, CELL]
-                xw = _matmul(flat, tf.cast(W, dtype)) + bias[0]           # [SEQLEN*BATCH, 3*CELL]
-                xw = tf.reshape(xw, [seqlen, batch, -1])
-            h, s = run(xw, s, tf.cast(U, dtype), bias[1])            # [SEQLEN, BATCH, CELL]
-            states_out.append(s)
-        if keep[-1] is not None:
-            h = h * keep[-1]
+        W0, bias0 = self.grus[0].cell.kernel, self.grus[0].cell.bias
+        # transposed as floats (exact for codes below 2**24): TensorFlow's oneDNN build
+        # logs an error on stderr for every integer transpose
+        codes = tf.cast(tf.transpose(tf.cast(x, tf.float32)), tf.int32)  # [SEQLEN, BATCH]
+        table = W0 + bias0[0]                                         # [ALPHASIZE, 3*CELL]
+        if keep[0] is not None:
+            # a dropped character is a one-hot vector of zeros, whose product is the
+            # bias alone (row ALPHASIZE); the kept ones are scaled up
+            table = tf.concat([W0 / (1 - self.dropout_rate) + bias0[0], bias0[0][None]], 0)
+            codes = tf.where(keep[0][..., 0] > 0, codes, self.alphasize)
+        xw = lookup(table, codes)                                     # [SEQLEN, BATCH, 3*CELL]
+
+        if training:
+            weights = [(tf.cast(g.cell.kernel, dtype), g.cell.bias[0],
+                        tf.cast(g.cell.recurrent_kernel, dtype), g.cell.bias[1])
+                       for g in self.grus]
+            h, states_out = gru_stack(xw, states_in, weights, keep[1:])  # [SEQLEN, BATCH, CELL]
+        else:
+            states_out = []
+            for i, (gru, s) in enumerate(zip(self.grus, states_in)):
+                W, U, bias = gru.cell.kernel, gru.cell.recurrent_kernel, gru.cell.bias
+                if i > 0:
+                    flat = tf.reshape(h, [-1, self.cell_size])        # [SEQLEN*BATCH, CELL]
+                    xw = tf.reshape(tf.matmul(flat, W) + bias[0], [seqlen, batch, -1])
+                h, s = gru_scan(xw, s, tf.convert_to_tensor(U), bias[1])  # [SEQLEN, BATCH, CELL]
+                states_out.append(s)
         # One softmax layer for every time step: put them all in the same bag.
         flat = tf.reshape(h, [-1, self.cell_size])                    # [SEQLEN*BATCH, CELL]
         logits = _matmul(flat, tf.cast(self.softmax.kernel, dtype)) + self.softmax.bias
@@ -292,7 +351,7 @@ class CharRNN(keras.Model):
         for i, (gru, s) in enumerate(zip(self.grus, tf.split(state, self.layers_count, 1))):
             W, U, bias = gru.cell.kernel, gru.cell.recurrent_kernel, gru.cell.bias
             xw = tf.gather(W, code) if i == 0 else _matmul(h, tf.convert_to_tensor(W))
-            h, _ = gru_step(xw + bias[0], s, tf.convert_to_tensor(U), bias[1])  # [STREAMS, CELL]
+            h = gru_step(xw + bias[0], s, tf.convert_to_tensor(U), bias[1])  # [STREAMS, CELL]
             states_out.append(h)
         return self.softmax(h), tf.concat(states_out, axis=1)
 
