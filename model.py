@@ -68,16 +68,17 @@ def _matmul(a, b, **kwargs):
 
 
 @tf.function(jit_compile=True)
-def gru_gates(xw, rec, s, c, keep=None):
+def gru_gates(xw, rec, s, c, b=None, keep=None):
     """One time step's gates, given its products. xw: [BATCH, 3*CELL], the input
-    product plus b; rec: [BATCH, 3*CELL], the recurrent product s U; c: [3*CELL];
-    keep: the dropout multipliers [BATCH, CELL] of this output, or None.
+    product (plus b, or b given here); rec: [BATCH, 3*CELL], the recurrent product
+    s U; c: [3*CELL]; keep: the dropout multipliers [BATCH, CELL] of this output.
     Returns the new state [BATCH, CELL], the output (the state after dropout) and the
     values the backward pass needs. (XLA fuses these small element-wise ops into one
     call; the matmuls stay outside, where oneDNN runs them faster than XLA, in
     bfloat16 too.)"""
     n = rec.shape[-1] // 3  # CELL (known where the state's shape may not be)
     rec = rec + c
+    xw = xw if b is None else xw + b
     zr = tf.sigmoid(xw[:, :2 * n] + rec[:, :2 * n])
     z, r = zr[:, :n], zr[:, n:]
     rh = rec[:, 2 * n:]
@@ -92,12 +93,12 @@ def gru_step(xw, s, U, c):
 
 
 @tf.function(jit_compile=True)
-def gru_gates_grad(ds, d_out, keep, s, z, r, rh, h):
-    """Backward through gru_gates: from the loss gradients on the new state (ds, from
-    the next time step) and on the output (d_out, from the layer above), to those on
-    xw and on the recurrent product (both [BATCH, 3*CELL]), and the part of the
-    gradient on s that does not go through the recurrent product."""
-    ds = ds + (d_out if keep is None else d_out * keep)
+def gru_gates_grad(ds, ds_rec, d_out, keep, s, z, r, rh, h):
+    """Backward through gru_gates: from the loss gradients on the new state (ds + ds_rec,
+    from the next time step) and on the output (d_out, from the layer above), to
+    those on xw and on the recurrent product (both [BATCH, 3*CELL]), and the part of
+    the gradient on s that does not go through the recurrent product."""
+    ds = ds + ds_rec + (d_out if keep is None else d_out * keep)
     da_h = ds * (1 - z) * (1 - h * h)              # s' = h + z (s - h), h = tanh(a_h)
     da_z = ds * (s - h) * z * (1 - z)              # z = sigmoid(a_z)
     da_r = da_h * rh * r * (1 - r)                 # a_h = xh + r rh, r = sigmoid(a_r)
@@ -135,9 +136,9 @@ def gru_stack(xw0, states, weights, keep):
         for i, (W, b, U, c) in enumerate(ws):
             s, seen, outputs, gates = states0[i], [], [], []
             for t in range(seqlen):
-                xw = inputs[t] if i == 0 else _matmul(inputs[t], W) + b      # [BATCH, 3*CELL]
+                xw = inputs[t] if i == 0 else _matmul(inputs[t], W)          # [BATCH, 3*CELL]
                 seen.append(s)
-                s, out, g = gru_gates(xw, _matmul(s, U), s, c, keeps[i][t])
+                s, out, g = gru_gates(xw, _matmul(s, U), s, c, None if i == 0 else b, keeps[i][t])
                 outputs.append(out)
                 gates.append(g)
             saved.append((inputs, seen, gates))
@@ -149,10 +150,12 @@ def gru_stack(xw0, states, weights, keep):
             for i in reversed(range(layers)):
                 W, _, U, _ = ws[i]
                 layer_inputs, seen, gates = saved[i]
-                ds, d_xw, d_rec, d_inputs = d_last[i], [], [], []  # ds: [BATCH, CELL]
+                ds, ds_rec = d_last[i], tf.zeros_like(d_last[i])  # [BATCH, CELL]
+                d_xw, d_rec, d_inputs = [], [], []
                 for t in reversed(range(seqlen)):
-                    dxw, drec, ds = gru_gates_grad(ds, d_outs[t], keeps[i][t], seen[t], *gates[t])
-                    ds = ds + _matmul(drec, U, transpose_b=True)
+                    dxw, drec, ds = gru_gates_grad(ds, ds_rec, d_outs[t], keeps[i][t],
+                                                   seen[t], *gates[t])
+                    ds_rec = _matmul(drec, U, transpose_b=True)
                     if i > 0:
                         d_inputs.append(_matmul(dxw, W, transpose_b=True))
                     d_xw.append(dxw)
@@ -167,7 +170,7 @@ def gru_stack(xw0, states, weights, keep):
                     d_layer = [None, None, dU, _column_sums(d_rec)]
                     d_xw0 = tf.reshape(d_xw, xw0.shape)
                 d_args = d_layer + d_args
-                d_states0[i] = ds
+                d_states0[i] = ds + ds_rec
             return [d_xw0, *d_states0, *d_args, *[None] * len(flat_keep)]
 
         return (tf.stack(inputs), *last), grad
