@@ -1,4 +1,4 @@
-"""Text utilities: the alphabet, reading a corpus, state-continuous batches, sampling.
+"""Text utilities: the alphabet, reading a corpus, state-continuous batches.
 
 Nothing here imports TensorFlow: it is all NumPy, so it is quick to test.
 """
@@ -184,22 +184,3 @@ def validation_rows(codes, seqlen):
     x = data[:rows * seqlen].reshape(rows, seqlen)
     y = data[1:rows * seqlen + 1].reshape(rows, seqlen)
     return x, y
-
-
-# ---------------------------------------------------------------------------
-# Sampling
-
-def sample(logits, rng, topn=None, temperature=1.0):
-    """Draw one symbol from logits [ALPHASIZE]: divide by the temperature, keep the
-    topn most probable (None = all), renormalise, draw. Pure: logits is not changed.
-    topn=1 is argmax."""
-    scaled = np.asarray(logits, dtype=np.float64) / temperature
-    if topn is not None and topn < len(scaled):
-        keep = np.argpartition(scaled, -topn)[-topn:]
-        if topn == 1:
-            return int(keep[0])
-        kept = np.full_like(scaled, -np.inf)
-        kept[keep] = scaled[keep]
-        scaled = kept
-    p = np.exp(scaled - scaled.max())
-    return int(rng.choice(len(p), p=p / p.sum()))
