@@ -61,6 +61,20 @@ def positive_float(text):
     return value
 
 
+def non_negative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text}")
+    return value
+
+
+def non_negative_float(text):
+    value = float(text)
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, got {text}")
+    return value
+
+
 def fraction(text):
     value = float(text)
     if not 0 <= value < 1:
@@ -73,3 +87,5 @@ def fraction(text):
 positive_int.__name__ = "whole number"
 positive_float.__name__ = "number"
 fraction.__name__ = "fraction"
+non_negative_int.__name__ = "whole number"
+non_negative_float.__name__ = "number"

@@ -29,7 +29,11 @@ SEQLEN = 30            # characters unrolled: the reach of backpropagation throu
 BATCH_SIZE = 200       # rows per batch, each row its own contiguous slice of the text
 CELL_SIZE = 512        # GRU units per layer
 LAYERS = 3             # stacked GRU cells: depth for higher-order structure
-LEARNING_RATE = 0.001  # Adam's step size, constant, as in the talk
+LEARNING_RATE = 0.001  # Adam's peak step size
+WARMUP = 0             # steps over which the learning rate rises from 0 to its peak
+SCHEDULE = "constant"  # then "constant", or "cosine": down to MIN_LR x the peak at the run's end
+MIN_LR = 0.1           # where the cosine schedule ends, as a fraction of the peak
+CLIP_NORM = 0.0        # gradients rescaled to this global norm at most; 0 = never
 DROPOUT = 0.2          # fraction dropped (the talk's keep 0.8), on each layer's input and the output
 EPOCHS = 10            # passes over the training text
 SEED = 0               # same seed, same initial weights and dropout masks
@@ -45,6 +49,10 @@ LOSS_SCALE = 1024      # float16 only (older GPUs): keeps small gradients from r
 SAMPLE_LENGTH = 600    # characters in each sample
 SAMPLE_TOPN = 10       # sample among the 10 likeliest characters: early models need it
 VALID_SEQLEN = 1024    # validation rows start from a zero state, so make them long
+
+# --recipe talk: the talk's recipe, one flag away whatever the defaults above say.
+TALK_RECIPE = {"learning_rate": 0.001, "warmup": 0, "schedule": "constant", "clip_norm": 0.0,
+               "dropout": 0.2}
 
 # A resumed run must keep these: the weights' shapes and the layout of the data
 # and of the RNN state depend on them.
@@ -70,7 +78,19 @@ def parse_args(argv):
     p.add_argument("--layers", type=cli.positive_int,
                    help=f"stacked GRU layers (default {LAYERS})")
     p.add_argument("--learning-rate", type=cli.positive_float,
-                   help=f"Adam learning rate (default {LEARNING_RATE})")
+                   help=f"Adam's peak learning rate (default {LEARNING_RATE})")
+    p.add_argument("--warmup", type=cli.non_negative_int,
+                   help=f"steps of linear warm-up from 0 to the peak learning rate (default {WARMUP})")
+    p.add_argument("--schedule", choices=["constant", "cosine"],
+                   help="the learning rate after warm-up: constant, or a cosine down to "
+                        f"--min-lr x the peak at the end of the run (default {SCHEDULE})")
+    p.add_argument("--min-lr", type=cli.fraction,
+                   help=f"the end of the cosine schedule, a fraction of the peak (default {MIN_LR})")
+    p.add_argument("--clip-norm", type=cli.non_negative_float,
+                   help=f"clip the gradients' global norm to this, 0 = never (default {CLIP_NORM:g})")
+    p.add_argument("--recipe", choices=["talk"],
+                   help="talk: the talk's original recipe (constant Adam 0.001, no warm-up, "
+                        "no clipping, dropout 0.2 from the start), whatever the defaults")
     p.add_argument("--dropout", type=cli.fraction,
                    help=f"fraction of activations dropped in training (default {DROPOUT}, "
                         "i.e. keep 0.8)")
@@ -79,6 +99,9 @@ def parse_args(argv):
                         f"(default {EPOCHS})")
     p.add_argument("--max-steps", type=cli.positive_int,
                    help="stop after this many batches, counted from the start of the run")
+    p.add_argument("--time-limit", type=cli.positive_float, metavar="MINUTES",
+                   help="stop after this much time (checkpoint saved), whatever the epoch; "
+                        "a cosine schedule then ends when the time does")
     p.add_argument("--seed", type=int, help=f"random seed (default {SEED})")
     p.add_argument("--mixed-precision", action=argparse.BooleanOptionalAction,
                    help="compute the matmuls of training in 16 bits (bfloat16, or float16 on "
@@ -113,12 +136,15 @@ def make_config(args, saved=None):
         "alphasize": txtutils.ALPHASIZE, "alphabet": txtutils.ALPHABET,
         "data": ["shakespeare/*.txt"], "validation": None, "seqlen": SEQLEN,
         "batch_size": BATCH_SIZE, "cell_size": CELL_SIZE, "layers": LAYERS,
-        "learning_rate": LEARNING_RATE, "dropout": DROPOUT, "epochs": EPOCHS, "max_steps": None,
+        "learning_rate": LEARNING_RATE, "warmup": WARMUP, "schedule": SCHEDULE, "min_lr": MIN_LR,
+        "clip_norm": CLIP_NORM, "dropout": DROPOUT, "epochs": EPOCHS, "max_steps": None,
         "seed": SEED, "mixed_precision": MIXED_PRECISION, "deterministic": False,
         "log_every": LOG_EVERY, "eval_every": EVAL_EVERY,
         "sample_every": SAMPLE_EVERY, "save_every": SAVE_EVERY, "keep": KEEP,
     }
     config = dict(defaults, **(saved or {}))
+    if getattr(args, "recipe", None) == "talk":
+        config.update(TALK_RECIPE)
     for key in defaults:
         given = getattr(args, key, None)
         if given is None:
@@ -213,6 +239,32 @@ def pick_run(args):
     return run, True
 
 
+def cpu_has_bfloat16():
+    """Whether bfloat16 matmuls run in hardware here: on a GPU, or a CPU with
+    AVX512-BF16 or AMX (Linux tells; elsewhere, assume so)."""
+    if tf.config.list_physical_devices("GPU"):
+        return True
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def learning_rate_at(step, progress, config):
+    """The learning rate of a step: a linear warm-up over the first config["warmup"]
+    steps, then constant or a cosine from the peak down to min_lr x the peak at
+    progress 1 (the fraction of the run done: of its steps, or of its time limit)."""
+    peak, warmup = config["learning_rate"], config["warmup"]
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if config["schedule"] == "constant":
+        return peak
+    low = peak * config["min_lr"]
+    return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 def format_duration(seconds):
     minutes = int(seconds // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds) % 60:02d}s"
@@ -255,6 +307,8 @@ def make_train_step(model, optimizer, seed):
 
 
 def train(args):
+    t_start = time.perf_counter()
+    deadline = t_start + 60 * args.time_limit if args.time_limit else None
     run, resuming = pick_run(args)
     run_dir = os.path.join(args.checkpoint_dir, run)
     log_dir = os.path.join(args.log_dir, run)
@@ -292,10 +346,14 @@ def train(args):
                          "--checkpoint-dir or --log-dir") from None
     if config["deterministic"]:
         tf.config.experimental.enable_op_determinism()
+    if config["mixed_precision"] and not cpu_has_bfloat16():
+        cli.warn("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): "
+                 "--mixed-precision will train slower than without")
 
     keras.utils.set_random_seed(config["seed"])
     model = build_model(config, mixed_precision=config["mixed_precision"])
-    optimizer = keras.optimizers.Adam(config["learning_rate"])
+    optimizer = keras.optimizers.Adam(config["learning_rate"],
+                                      global_clipnorm=config["clip_norm"] or None)
     optimizer.build(model.trainable_variables)  # a Keras optimizer restores its slots only once built
     step_var = tf.Variable(0, dtype=tf.int64)
     state_var = tf.Variable(model.zero_state(B))                      # [BATCH, LAYERS*CELL]
@@ -304,7 +362,6 @@ def train(args):
                                          checkpoint_name="ckpt")
     if resume_from:
         checkpoint.restore(resume_from).assert_consumed()
-        optimizer.learning_rate.assign(config["learning_rate"])  # a new --learning-rate wins
     step = saved_step = int(step_var.numpy())
     if step >= total_steps:
         print(f"run {run} is complete at step {step} of {total_steps}: "
@@ -352,9 +409,15 @@ def train(args):
             started, first_step = time.perf_counter(), step
             window_loss = window_acc = window_time = 0.0  # sums over the steps since the last log line
             window_steps = 0
+            out_of_time = False
             for x, y, epoch in batches:
                 if step >= total_steps or stop.signal:
                     break
+                progress = step / total_steps
+                if deadline:
+                    progress = max(progress, (time.perf_counter() - t_start) / (deadline - t_start))
+                learning_rate = learning_rate_at(step, progress, config)
+                optimizer.learning_rate.assign(learning_rate)
                 # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
                 t0 = time.perf_counter()
                 loss, accuracy, state = train_step(x, y, state, tf.constant(step, tf.int64))
@@ -365,11 +428,15 @@ def train(args):
                 window_time += time.perf_counter() - t0
                 window_steps += 1
                 step += 1
+                out_of_time = deadline is not None and time.perf_counter() >= deadline
+                last = step == total_steps or out_of_time
 
-                if step % config["log_every"] == 0 or step == total_steps:
+                if step % config["log_every"] == 0 or last:
                     chars_per_s = window_steps * B * T / window_time
                     # time left at this run's pace so far, validation, samples and checkpoints included
                     left = (total_steps - step) * (time.perf_counter() - started) / (step - first_step)
+                    if deadline:
+                        left = min(left, max(0.0, deadline - time.perf_counter()))
                     loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
                     print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
                           f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
@@ -377,16 +444,17 @@ def train(args):
                     log.scalar("training", "loss", loss_avg, step, log.LOSS)
                     log.scalar("training", "accuracy", acc_avg, step, log.ACCURACY)
                     log.scalar("training", "chars_per_second", chars_per_s, step)
+                    log.scalar("training", "learning_rate", learning_rate, step)
                     window_loss = window_acc = window_time = 0.0
                     window_steps = 0
 
-                if valid_x is not None and (step % config["eval_every"] == 0 or step == total_steps):
+                if valid_x is not None and (step % config["eval_every"] == 0 or last):
                     valid_loss, valid_acc = evaluate(model, valid_x, valid_y)
                     print(f"validation: loss {valid_loss:.3f}  acc {valid_acc:.3f}", flush=True)
                     log.scalar("validation", "loss", valid_loss, step, log.LOSS)
                     log.scalar("validation", "accuracy", valid_acc, step, log.ACCURACY)
 
-                if step % config["sample_every"] == 0 or step == total_steps:
+                if step % config["sample_every"] == 0 or last:
                     sampler.start([txtutils.encode("\n")], seed=config["seed"] + step)
                     text = txtutils.decode(sampler.next(SAMPLE_LENGTH)[0])
                     print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
@@ -394,7 +462,7 @@ def train(args):
 
                 if step % config["save_every"] == 0:
                     save()  # on failure, training goes on: the next interval tries again
-                if stop.signal:
+                if stop.signal or out_of_time:
                     break
 
         if step != saved_step and not save():
@@ -415,6 +483,10 @@ def train(args):
         print(f"stopped at step {step}: checkpoint saved; continue with "
               f"python rnn_train.py --resume {run}", file=sys.stderr)
         return 128 + stop.signal
+    if out_of_time and step < total_steps:
+        print(f"time limit of {args.time_limit:g} minutes reached at step {step}: checkpoint "
+              f"{manager.latest_checkpoint} saved; continue with python rnn_train.py --resume {run}")
+        return 0
     print(f"done: step {step}, checkpoint {manager.latest_checkpoint}")
     return 0
 

@@ -1,6 +1,7 @@
 """The real rnn_train.py CLI on a tiny model and a tiny corpus."""
 
 import hashlib
+import itertools
 import os
 import re
 import signal
@@ -13,6 +14,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.util.tensor_util import make_ndarray
 
+import ckpt
 from conftest import HERE, TINY, run_cli, write_corpus
 
 
@@ -220,3 +222,59 @@ def test_mixed_precision_trains_and_saves_float32_weights(tmp_path):
                      "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
     assert second.returncode == 0, second.stderr
     assert "resuming at step 60" in second.stdout
+
+
+def test_learning_rate_schedule():
+    from rnn_train import learning_rate_at
+    config = {"learning_rate": 0.004, "warmup": 10, "schedule": "cosine", "min_lr": 0.1}
+    # linear warm-up from (almost) 0 to the peak
+    assert [learning_rate_at(s, 0.0, config) for s in (0, 4, 9)] == \
+        pytest.approx([0.0004, 0.002, 0.004])
+    # then the cosine, from the peak to min_lr x the peak, and no lower after the end
+    assert learning_rate_at(10, 0.0, config) == pytest.approx(0.004)
+    assert learning_rate_at(500, 0.5, config) == pytest.approx(0.0004 + 0.0036 / 2)
+    assert learning_rate_at(999, 1.0, config) == pytest.approx(0.0004)
+    assert learning_rate_at(1200, 1.3, config) == pytest.approx(0.0004)
+    assert learning_rate_at(500, 0.5, dict(config, schedule="constant")) == 0.004
+
+
+def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    result = run_cli("rnn_train.py", "--data", os.path.join(corpus, "*.txt"),
+                     "--validation", os.path.join(corpus, "part2.txt"), *TINY,
+                     "--run", "t", "--time-limit", "0.3", "--schedule", "cosine",
+                     "--warmup", "20", "--min-lr", "0.1",
+                     "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    assert result.returncode == 0, result.stderr
+    m = re.search(r"time limit of 0.3 minutes reached at step (\d+): checkpoint (\S+) saved",
+                  result.stdout)
+    assert m, result.stdout
+    step = int(m[1])
+    assert m[2].endswith(f"ckpt-{step}") and os.path.exists(m[2] + ".index")
+    assert step > 100  # it trained for the time, not just a few steps
+    # the last step is logged and validated, so the curves end where the run did
+    events = read_events(tmp_path / "log" / "t" / "training")
+    assert events["loss"][-1][0] == step
+    assert read_events(tmp_path / "log" / "t" / "validation")["loss"][-1][0] == step
+    rates = [float(v) for _, v in events["learning_rate"]]
+    peak = TINY[TINY.index("--learning-rate") + 1]
+    assert max(rates) == pytest.approx(float(peak), rel=0.05)
+    # by the end of the time, the cosine is close to its floor (0.1 x the peak)
+    assert rates[-1] < 0.2 * float(peak)
+    after_warmup = rates[2:]  # logged at steps 10, 20 (the peak), 30...
+    assert all(a >= b for a, b in itertools.pairwise(after_warmup))
+
+
+def test_recipe_talk_is_the_talks_settings(tmp_path):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    result = run_cli("rnn_train.py", "--data", os.path.join(corpus, "*.txt"),
+                     "--validation", "none", "--layers", "1", "--cell-size", "8",
+                     "--batch-size", "4", "--seqlen", "8", "--max-steps", "2", "--recipe", "talk",
+                     "--run", "talk", "--checkpoint-dir", str(tmp_path / "ck"),
+                     "--log-dir", str(tmp_path / "log"))
+    assert result.returncode == 0, result.stderr
+    config = ckpt.read_config(str(tmp_path / "ck" / "talk" / "ckpt-2"))
+    assert {k: config[k] for k in ("learning_rate", "warmup", "schedule", "clip_norm",
+                                   "dropout")} == \
+        {"learning_rate": 0.001, "warmup": 0, "schedule": "constant", "clip_norm": 0.0,
+         "dropout": 0.2}
