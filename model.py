@@ -67,7 +67,7 @@ def _matmul(a, b, **kwargs):
     return tf.cast(tf.matmul(tf.cast(a, b.dtype), b, **kwargs), tf.float32)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def gru_gates(xw, rec, s, c, b=None, keep=None):
     """One time step's gates, given its products. xw: [BATCH, 3*CELL], the input
     product (plus b, or b given here); rec: [BATCH, 3*CELL], the recurrent product
@@ -92,7 +92,7 @@ def gru_step(xw, s, U, c):
     return gru_gates(xw, _matmul(s, U), s, c)[0]
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)
 def gru_gates_grad(ds, ds_rec, d_out, keep, s, z, r, rh, h):
     """Backward through gru_gates: from the loss gradients on the new state (ds + ds_rec,
     from the next time step) and on the output (d_out, from the layer above), to
@@ -260,6 +260,7 @@ class CharRNN(keras.Model):
         Returns logits [BATCH, SEQLEN, ALPHASIZE] and the new state [BATCH, LAYERS*CELL].
 
         In training, dropout_seed (int [2], e.g. [seed, step]) draws the dropout masks
+        (None: no dropout)
         statelessly: a step's masks depend on nothing else, so a resumed run draws
         exactly the masks the uninterrupted run would have. Both ways of computing
         draw the same masks, in time-major order [SEQLEN, BATCH, ...]."""
@@ -273,7 +274,7 @@ class CharRNN(keras.Model):
         """Dropout as multipliers: 0 for a dropped value, 1/(1-rate) for a kept one; one
         per layer input (the first drops whole characters: one value of a one-hot
         vector) and one on the output. None when not dropping."""
-        if not training or self.dropout_rate == 0:
+        if not training or self.dropout_rate == 0 or seed is None:
             return [None] * (self.layers_count + 1)
         seqlen, batch = shape[1], shape[0]
         masks = []
@@ -339,7 +340,7 @@ class CharRNN(keras.Model):
         return tf.reshape(logits, [batch, seqlen, self.alphasize]), states_out
 
     @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([None, None], tf.float32)])
+                                  tf.TensorSpec([None, None], tf.float32)], autograph=False)
     def predict(self, x, state):
         """Compiled inference (no dropout): validation, scoring and generation."""
         return self(x, state, training=False)
@@ -403,7 +404,7 @@ class Generator:
     def __init__(self, model, topn=0, temperature=1.0):
         self.model, self.topn = model, topn
         self.temperature = tf.constant(temperature, tf.float32)
-        self._chunk = tf.function(self._chunk_graph, jit_compile=True)
+        self._chunk = tf.function(self._chunk_graph, jit_compile=True, autograph=False)
 
     def start(self, prime, seed):
         prime = np.asarray(prime, dtype=np.int32)                     # [STREAMS, LENGTH]

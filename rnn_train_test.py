@@ -278,3 +278,21 @@ def test_recipe_talk_is_the_talks_settings(tmp_path):
                                    "dropout")} == \
         {"learning_rate": 0.001, "warmup": 0, "schedule": "constant", "clip_norm": 0.0,
          "dropout": 0.2}
+
+
+def test_dropout_starts_where_dropout_from_says(tmp_path):
+    """With --dropout-from 0.5, the first half of a run trains exactly as a run without
+    dropout (same losses, bit for bit with --deterministic), and the second half not."""
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    common = ["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *TINY,
+              "--deterministic", "--checkpoint-dir", str(tmp_path / "ck"),
+              "--log-dir", str(tmp_path / "log")]
+    late = run_cli("rnn_train.py", *common, "--run", "late", "--max-steps", "40",
+                   "--dropout", "0.3", "--dropout-from", "0.5")
+    never = run_cli("rnn_train.py", *common, "--run", "never", "--max-steps", "40",
+                    "--dropout", "0")
+    assert late.returncode == 0, late.stderr
+    assert never.returncode == 0, never.stderr
+    late_losses, never_losses = progress(late.stdout), progress(never.stdout)
+    assert late_losses[:2] == never_losses[:2]  # steps 10 and 20: no dropout yet
+    assert late_losses[2:] != never_losses[2:]
