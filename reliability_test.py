@@ -17,7 +17,7 @@ import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ckpt
-from conftest import HERE, TINY, run_cli, write_corpus
+from conftest import FIXED_SCHEDULE, HERE, TINY, run_cli, write_corpus
 
 TRAIN = [sys.executable, os.path.join(HERE, "rnn_train.py")]
 
@@ -91,7 +91,7 @@ def test_deterministic_resume_is_bit_exact(tmp_path):
     give exactly the weights, optimizer state and loss curve of 60 steps in one go."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    common = ["--data", corpus, "--validation", "none", *TINY, "--deterministic",
+    common = ["--data", corpus, "--validation", "none", *TINY, *FIXED_SCHEDULE, "--deterministic",
               "--dropout", "0.3", "--log-every", "5", "--sample-every", "1000", *dirs]
     whole = run_cli("rnn_train.py", *common, "--run", "whole", "--max-steps", "60")
     half = run_cli("rnn_train.py", *common, "--run", "split", "--max-steps", "30")

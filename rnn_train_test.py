@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util.tensor_util import make_ndarray
 
 import ckpt
-from conftest import HERE, TINY, run_cli, write_corpus
+from conftest import FIXED_SCHEDULE, HERE, TINY, run_cli, write_corpus
 
 
 def read_events(folder):
@@ -181,7 +181,7 @@ def test_resume_restores_everything_training_depends_on(tmp_path):
     same weights as 80 steps in one go: the weights, optimizer moments, step, data
     position and RNN state all came back from the checkpoint."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
-    common = ["--data", corpus, "--validation", "none", *TINY, "--dropout", "0",
+    common = ["--data", corpus, "--validation", "none", *TINY, *FIXED_SCHEDULE, "--dropout", "0",
               "--sample-every", "1000", "--checkpoint-dir", str(tmp_path / "ck"),
               "--log-dir", str(tmp_path / "log")]
     whole = run_cli("rnn_train.py", *common, "--run", "whole", "--max-steps", "80")
