@@ -77,12 +77,14 @@ def training_speeds(config, steps, warmup):
         model = build_model(config, mixed_precision=mixed)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
-        runs[mixed] = {"step": rnn_train.make_train_step(model, optimizer, 0),
+        step_config = dict(config, seed=0, clip_norm=rnn_train.CLIP_NORM)
+        runs[mixed] = {"step": rnn_train.make_train_step(model, optimizer, step_config),
                        "state": model.zero_state(B), "times": []}
 
     def one_step(run, step, timed):
         t0 = time.perf_counter()
-        loss, _, run["state"] = run["step"](x, y, run["state"], tf.constant(step, tf.int64))
+        loss, _, run["state"] = run["step"](x, y, run["state"], tf.constant(step, tf.int64),
+                                            True)  # dropout on
         float(loss)  # waits for the step to finish
         if timed:
             run["times"].append(time.perf_counter() - t0)

@@ -255,33 +255,37 @@ class CharRNN(keras.Model):
         self.softmax.build((None, self.cell_size))
         self.built = True
 
-    def call(self, x, state, training=False, dropout_seed=None):
+    def call(self, x, state, training=False, dropout_seed=None, rows=None):
         """x: int [BATCH, SEQLEN]; state: [BATCH, LAYERS*CELL].
         Returns logits [BATCH, SEQLEN, ALPHASIZE] and the new state [BATCH, LAYERS*CELL].
 
         In training, dropout_seed (int [2], e.g. [seed, step]) draws the dropout masks
-        (None: no dropout)
+        (None: no dropout). rows = [first, total]: x holds rows first.. of a batch of
+        total rows (one replica's share under tf.distribute), and draws those rows of
+        the whole batch's masks, so that a distributed step drops what one process would.
         statelessly: a step's masks depend on nothing else, so a resumed run draws
         exactly the masks the uninterrupted run would have. Both ways of computing
         draw the same masks, in time-major order [SEQLEN, BATCH, ...]."""
-        keep = self._keep_masks(tf.shape(x), training, dropout_seed)
+        keep = self._keep_masks(tf.shape(x), training, dropout_seed, rows)
         states_in = tf.split(state, self.layers_count, axis=1)        # LAYERS x [BATCH, CELL]
         compute = self._fused if self.fused else self._keras
         logits, states_out = compute(x, states_in, keep, training)
         return logits, tf.concat(states_out, axis=1)
 
-    def _keep_masks(self, shape, training, seed):
+    def _keep_masks(self, shape, training, seed, rows=None):
         """Dropout as multipliers: 0 for a dropped value, 1/(1-rate) for a kept one; one
         per layer input (the first drops whole characters: one value of a one-hot
         vector) and one on the output. None when not dropping."""
         if not training or self.dropout_rate == 0 or seed is None:
             return [None] * (self.layers_count + 1)
         seqlen, batch = shape[1], shape[0]
+        first, total = (rows[0], rows[1]) if rows is not None else (0, batch)
         masks = []
         for i in range(self.layers_count + 1):
             width = 1 if i == 0 else self.cell_size
             s = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), i)
-            u = tf.random.stateless_uniform([seqlen, batch, width], s)  # [SEQLEN, BATCH, WIDTH]
+            u = tf.random.stateless_uniform([seqlen, total, width], s)  # [SEQLEN, TOTAL, WIDTH]
+            u = u[:, first:first + batch] if rows is not None else u    # [SEQLEN, BATCH, WIDTH]
             masks.append(tf.cast(u >= self.dropout_rate, tf.float32) / (1 - self.dropout_rate))
         return masks
 

@@ -9,6 +9,8 @@ characters, with the RNN state carried from each batch to the next.
 import cli  # noqa: I001  (first: quiets TensorFlow's logging before it loads)
 
 import argparse
+import contextlib
+import json
 import math
 import os
 import signal
@@ -47,6 +49,7 @@ SAMPLE_EVERY = 500     # a generated sample on the console and in TensorBoard
 SAVE_EVERY = 200       # a checkpoint; the TensorBoard log is written out with it
 KEEP = 5               # checkpoints kept per run, newest first
 LOSS_SCALE = 1024      # float16 only (older GPUs): keeps small gradients from rounding to 0
+COLLECTIVE_TIMEOUT = 60  # seconds: multiworker, a worker silent this long is taken for dead
 # Fixed choices.
 SAMPLE_LENGTH = 600    # characters in each sample
 SAMPLE_TOPN = 10       # sample among the 10 likeliest characters: early models need it
@@ -116,6 +119,17 @@ def parse_args(argv):
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="turn on TensorFlow's op determinism, so that a run and its resumed "
                         "twin give bit-identical weights (slower on a GPU)")
+    p.add_argument("--strategy", choices=["none", "mirrored", "multiworker"], default="none",
+                   help="data-parallel training with tf.distribute: mirrored = the GPUs of this "
+                        "machine, multiworker = several machines, as TF_CONFIG describes "
+                        "(default none)")
+    p.add_argument("--cpu-replicas", type=cli.positive_int, default=1, metavar="N",
+                   help="--strategy mirrored on a machine without GPUs: split the CPU into N "
+                        "replicas (to try distribution out; no faster) (default 1)")
+    p.add_argument("--collective-timeout", type=cli.positive_float, default=COLLECTIVE_TIMEOUT,
+                   metavar="SECONDS",
+                   help="--strategy multiworker: give up on a worker that has not answered "
+                        f"for this long (default {COLLECTIVE_TIMEOUT})")
     p.add_argument("--run", help="name of the run (default: the date and time)")
     p.add_argument("--resume", nargs="?", const="", metavar="RUN",
                    help="continue the newest run, or the one named, where it stopped")
@@ -207,8 +221,9 @@ class HeldBackLog:
     ACCURACY = "next character predicted right"
 
     def __init__(self, log_dir, runs):
+        """log_dir None: a log that writes nothing (a worker that is not the chief)."""
         self.writers = {run: tf.summary.create_file_writer(os.path.join(log_dir, run))
-                        for run in runs}
+                        for run in runs} if log_dir else {}
         self.pending = []
 
     def scalar(self, run, tag, value, step, description=None):
@@ -220,6 +235,8 @@ class HeldBackLog:
 
     def write_out(self):
         pending, self.pending = self.pending, []  # taken first: a failed write never repeats
+        if not self.writers:
+            return
         for run, summary, tag, value, step, description in pending:
             with self.writers[run].as_default(step=step):
                 summary(tag, value, description=description)
@@ -291,42 +308,139 @@ def evaluate(model, x, y, rows_per_call=256):
     return np.average(losses, weights=weights), np.average(accuracies, weights=weights)
 
 
-def make_train_step(model, optimizer, seed):
+def make_train_step(model, optimizer, config, strategy=None):
     """The compiled training step: (x, y, state, step, dropout) -> (loss, accuracy, new
-    state); dropout, a Python bool, turns dropout on or off (one trace each)."""
-    loss_scale = LOSS_SCALE if model.train_dtype == tf.float16 else None
+    state); dropout, a Python bool, turns dropout on or off (one trace each).
 
-    # autograph=False here and in model.py: nothing needs it, and it re-reads the source
-    # files when it traces, so editing them during a run could break a later trace
-    @tf.function(autograph=False)
-    def train_step(x, y, state, step, dropout=True):
-        # x, y: [BATCH, SEQLEN]; state: [BATCH, LAYERS*CELL]
+    Under a tf.distribute strategy, x, y and state are per-replica values (each
+    replica its own rows of the batch, see per_replica) and so is the new state;
+    loss and accuracy are averaged over all of them. The step computes what one
+    process would: the same dropout masks, the gradients of the whole batch's mean
+    loss (summed over replicas), clipped to the global norm after summing."""
+    seed, clip_norm = config["seed"], config["clip_norm"]
+    replicas = strategy.num_replicas_in_sync if strategy else 1
+    rows_each = config["batch_size"] // replicas
+    loss_scale = LOSS_SCALE if model.train_dtype == tf.float16 else 1
+
+    def replica_step(x, y, state, step, dropout):
+        # x, y: [BATCH/REPLICAS, SEQLEN]; state: [BATCH/REPLICAS, LAYERS*CELL]
         # The dropout masks depend on (seed, step) alone: a resumed run draws the same ones.
         dropout_seed = tf.stack([tf.constant(seed, tf.int64), step]) if dropout else None
+        rows = None
+        if strategy:
+            first = tf.distribute.get_replica_context().replica_id_in_sync_group * rows_each
+            rows = tf.stack([first, config["batch_size"]])
         with tf.GradientTape() as tape:
-            logits, new_state = model(x, state, training=True, dropout_seed=dropout_seed)
+            logits, new_state = model(x, state, training=True, dropout_seed=dropout_seed,
+                                      rows=rows)
             loss, accuracy = loss_and_accuracy(logits, y)
-        if loss_scale:
-            grads = tape.gradient(loss * loss_scale, model.trainable_variables)
-            grads = [tf.convert_to_tensor(g) / loss_scale for g in grads]
-        else:
-            grads = tape.gradient(loss, model.trainable_variables)
+            share = loss * loss_scale / replicas  # of the whole batch's mean loss
+        grads = [tf.convert_to_tensor(g) / loss_scale
+                 for g in tape.gradient(share, model.trainable_variables)]
+        if clip_norm and strategy:
+            # Keras' optimizer sums the replicas' gradients, but would clip each
+            # replica's share first: sum them here, clip the sum, and give it back
+            # evenly shared. (A second all-reduce per step: the price of clipping.)
+            total = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM,
+                                                                   grads)
+            total, _ = tf.clip_by_global_norm(total, clip_norm)
+            grads = [g / replicas for g in total]
+        elif clip_norm:
+            grads, _ = tf.clip_by_global_norm(grads, clip_norm)
         optimizer.apply_gradients(zip(grads, model.trainable_variables))
         return loss, accuracy, new_state
 
+    # autograph=False here and in model.py: nothing needs it, and it re-reads the source
+    # files when it traces, so editing them during a run could break a later trace
+    if not strategy:
+        return tf.function(replica_step, autograph=False)
+
+    @tf.function(autograph=False)
+    def train_step(x, y, state, step, dropout):
+        loss, accuracy, new_state = strategy.run(replica_step, args=(x, y, state, step, dropout))
+        mean = tf.distribute.ReduceOp.MEAN
+        return (strategy.reduce(mean, loss, axis=None), strategy.reduce(mean, accuracy, axis=None),
+                new_state)
+
     return train_step
+
+
+def make_strategy(args):
+    """The tf.distribute strategy of --strategy, or None. Made before anything else
+    touches TensorFlow's devices, as both strategies require."""
+    if args.strategy == "mirrored":
+        gpus = tf.config.list_physical_devices("GPU")
+        if gpus:
+            return tf.distribute.MirroredStrategy()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas)
+        return tf.distribute.MirroredStrategy(
+            [f"/cpu:{i}" for i in range(args.cpu_replicas)])
+    if args.strategy == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise UsageError("--strategy multiworker needs the cluster in TF_CONFIG; see the "
+                             "README's \"Beyond one machine\"")
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as e:
+            raise UsageError(f"TF_CONFIG is not valid JSON ({e})") from None
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=args.collective_timeout)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return None
+
+
+def is_chief(strategy):
+    """Whether this process writes the checkpoints and logs: always, but under
+    --strategy multiworker, where only the chief does (the "chief" task, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
+
+
+def per_replica(strategy, rows):
+    """rows [BATCH, ...] (the whole batch, which every worker has) as a per-replica
+    value: replica r gets rows r*BATCH/REPLICAS up to (r+1)*BATCH/REPLICAS, always the
+    same ones, so each replica's rows continue its rows of the previous batch."""
+    each = len(rows) // strategy.num_replicas_in_sync
+
+    def share(context):
+        r = context.replica_id_in_sync_group
+        return tf.convert_to_tensor(rows[r * each:(r + 1) * each])
+
+    return strategy.experimental_distribute_values_from_function(share)
+
+
+def any_worker(strategy, flag):
+    """Whether flag is true on any worker (a collective: every worker must ask)."""
+    flags = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(int(flag)))
+    return bool(strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None) > 0)
+
+
+class WorkerLost(Exception):
+    """A collective operation failed: another worker died or cannot be reached."""
 
 
 def train(args):
     t_start = time.perf_counter()
     deadline = t_start + 60 * args.time_limit if args.time_limit else None
+    strategy = make_strategy(args)
+    multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    chief = is_chief(strategy)
+    say = print if chief else (lambda *a, **k: None)  # one voice: the chief's
     run, resuming = pick_run(args)
     run_dir = os.path.join(args.checkpoint_dir, run)
     log_dir = os.path.join(args.log_dir, run)
     lock = resume_from = saved = None  # the lock is held until train() returns
     if resuming:
-        lock = ckpt.RunLock(run_dir)  # before choosing a checkpoint another writer may be adding
-        ckpt.remove_partial_saves(run_dir)
+        if chief:
+            lock = ckpt.RunLock(run_dir)  # before choosing a checkpoint another writer may add
+            ckpt.remove_partial_saves(run_dir)
         resume_from = ckpt.newest_good(run_dir, cli.warn)
         if resume_from is None:
             raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged: "
@@ -339,6 +453,9 @@ def train(args):
     train_text, valid_text, train_files, valid_files = txtutils.read_corpus(
         config["data"], config["validation"])
     B, T = config["batch_size"], config["seqlen"]
+    if strategy and B % strategy.num_replicas_in_sync:
+        raise UsageError(f"--batch-size {B} does not split evenly over "
+                         f"{strategy.num_replicas_in_sync} replicas: choose a multiple")
     nb_batches = txtutils.batches_per_epoch(len(train_text), B, T)
     total_steps = config["epochs"] * nb_batches
     if config["max_steps"]:
@@ -349,9 +466,10 @@ def train(args):
         valid_x = None
 
     try:
-        os.makedirs(run_dir, exist_ok=True)
-        os.makedirs(log_dir, exist_ok=True)
-        lock = lock or ckpt.RunLock(run_dir)
+        if chief:
+            os.makedirs(run_dir, exist_ok=True)
+            os.makedirs(log_dir, exist_ok=True)
+            lock = lock or ckpt.RunLock(run_dir)
     except OSError as e:
         raise UsageError(f"cannot write in {e.filename}: {e.strerror}; choose another "
                          "--checkpoint-dir or --log-dir") from None
@@ -365,10 +483,10 @@ def train(args):
                  "--mixed-precision will train slower than without")
 
     keras.utils.set_random_seed(config["seed"])
-    model = build_model(config, mixed_precision=mixed_precision)
-    optimizer = keras.optimizers.Adam(config["learning_rate"],
-                                      global_clipnorm=config["clip_norm"] or None)
-    optimizer.build(model.trainable_variables)  # a Keras optimizer restores its slots only once built
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        model = build_model(config, mixed_precision=mixed_precision)
+        optimizer = keras.optimizers.Adam(config["learning_rate"])  # (clipping: in the step)
+        optimizer.build(model.trainable_variables)  # Keras restores its slots only once built
     step_var = tf.Variable(0, dtype=tf.int64)
     state_var = tf.Variable(model.zero_state(B))                      # [BATCH, LAYERS*CELL]
     checkpoint = ckpt.checkpoint_object(model, config, optimizer, step_var, state_var)
@@ -378,13 +496,16 @@ def train(args):
         checkpoint.restore(resume_from).assert_consumed()
     step = saved_step = int(step_var.numpy())
     if step >= total_steps:
-        print(f"run {run} is complete at step {step} of {total_steps}: "
+        say(f"run {run} is complete at step {step} of {total_steps}: "
               "raise --epochs or --max-steps to train it further")
         return 0
 
-    train_step = make_train_step(model, optimizer, config["seed"])
+    train_step = make_train_step(model, optimizer, config, strategy)
     sampler = Generator(model, topn=SAMPLE_TOPN)
-    log = HeldBackLog(log_dir, ["training", "validation"] if valid_x is not None else ["training"])
+    if not chief:
+        valid_x = None  # validation and samples: the chief's (they involve no other worker)
+    log = HeldBackLog(log_dir if chief else None,
+                      ["training", "validation"] if valid_x is not None else ["training"])
 
     def save():
         """Checkpoint, then write out the log up to this step. A failed save (disk full,
@@ -393,7 +514,10 @@ def train(args):
         if not all(tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables):
             raise Diverged(f"the weights became infinite or NaN by step {step}")
         step_var.assign(step)
-        state_var.assign(state)
+        state_var.assign(strategy.gather(state, axis=0) if strategy else state)  # all rows
+        if not chief:  # the gather above was this worker's part of the save
+            saved_step = step
+            return True
         try:
             manager.save(checkpoint_number=step)
         except (OSError, tf.errors.OpError) as e:
@@ -409,17 +533,20 @@ def train(args):
         return True
 
     params = sum(int(np.prod(v.shape)) for v in model.trainable_variables)
-    print(f"run {run}: {f'resuming at step {step}' if resume_from else 'new'}; "
+    replicas = f", {strategy.num_replicas_in_sync} replicas" if strategy else ""
+    say(f"run {run}: {f'resuming at step {step}' if resume_from else 'new'}; "
           f"{config['layers']} x {config['cell_size']} GRU, {params:,} parameters, "
-          f"{model.train_dtype.name} matmuls in training")
-    print(f"training on {len(train_text):,} characters ({len(train_files)} files), validating on "
+          f"{model.train_dtype.name} matmuls in training{replicas}")
+    say(f"training on {len(train_text):,} characters ({len(train_files)} files), validating on "
           f"{len(valid_text):,} ({', '.join(os.path.basename(f) for f in valid_files) or 'none'})")
-    print(f"{nb_batches:,} batches of {B} x {T} per epoch; checkpoints in {run_dir}, "
+    say(f"{nb_batches:,} batches of {B} x {T} per epoch; checkpoints in {run_dir}, "
           f"TensorBoard logs in {log_dir} (make tensorboard)", flush=True)
 
     try:
         with StopRequest() as stop:
-            state = state_var.value()
+            state = state_var.value()                                 # [BATCH, LAYERS*CELL]
+            if strategy:
+                state = per_replica(strategy, state)
             batches = txtutils.minibatch_sequencer(train_text, B, T, config["epochs"], start_step=step)
             started, first_step = time.perf_counter(), step
             window_loss = window_acc = window_time = 0.0  # sums over the steps since the last log line
@@ -435,6 +562,8 @@ def train(args):
                 optimizer.learning_rate.assign(learning_rate)
                 # x, y: [BATCH, SEQLEN]; the output state of this batch is the input state of the next
                 t0 = time.perf_counter()
+                if strategy:
+                    x, y = per_replica(strategy, x), per_replica(strategy, y)
                 dropout = progress >= config["dropout_from"]
                 loss, accuracy, state = train_step(x, y, state, tf.constant(step, tf.int64), dropout)
                 if not math.isfinite(float(loss)):  # float() waits for the step to finish
@@ -445,6 +574,8 @@ def train(args):
                 window_steps += 1
                 step += 1
                 out_of_time = deadline is not None and time.perf_counter() >= deadline
+                if multiworker:  # every worker stops after the same step, or the others hang
+                    out_of_time = any_worker(strategy, out_of_time or stop.signal is not None)
                 last = step == total_steps or out_of_time
 
                 if step % config["log_every"] == 0 or last:
@@ -454,7 +585,7 @@ def train(args):
                     if deadline:
                         left = min(left, max(0.0, deadline - time.perf_counter()))
                     loss_avg, acc_avg = window_loss / window_steps, window_acc / window_steps
-                    print(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
+                    say(f"step {step:>{len(str(total_steps))}}/{total_steps}  epoch {epoch + 1}/"
                           f"{config['epochs']}  loss {loss_avg:.3f}  acc {acc_avg:.3f}  "
                           f"{chars_per_s / 1000:.1f}k chars/s  {format_duration(left)} left", flush=True)
                     log.scalar("training", "loss", loss_avg, step, log.LOSS)
@@ -470,7 +601,7 @@ def train(args):
                     log.scalar("validation", "loss", valid_loss, step, log.LOSS)
                     log.scalar("validation", "accuracy", valid_acc, step, log.ACCURACY)
 
-                if step % config["sample_every"] == 0 or last:
+                if chief and (step % config["sample_every"] == 0 or last):
                     sampler.start([txtutils.encode("\n")], seed=config["seed"] + step)
                     text = txtutils.decode(sampler.next(SAMPLE_LENGTH)[0])
                     print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
@@ -485,6 +616,12 @@ def train(args):
             cli.warn(f"rnn_train.py: error: the last {step - saved_step} steps could not be saved; "
                  f"free some space and --resume {run} from step {saved_step}")
             return 1
+    except tf.errors.OpError as e:
+        if not multiworker:
+            raise
+        raise WorkerLost(f"lost contact with another worker at step {step} "
+                         f"({type(e).__name__}); start every worker again with "
+                         f"--resume {run} (the last checkpoint is at step {saved_step})") from None
     except Diverged as e:
         lower = f"--learning-rate {config['learning_rate'] / 4:g}"
         if manager.latest_checkpoint:
@@ -500,10 +637,10 @@ def train(args):
               f"python rnn_train.py --resume {run}", file=sys.stderr)
         return 128 + stop.signal
     if out_of_time and step < total_steps:
-        print(f"time limit of {args.time_limit:g} minutes reached at step {step}: checkpoint "
+        say(f"time limit of {args.time_limit:g} minutes reached at step {step}: checkpoint "
               f"{manager.latest_checkpoint} saved; continue with python rnn_train.py --resume {run}")
         return 0
-    print(f"done: step {step}, checkpoint {manager.latest_checkpoint}")
+    say(f"done: step {step}, checkpoint {manager.latest_checkpoint}")
     return 0
 
 
@@ -513,6 +650,9 @@ def main(argv=None):
         return train(args)
     except (txtutils.CorpusError, ckpt.CheckpointError, UsageError) as e:
         cli.fail("rnn_train.py", e)
+    except WorkerLost as e:
+        cli.warn(f"rnn_train.py: error: {e}")
+        return 1
     except KeyboardInterrupt:
         print("\nrnn_train.py: quit without saving; the previous checkpoint is intact",
               file=sys.stderr)

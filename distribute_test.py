@@ -1,0 +1,153 @@
+"""rnn_train.py --strategy: data-parallel training with tf.distribute computes what one
+process computes. MirroredStrategy over 2 logical CPU devices in one process, and
+MultiWorkerMirroredStrategy as 2 worker processes on 127.0.0.1, against a plain run
+of the same global batch; and a worker killed mid-run."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import HERE, TINY, run_cli, write_corpus
+
+pytestmark = pytest.mark.slow
+
+# float32 (bfloat16 rounds differently for different batch shapes), dropout and
+# clipping on: the masks and the clipped gradient must be the whole batch's
+EXACT = [*TINY, "--no-mixed-precision", "--dropout", "0.3", "--dropout-from", "0",
+         "--clip-norm", "0.5", "--save-every", "10", "--sample-every", "1000"]
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def workers(args, n=2, timeout=240):
+    """Start n rnn_train.py --strategy multiworker processes on 127.0.0.1; returns them."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+    procs = []
+    for i in range(n):
+        env = dict(os.environ, TF_CONFIG=json.dumps(
+            {"cluster": cluster, "task": {"type": "worker", "index": i}}))
+        procs.append(subprocess.Popen(
+            [sys.executable, os.path.join(HERE, "rnn_train.py"), *args,
+             "--strategy", "multiworker", "--collective-timeout", "20"],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
+
+
+def finish(procs, timeout=240):
+    return [p.communicate(timeout=timeout) + (p.returncode,) for p in procs]
+
+
+def assert_same_checkpoint(a, b, atol=1e-5):
+    """Every weight, Adam moment and the RNN state of every batch row."""
+    a, b = tf.train.load_checkpoint(str(a)), tf.train.load_checkpoint(str(b))
+    keys = [k for k in a.get_variable_to_shape_map() if not k.startswith(("config", "save", "_"))]
+    assert "state/.ATTRIBUTES/VARIABLE_VALUE" in keys
+    for key in keys:
+        np.testing.assert_allclose(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=atol,
+                                   err_msg=key)
+    state = a.get_tensor("state/.ATTRIBUTES/VARIABLE_VALUE")
+    assert np.abs(state).min(axis=1).max() > 0  # every row has a state of its own
+    return len(keys)
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """The reference: 30 steps of the tiny model in one plain process."""
+    root = tmp_path_factory.mktemp("plain")
+    corpus = write_corpus(str(root / "corpus"), files=1)
+    common = ["--data", corpus, "--validation", "none", *EXACT,
+              "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
+    result = run_cli("rnn_train.py", *common, "--run", "plain", "--max-steps", "30")
+    assert result.returncode == 0, result.stderr
+    return {"root": root, "common": common, "ck": root / "ck"}
+
+
+def test_mirrored_over_two_cpu_devices_equals_one_process(plain):
+    result = run_cli("rnn_train.py", *plain["common"], "--run", "mirrored", "--max-steps", "30",
+                     "--strategy", "mirrored", "--cpu-replicas", "2")
+    assert result.returncode == 0, result.stderr
+    assert "2 replicas" in result.stdout
+    # the state of every row, checkpointed at steps 10, 20 and 30, and the weights
+    for step in (10, 20, 30):
+        assert_same_checkpoint(plain["ck"] / "plain" / f"ckpt-{step}",
+                               plain["ck"] / "mirrored" / f"ckpt-{step}")
+
+
+def test_two_workers_equal_one_process_and_only_the_chief_writes(plain):
+    args = [*plain["common"], "--run", "multi", "--max-steps", "30"]
+    (out0, err0, rc0), (out1, err1, rc1) = finish(workers(args))
+    assert rc0 == 0, err0
+    assert rc1 == 0, err1
+    assert "2 replicas" in out0 and out1 == ""  # one voice: the chief's
+    for step in (10, 20, 30):
+        assert_same_checkpoint(plain["ck"] / "plain" / f"ckpt-{step}",
+                               plain["ck"] / "multi" / f"ckpt-{step}")
+    # one set of TensorBoard logs, written once
+    events = [f for _, _, files in os.walk(plain["root"] / "log" / "multi") for f in files]
+    assert len(events) == 1
+
+
+def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
+    corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=4000)
+    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    args = ["--data", corpus, "--validation", "none", *TINY, "--save-every", "20",
+            "--sample-every", "100000", "--run", "k", *dirs]
+    chief, other = workers(args)
+    ck = tmp_path / "ck" / "k"
+    deadline = time.monotonic() + 120
+    while not (ck.exists() and any(n.endswith(".index") for n in os.listdir(ck))):
+        assert time.monotonic() < deadline and chief.poll() is None, "no checkpoint in time"
+        time.sleep(0.2)
+    other.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    _, err = chief.communicate(timeout=90)
+    other.communicate()
+    assert time.monotonic() - killed_at < 60  # no hang
+    assert chief.returncode == 1
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("rnn_train.py: error: lost contact with another worker"), err
+    assert "--resume k" in last
+    saved = max(int(n[5:-6]) for n in os.listdir(ck) if n.endswith(".index"))
+    assert f"checkpoint is at step {saved}" in last
+    # a plain process (one replica instead of two) continues from there
+    result = run_cli("rnn_train.py", "--resume", "k", "--max-steps", str(saved + 20), *dirs)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming at step {saved}" in result.stdout
+    assert os.path.exists(ck / f"ckpt-{saved + 20}.index")
+
+
+def test_distribution_misuse_gets_one_line(tmp_path):
+    corpus = write_corpus(str(tmp_path / "corpus"), files=1)
+    common = ["--data", corpus, "--validation", "none", *TINY, "--max-steps", "2",
+              "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    env_without = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    cases = [
+        (["--strategy", "mirrored", "--cpu-replicas", "3"], os.environ, "does not split evenly"),
+        (["--strategy", "multiworker"], env_without, "TF_CONFIG"),
+        (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG="{cluster"), "TF_CONFIG"),
+    ]
+    for args, env, expected in cases:
+        result = subprocess.run([sys.executable, os.path.join(HERE, "rnn_train.py"), *common,
+                                 *args], env=env, capture_output=True, text=True, timeout=120,
+                                check=False)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("rnn_train.py: error:"), (args, lines)
+        assert expected in lines[0], (args, lines)
