@@ -126,11 +126,16 @@ def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
     assert "--resume k" in last
     saved = max(int(n[5:-6]) for n in os.listdir(ck) if n.endswith(".index"))
     assert f"checkpoint is at step {saved}" in last
-    # a plain process (one replica instead of two) continues from there
-    result = run_cli("rnn_train.py", "--resume", "k", "--max-steps", str(saved + 20), *dirs)
+    # the same two workers continue from there...
+    again = workers(["--resume", "k", "--max-steps", str(saved + 20), *dirs])
+    (out0, err0, rc0), (_, err1, rc1) = finish(again)
+    assert rc0 == rc1 == 0, err0 + err1
+    assert f"resuming at step {saved}" in out0
+    # ...and so does a plain process, one replica instead of two
+    result = run_cli("rnn_train.py", "--resume", "k", "--max-steps", str(saved + 40), *dirs)
     assert result.returncode == 0, result.stderr
-    assert f"resuming at step {saved}" in result.stdout
-    assert os.path.exists(ck / f"ckpt-{saved + 20}.index")
+    assert f"resuming at step {saved + 20}" in result.stdout
+    assert os.path.exists(ck / f"ckpt-{saved + 40}.index")
 
 
 def test_distribution_misuse_gets_one_line(tmp_path):
