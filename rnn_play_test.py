@@ -77,7 +77,10 @@ def test_endless_output_stops_quietly_on_ctrl_c(tiny_run):
     proc = subprocess.Popen(
         [sys.executable, os.path.join(HERE, "rnn_play.py"), "--length", "0",
          "--checkpoint-dir", str(tiny_run["checkpoints"])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # as from a terminal: a suite started in the background (nohup, `&` in a
+        # script) passes SIGINT on ignored, and Ctrl-C would then do nothing
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
     proc.stdout.read(2000)  # well past any fixed default length... it keeps going
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
