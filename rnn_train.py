@@ -23,7 +23,7 @@ import tensorflow as tf
 
 import ckpt
 import txtutils
-from model import Generator, build_model, loss_and_accuracy, mixed_precision_dtype
+from model import Generator, build_model, loss_and_accuracy, mixed_precision_dtype, on_gpu
 
 # ---------------------------------------------------------------------------
 # Hyperparameters, each one a flag below: the talk's model, a faster-learning recipe
@@ -267,7 +267,7 @@ def pick_run(args):
 def has_bfloat16():
     """Whether bfloat16 matmuls run in hardware here: GPUs from Ampere on, CPUs with
     AVX512-BF16 or AMX (as Linux tells; elsewhere, assume not)."""
-    if tf.config.list_physical_devices("GPU"):
+    if on_gpu():
         return mixed_precision_dtype() == tf.bfloat16
     try:
         with open("/proc/cpuinfo") as f:
@@ -478,7 +478,7 @@ def train(args):
     mixed_precision = config["mixed_precision"]
     if mixed_precision == "auto":
         mixed_precision = has_bfloat16()
-    elif mixed_precision and not has_bfloat16() and not tf.config.list_physical_devices("GPU"):
+    elif mixed_precision and not has_bfloat16() and not on_gpu():
         cli.warn("warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): "
                  "--mixed-precision will train slower than without")
 
