@@ -9,7 +9,7 @@ Every speed is a median over repeated timings after a warm-up; run it on an idle
 machine, and compare figures only within one run.
 """
 
-import cli  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
+import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import argparse
 import json
@@ -26,9 +26,14 @@ import rnn_play
 import rnn_train
 from model import Generator, build_model
 
-DEFAULT = {"alphasize": 98, "cell_size": rnn_train.CELL_SIZE, "layers": rnn_train.LAYERS,
-           "dropout": rnn_train.DROPOUT, "batch_size": rnn_train.BATCH_SIZE,
-           "seqlen": rnn_train.SEQLEN}
+DEFAULT = {
+    "alphasize": 98,
+    "cell_size": rnn_train.CELL_SIZE,
+    "layers": rnn_train.LAYERS,
+    "dropout": rnn_train.DROPOUT,
+    "batch_size": rnn_train.BATCH_SIZE,
+    "seqlen": rnn_train.SEQLEN,
+}
 QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
 
 
@@ -78,13 +83,17 @@ def training_speeds(config, steps, warmup):
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
         step_config = dict(config, seed=0, clip_norm=rnn_train.CLIP_NORM)
-        runs[mixed] = {"step": rnn_train.make_train_step(model, optimizer, step_config),
-                       "state": model.zero_state(B), "times": []}
+        runs[mixed] = {
+            "step": rnn_train.make_train_step(model, optimizer, step_config),
+            "state": model.zero_state(B),
+            "times": [],
+        }
 
     def one_step(run, step, timed):
         t0 = time.perf_counter()
-        loss, _, run["state"] = run["step"](x, y, run["state"], tf.constant(step, tf.int64),
-                                            True)  # dropout on
+        loss, _, run["state"] = run["step"](
+            x, y, run["state"], tf.constant(step, tf.int64), True
+        )  # dropout on
         float(loss)  # waits for the step to finish
         if timed:
             run["times"].append(time.perf_counter() - t0)
@@ -135,6 +144,7 @@ def peak_memory_mb():
     except OSError:
         pass
     import resource  # not Linux: the peak since the process started
+
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -152,18 +162,28 @@ def cpu_name():
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
-    p.add_argument("--quick", action="store_true",
-                   help="a tiny model and few repeats: checks that the bench runs, in seconds")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a tiny model and few repeats: checks that the bench runs, in seconds",
+    )
     args = p.parse_args(argv)
     config = QUICK if args.quick else DEFAULT
     steps, warmup, repeats = (5, 2, 3) if args.quick else (30, 5, 20)
     one_stream_chars, many_stream_chars = (128, 64) if args.quick else (2048, 256)
 
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(f"{cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__} on the {device}"
-          f"{' (--quick: a tiny model)' if args.quick else ''}", flush=True)
+    print(
+        f"{cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__} on the {device}"
+        f"{' (--quick: a tiny model)' if args.quick else ''}",
+        flush=True,
+    )
     # The limit: the training step's main product, [BATCH*SEQLEN, 2*CELL] x [2*CELL, 3*CELL]
-    m, k, n = config["batch_size"] * config["seqlen"], 2 * config["cell_size"], 3 * config["cell_size"]
+    m, k, n = (
+        config["batch_size"] * config["seqlen"],
+        2 * config["cell_size"],
+        3 * config["cell_size"],
+    )
     gflops = matmul_gflops(m, k, n, repeats)
     flops = train_flops_per_char(config)
     limit = gflops * 1e9 / flops
@@ -190,12 +210,22 @@ def main(argv=None):
         "train_peak_rss_mb": round(train_rss),
         "generate_peak_rss_mb": round(gen_rss),
     }
-    shape = f"{config['layers']}x{config['cell_size']} GRU, batch {config['batch_size']} x {config['seqlen']}"
+    shape = f"{config['layers']}x{config['cell_size']} GRU"
+    shape += f", batch {config['batch_size']} x {config['seqlen']}"
     rows = [
         (f"fp32 matmul [{m}x{k}] x [{k}x{n}]", f"{gflops:.0f} GFLOP/s"),
-        ("= training limit at the fixed FLOP count", f"{limit:,.0f} chars/s ({flops / 1e6:.1f} MFLOP/char)"),
-        (f"training, float32 ({shape})", f"{speeds[False]:,.0f} chars/s = {speeds[False] / limit:.2f} of the limit"),
-        ("training, --mixed-precision", f"{speeds[True]:,.0f} chars/s = {speeds[True] / speeds[False]:.2f}x float32"),
+        (
+            "= training limit at the fixed FLOP count",
+            f"{limit:,.0f} chars/s ({flops / 1e6:.1f} MFLOP/char)",
+        ),
+        (
+            f"training, float32 ({shape})",
+            f"{speeds[False]:,.0f} chars/s = {speeds[False] / limit:.2f} of the limit",
+        ),
+        (
+            "training, --mixed-precision",
+            f"{speeds[True]:,.0f} chars/s = {speeds[True] / speeds[False]:.2f}x float32",
+        ),
         ("generation, 1 stream", f"{gen_1:,.0f} chars/s"),
         ("generation, 256 streams", f"{gen_256:,.0f} chars/s in all"),
         ("peak memory, training", f"{train_rss:,.0f} MB"),
@@ -205,8 +235,9 @@ def main(argv=None):
     for name, value in rows:
         print(f"{name:<{width}}  {value}")
     if args.json:
-        figures.update(cpu=cpu_name(), tensorflow=tf.__version__, quick=args.quick,
-                       train_flops_per_char=flops)
+        figures.update(
+            cpu=cpu_name(), tensorflow=tf.__version__, quick=args.quick, train_flops_per_char=flops
+        )
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
             f.write("\n")

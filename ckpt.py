@@ -40,8 +40,9 @@ def read_config(path):
     try:
         raw = tf.train.load_checkpoint(path).get_tensor(CONFIG_KEY)
     except (tf.errors.OpError, ValueError) as e:
-        raise CheckpointError(f"{path} is not a readable checkpoint of this project "
-                              f"({str(e).splitlines()[0]})") from None
+        raise CheckpointError(
+            f"{path} is not a readable checkpoint of this project ({str(e).splitlines()[0]})"
+        ) from None
     return json.loads(raw)
 
 
@@ -131,8 +132,10 @@ class RunLock:
             self.file.seek(0)
             pid = self.file.read().strip() or "?"
             self.file.close()
-            raise CheckpointError(f"{run_dir} is being trained by another process (pid {pid}): "
-                                  "wait for it to finish, or stop it first") from None
+            raise CheckpointError(
+                f"{run_dir} is being trained by another process (pid {pid}): "
+                "wait for it to finish, or stop it first"
+            ) from None
         self.file.seek(0)
         self.file.truncate()
         self.file.write(f"{os.getpid()}\n")
@@ -146,8 +149,10 @@ def resolve(what, checkpoint_dir, warn):
     if what is None:
         what = newest_run(checkpoint_dir)
         if what is None:
-            raise CheckpointError(f"no checkpoint in {checkpoint_dir}/: train one first "
-                                  "(make train, or python rnn_train.py), or name one")
+            raise CheckpointError(
+                f"no checkpoint in {checkpoint_dir}/: train one first "
+                "(make train, or python rnn_train.py), or name one"
+            )
     if os.path.isfile(what + ".index"):
         verify(what)
         return what
@@ -158,8 +163,10 @@ def resolve(what, checkpoint_dir, warn):
                 raise CheckpointError(f"every checkpoint in {run_dir} is damaged")
             return prefix
     if os.path.isdir(what) or os.path.isdir(os.path.join(checkpoint_dir, what)):
-        raise CheckpointError(f"{what} holds no checkpoint: name a run directory "
-                              f"from {checkpoint_dir}/ or a checkpoint like RUN/ckpt-100")
+        raise CheckpointError(
+            f"{what} holds no checkpoint: name a run directory "
+            f"from {checkpoint_dir}/ or a checkpoint like RUN/ckpt-100"
+        )
     raise CheckpointError(f"no run or checkpoint named {what}: see the runs in {checkpoint_dir}/")
 
 

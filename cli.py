@@ -1,30 +1,11 @@
 """What the command-line programs share: one-line errors and argument types.
 
-Import this before TensorFlow: it loads TensorFlow with its start-up chatter
-silenced, so that an error is the one line a user reads on stderr.
+No TensorFlow here, so the tools that do not need it (fetch_corpus.py,
+screenshot_tensorboard.py) start quickly.
 """
 
 import argparse
-import os
 import sys
-
-
-def _import_tensorflow_quietly():
-    """TensorFlow 2.21 logs oneDNN notices straight to file descriptor 2 while it
-    loads, whatever TF_CPP_MIN_LOG_LEVEL says: point fd 2 at /dev/null meanwhile."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        import tensorflow  # noqa: F401
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
-_import_tensorflow_quietly()
 
 
 class ArgumentParser(argparse.ArgumentParser):

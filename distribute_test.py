@@ -21,8 +21,20 @@ pytestmark = pytest.mark.slow
 
 # float32 (bfloat16 rounds differently for different batch shapes), dropout and
 # clipping on: the masks and the clipped gradient must be the whole batch's
-EXACT = [*TINY, "--no-mixed-precision", "--dropout", "0.3", "--dropout-from", "0",
-         "--clip-norm", "0.5", "--save-every", "10", "--sample-every", "1000"]
+EXACT = [
+    *TINY,
+    "--no-mixed-precision",
+    "--dropout",
+    "0.3",
+    "--dropout-from",
+    "0",
+    "--clip-norm",
+    "0.5",
+    "--save-every",
+    "10",
+    "--sample-every",
+    "1000",
+]
 
 
 def free_ports(n):
@@ -40,12 +52,27 @@ def workers(args, n=2, timeout=240):
     cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
     procs = []
     for i in range(n):
-        env = dict(os.environ, TF_CONFIG=json.dumps(
-            {"cluster": cluster, "task": {"type": "worker", "index": i}}))
-        procs.append(subprocess.Popen(
-            [sys.executable, os.path.join(HERE, "rnn_train.py"), *args,
-             "--strategy", "multiworker", "--collective-timeout", "20"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = dict(
+            os.environ,
+            TF_CONFIG=json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}}),
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    os.path.join(HERE, "rnn_train.py"),
+                    *args,
+                    "--strategy",
+                    "multiworker",
+                    "--collective-timeout",
+                    "20",
+                ],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     return procs
 
 
@@ -59,8 +86,9 @@ def assert_same_checkpoint(a, b, atol=1e-5):
     keys = [k for k in a.get_variable_to_shape_map() if not k.startswith(("config", "save", "_"))]
     assert "state/.ATTRIBUTES/VARIABLE_VALUE" in keys
     for key in keys:
-        np.testing.assert_allclose(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=atol,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            a.get_tensor(key), b.get_tensor(key), rtol=0, atol=atol, err_msg=key
+        )
     state = a.get_tensor("state/.ATTRIBUTES/VARIABLE_VALUE")
     assert np.abs(state).min(axis=1).max() > 0  # every row has a state of its own
     return len(keys)
@@ -71,22 +99,42 @@ def plain(tmp_path_factory):
     """The reference: 30 steps of the tiny model in one plain process."""
     root = tmp_path_factory.mktemp("plain")
     corpus = write_corpus(str(root / "corpus"), files=1)
-    common = ["--data", corpus, "--validation", "none", *EXACT,
-              "--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
+    common = [
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        *EXACT,
+        "--checkpoint-dir",
+        str(root / "ck"),
+        "--log-dir",
+        str(root / "log"),
+    ]
     result = run_cli("rnn_train.py", *common, "--run", "plain", "--max-steps", "30")
     assert result.returncode == 0, result.stderr
     return {"root": root, "common": common, "ck": root / "ck"}
 
 
 def test_mirrored_over_two_cpu_devices_equals_one_process(plain):
-    result = run_cli("rnn_train.py", *plain["common"], "--run", "mirrored", "--max-steps", "30",
-                     "--strategy", "mirrored", "--cpu-replicas", "2")
+    result = run_cli(
+        "rnn_train.py",
+        *plain["common"],
+        "--run",
+        "mirrored",
+        "--max-steps",
+        "30",
+        "--strategy",
+        "mirrored",
+        "--cpu-replicas",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     assert "2 replicas" in result.stdout
     # the state of every row, checkpointed at steps 10, 20 and 30, and the weights
     for step in (10, 20, 30):
-        assert_same_checkpoint(plain["ck"] / "plain" / f"ckpt-{step}",
-                               plain["ck"] / "mirrored" / f"ckpt-{step}")
+        assert_same_checkpoint(
+            plain["ck"] / "plain" / f"ckpt-{step}", plain["ck"] / "mirrored" / f"ckpt-{step}"
+        )
 
 
 def test_two_workers_equal_one_process_and_only_the_chief_writes(plain):
@@ -96,8 +144,9 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(plain):
     assert rc1 == 0, err1
     assert "2 replicas" in out0 and out1 == ""  # one voice: the chief's
     for step in (10, 20, 30):
-        assert_same_checkpoint(plain["ck"] / "plain" / f"ckpt-{step}",
-                               plain["ck"] / "multi" / f"ckpt-{step}")
+        assert_same_checkpoint(
+            plain["ck"] / "plain" / f"ckpt-{step}", plain["ck"] / "multi" / f"ckpt-{step}"
+        )
     # one set of TensorBoard logs, written once
     events = [f for _, _, files in os.walk(plain["root"] / "log" / "multi") for f in files]
     assert len(events) == 1
@@ -106,8 +155,20 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(plain):
 def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=4000)
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    args = ["--data", corpus, "--validation", "none", *TINY, "--save-every", "20",
-            "--sample-every", "100000", "--run", "k", *dirs]
+    args = [
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        *TINY,
+        "--save-every",
+        "20",
+        "--sample-every",
+        "100000",
+        "--run",
+        "k",
+        *dirs,
+    ]
     chief, other = workers(args)
     ck = tmp_path / "ck" / "k"
     deadline = time.monotonic() + 120
@@ -140,8 +201,19 @@ def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
 
 def test_distribution_misuse_gets_one_line(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
-    common = ["--data", corpus, "--validation", "none", *TINY, "--max-steps", "2",
-              "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    common = [
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        *TINY,
+        "--max-steps",
+        "2",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    ]
     env_without = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     cases = [
         (["--strategy", "mirrored", "--cpu-replicas", "3"], os.environ, "does not split evenly"),
@@ -149,9 +221,14 @@ def test_distribution_misuse_gets_one_line(tmp_path):
         (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG="{cluster"), "TF_CONFIG"),
     ]
     for args, env, expected in cases:
-        result = subprocess.run([sys.executable, os.path.join(HERE, "rnn_train.py"), *common,
-                                 *args], env=env, capture_output=True, text=True, timeout=120,
-                                check=False)
+        result = subprocess.run(
+            [sys.executable, os.path.join(HERE, "rnn_train.py"), *common, *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("rnn_train.py: error:"), (args, lines)

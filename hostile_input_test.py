@@ -47,20 +47,27 @@ HOSTILE_TEXT = st.text(alphabet=HOSTILE_CHAR)
 HOSTILE_BYTES = st.one_of(
     st.binary(),
     HOSTILE_TEXT.map(lambda s: s.encode("utf-8", "surrogatepass")),
-    st.text(alphabet=st.sampled_from("ab \r\n\t\x80\xff")).map(
-        lambda s: s.encode("latin-1")),
+    st.text(alphabet=st.sampled_from("ab \r\n\t\x80\xff")).map(lambda s: s.encode("latin-1")),
 )
 
 
 def _png():
     """A real 1 x 1 PNG: signature, IHDR, IDAT, IEND (chunk lengths hold NUL bytes)."""
+
     def chunk(kind, data):
-        return (struct.pack(">I", len(data)) + kind + data
-                + struct.pack(">I", binascii.crc32(kind + data)))
-    return (b"\x89PNG\r\n\x1a\n"
-            + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
-            + chunk(b"IEND", b""))
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", binascii.crc32(kind + data))
+        )
+
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+        + chunk(b"IEND", b"")
+    )
 
 
 PNG = _png()
@@ -78,12 +85,14 @@ def _usable_name(name):
 
 FILE_NAME = st.text(
     alphabet=st.one_of(HOSTILE_CHAR, st.sampled_from("[]*?!.-~ \\")),
-    min_size=1, max_size=20,
+    min_size=1,
+    max_size=20,
 ).filter(_usable_name)
 
 
 # ---------------------------------------------------------------------------
 # The specification, written independently of txtutils
+
 
 def expected_codes(text):
     """Symbol codes by the documented alphabet: 1 = tab, 2..96 = ASCII 32..126,
@@ -118,6 +127,7 @@ def one_error_line(err, prog):
 # ---------------------------------------------------------------------------
 # 1. The encoder
 
+
 @settings(max_examples=300, deadline=None)
 @given(HOSTILE_TEXT)
 @example("\r\n")
@@ -145,6 +155,7 @@ def test_encode_then_decode_gives_back_text_in_the_alphabet(text):
 # ---------------------------------------------------------------------------
 # 2. One file of arbitrary bytes
 
+
 @settings(max_examples=200, deadline=None)
 @given(HOSTILE_BYTES)
 @example(PNG)
@@ -171,18 +182,27 @@ def test_read_file_refuses_exactly_the_files_holding_nul_and_decodes_the_rest(da
 # ---------------------------------------------------------------------------
 # 3. A corpus folder with arbitrary file names
 
+
 @settings(max_examples=150, deadline=None)
-@given(files=st.lists(st.tuples(FILE_NAME, HOSTILE_BYTES), min_size=0, max_size=7,
-                      unique_by=lambda f: os.fsencode(f[0])),
-       validation=st.sampled_from([None, []]),
-       by_file=st.booleans())
-@example(files=[("[", b"a"), ("*", b"b"), ("a[b]c?", b"cd"), ("[!x]", b"")],
-         validation=[], by_file=False)
+@given(
+    files=st.lists(
+        st.tuples(FILE_NAME, HOSTILE_BYTES),
+        min_size=0,
+        max_size=7,
+        unique_by=lambda f: os.fsencode(f[0]),
+    ),
+    validation=st.sampled_from([None, []]),
+    by_file=st.booleans(),
+)
+@example(
+    files=[("[", b"a"), ("*", b"b"), ("a[b]c?", b"cd"), ("[!x]", b"")], validation=[], by_file=False
+)
 @example(files=[(".hidden", b"\0PNG"), ("visible", b"text")], validation=[], by_file=False)
 @example(files=[("\udcff\udcfe", b"x"), ("\udcc3\udca9", b"y")], validation=None, by_file=False)
 @example(files=[("~", b"x"), ("-", b"y\n")], validation=[], by_file=True)
-def test_read_corpus_takes_any_file_names_and_fails_only_with_corpus_error(files, validation,
-                                                                           by_file):
+def test_read_corpus_takes_any_file_names_and_fails_only_with_corpus_error(
+    files, validation, by_file
+):
     with tempfile.TemporaryDirectory() as tmp:
         tmpb = os.fsencode(tmp)
         for name, data in files:
@@ -202,13 +222,25 @@ def test_read_corpus_takes_any_file_names_and_fails_only_with_corpus_error(files
         total = sum(len(expected_file_codes(d)) for _, d in visible if b"\0" not in d)
 
         try:
-            train, valid, train_files, valid_files = txtutils.read_corpus(data_patterns,
-                                                                          validation)
+            train, valid, train_files, valid_files = txtutils.read_corpus(data_patterns, validation)
         except txtutils.CorpusError as e:
             message = str(e)
-            event("refused: " + next((k for k in ("matches no file", "not a text file",
-                                                   "holds no text", "validation files take all")
-                                      if k in message), message))
+            event(
+                "refused: "
+                + next(
+                    (
+                        k
+                        for k in (
+                            "matches no file",
+                            "not a text file",
+                            "holds no text",
+                            "validation files take all",
+                        )
+                        if k in message
+                    ),
+                    message,
+                )
+            )
             if not visible:
                 assert "matches no file" in message
             elif any(b"\0" in d for _, d in visible):
@@ -235,27 +267,46 @@ def test_read_corpus_takes_any_file_names_and_fails_only_with_corpus_error(files
 # A readable file of 120 characters: with it, the tiny batch of 4 x 8 (33 characters)
 # fits whatever the hostile file holds.
 READABLE = b"ROMEO: the moon sees juliet.\n" * 4 + b"JULIET.\n"
-TRAIN_FLAGS = [*TINY, "--max-steps", "2", "--sample-every", "1000", "--eval-every", "1000",
-               "--save-every", "1000", "--validation", "none", "--run", "hostile"]
+TRAIN_FLAGS = [
+    *TINY,
+    "--max-steps",
+    "2",
+    "--sample-every",
+    "1000",
+    "--eval-every",
+    "1000",
+    "--save-every",
+    "1000",
+    "--validation",
+    "none",
+    "--run",
+    "hostile",
+]
 MIN_TEXT = 4 * 8 + 1  # --batch-size 4 x --seqlen 8, plus the one character y runs ahead
 # a hostile name for the hostile file, one that a walk of the folder does not skip
-CORPUS_NAME = FILE_NAME.filter(lambda n: not n.startswith(".")
-                               and n not in ("image.png", "readable.txt"))
+CORPUS_NAME = FILE_NAME.filter(
+    lambda n: not n.startswith(".") and n not in ("image.png", "readable.txt")
+)
 
 
-@settings(max_examples=9, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(data=HOSTILE_BYTES, name=st.one_of(st.just("hostile.txt"), CORPUS_NAME),
-       with_png=st.booleans(), with_readable=st.booleans())
+@settings(
+    max_examples=9, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    data=HOSTILE_BYTES,
+    name=st.one_of(st.just("hostile.txt"), CORPUS_NAME),
+    with_png=st.booleans(),
+    with_readable=st.booleans(),
+)
 @example(data=b"\xff\xfe\x00\x01", name="[*?].txt", with_png=False, with_readable=True)
-@example(data=b"\xc3\x28 \xed\xa0\x80 \r\n" * 5, name="\udcff", with_png=False,
-         with_readable=False)
+@example(data=b"\xc3\x28 \xed\xa0\x80 \r\n" * 5, name="\udcff", with_png=False, with_readable=False)
 @example(data=b"", name="hostile.txt", with_png=False, with_readable=False)
 @example(data=b"\xff", name="hostile.txt", with_png=False, with_readable=False)
 @example(data=b"\xff\xfe\r\nok", name="~\x1b[31m", with_png=False, with_readable=True)
 @example(data=b"text", name="hostile.txt", with_png=True, with_readable=True)
-def test_train_trains_or_refuses_in_one_line_on_any_bytes(capfd, data, name, with_png,
-                                                          with_readable):
+def test_train_trains_or_refuses_in_one_line_on_any_bytes(
+    capfd, data, name, with_png, with_readable
+):
     capfd.readouterr()  # what an earlier example left
     with tempfile.TemporaryDirectory() as tmp:
         corpus = os.path.join(tmp, "corpus")
@@ -268,8 +319,15 @@ def test_train_trains_or_refuses_in_one_line_on_any_bytes(capfd, data, name, wit
         for file_name, content in contents.items():
             with open(os.path.join(os.fsencode(corpus), os.fsencode(file_name)), "wb") as f:
                 f.write(content)
-        argv = ["--data", corpus, *TRAIN_FLAGS, "--checkpoint-dir", os.path.join(tmp, "ckpt"),
-                "--log-dir", os.path.join(tmp, "log")]
+        argv = [
+            "--data",
+            corpus,
+            *TRAIN_FLAGS,
+            "--checkpoint-dir",
+            os.path.join(tmp, "ckpt"),
+            "--log-dir",
+            os.path.join(tmp, "log"),
+        ]
         try:
             status = rnn_train.main(argv)
         except SystemExit as e:
@@ -280,8 +338,13 @@ def test_train_trains_or_refuses_in_one_line_on_any_bytes(capfd, data, name, wit
             reason = "is not a text file"
         else:
             total = sum(len(expected_file_codes(c)) for c in contents.values())
-            reason = ("holds no text" if total == 0 else
-                      "too small for one batch" if total < MIN_TEXT else None)
+            reason = (
+                "holds no text"
+                if total == 0
+                else "too small for one batch"
+                if total < MIN_TEXT
+                else None
+            )
         event(reason or "trained")
         if reason is None:
             assert status == 0, err
@@ -301,15 +364,24 @@ def test_train_error_naming_a_file_with_a_newline_is_one_line(capfd, tmp_path):
     (corpus / "image\n.png").write_bytes(PNG)
     capfd.readouterr()
     with pytest.raises(SystemExit) as info:
-        rnn_train.main(["--data", str(corpus), *TRAIN_FLAGS,
-                        "--checkpoint-dir", str(tmp_path / "ckpt"),
-                        "--log-dir", str(tmp_path / "log")])
+        rnn_train.main(
+            [
+                "--data",
+                str(corpus),
+                *TRAIN_FLAGS,
+                "--checkpoint-dir",
+                str(tmp_path / "ckpt"),
+                "--log-dir",
+                str(tmp_path / "log"),
+            ]
+        )
     assert info.value.code == 2
     assert "is not a text file" in one_error_line(capfd.readouterr().err, "rnn_train.py")
 
 
 # ---------------------------------------------------------------------------
 # 5. rnn_play.py, in process, with an arbitrary prime
+
 
 def play_in_process(capfd, argv):
     capfd.readouterr()
@@ -321,8 +393,9 @@ def play_in_process(capfd, argv):
     return status, out, err
 
 
-@settings(max_examples=25, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(prime=st.text(alphabet=HOSTILE_CHAR, min_size=1, max_size=40), as_one_arg=st.booleans())
 @example(prime="\r", as_one_arg=True)
 @example(prime="\r\n\r\n", as_one_arg=False)
@@ -333,9 +406,18 @@ def play_in_process(capfd, argv):
 @example(prime="--", as_one_arg=False)
 def test_play_prints_any_prime_then_exactly_the_asked_length(tiny_run, capfd, prime, as_one_arg):
     prime_args = [f"--prime={prime}"] if as_one_arg else ["--prime", prime]
-    status, out, err = play_in_process(capfd, [
-        *prime_args, "--length", "20", "--seed", "1",
-        "--checkpoint-dir", str(tiny_run["checkpoints"])])
+    status, out, err = play_in_process(
+        capfd,
+        [
+            *prime_args,
+            "--length",
+            "20",
+            "--seed",
+            "1",
+            "--checkpoint-dir",
+            str(tiny_run["checkpoints"]),
+        ],
+    )
     if status != 0 and not as_one_arg and prime.startswith("-"):
         # `--prime -x` reads as two flags (argparse's rule; `--prime=-x` is the way):
         # that is refused in one line, not crashed on
@@ -350,15 +432,24 @@ def test_play_prints_any_prime_then_exactly_the_asked_length(tiny_run, capfd, pr
     # surrogate) is printed as "?"; everything else goes out as given, CR included
     shown = prime.encode("utf-8", errors="replace").decode("utf-8")
     assert out.startswith(shown), (out, shown)
-    generated = out[len(shown):]
+    generated = out[len(shown) :]
     assert len(generated) == 20 + 1 and generated.endswith("\n")
     assert set(generated[:-1]) <= set(txtutils.ALPHABET)
 
 
 def test_play_takes_two_dashes_as_the_prime(tiny_run, capfd):
-    status, out, err = play_in_process(capfd, [
-        "--prime=--", "--length", "20", "--seed", "1",
-        "--checkpoint-dir", str(tiny_run["checkpoints"])])
+    status, out, err = play_in_process(
+        capfd,
+        [
+            "--prime=--",
+            "--length",
+            "20",
+            "--seed",
+            "1",
+            "--checkpoint-dir",
+            str(tiny_run["checkpoints"]),
+        ],
+    )
     assert (status, err) == (0, "")
     assert out.startswith("--") and len(out) == 2 + 20 + 1
 
@@ -366,26 +457,30 @@ def test_play_takes_two_dashes_as_the_prime(tiny_run, capfd):
 # ---------------------------------------------------------------------------
 # 6. rnn_play.py --score, in process, on a file of arbitrary bytes
 
-SCORE_LINE = re.compile(r": ([\d.]+) bits/char \(([\d.]+) nats/char\), accuracy ([\d.]+), "
-                        r"over ([\d,]+) characters\n\Z")
+SCORE_LINE = re.compile(
+    r": ([\d.]+) bits/char \(([\d.]+) nats/char\), accuracy ([\d.]+), "
+    r"over ([\d,]+) characters\n\Z"
+)
 
 
-@settings(max_examples=15, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(HOSTILE_BYTES)
 @example(b"")
 @example(b"a")
-@example(b"\r\n")          # one character after CRLF -> LF: nothing to score
-@example(b"a\r\n")         # two: scored over one
-@example(b"\xff\xfe")      # two replacement characters, both unknown
+@example(b"\r\n")  # one character after CRLF -> LF: nothing to score
+@example(b"a\r\n")  # two: scored over one
+@example(b"\xff\xfe")  # two replacement characters, both unknown
 @example(PNG)
 def test_score_scores_or_refuses_in_one_line_on_any_bytes(tiny_run, capfd, data):
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "hostile.txt")
         with open(path, "wb") as f:
             f.write(data)
-        status, out, err = play_in_process(capfd, [
-            "--score", path, "--checkpoint-dir", str(tiny_run["checkpoints"])])
+        status, out, err = play_in_process(
+            capfd, ["--score", path, "--checkpoint-dir", str(tiny_run["checkpoints"])]
+        )
     if b"\0" in data:
         event("refused: not a text file")
         assert status == ("exit", 2)
@@ -413,13 +508,22 @@ def test_score_scores_or_refuses_in_one_line_on_any_bytes(tiny_run, capfd, data)
 # ---------------------------------------------------------------------------
 # 7. The real programs, as separate processes
 
+
 def test_train_process_refuses_a_png_under_a_non_utf8_name_in_one_line(tmp_path):
     corpus = os.path.join(os.fsencode(tmp_path), b"corpus")
     os.makedirs(corpus)
     with open(os.path.join(corpus, b"image\xff.png"), "wb") as f:  # not UTF-8: a bytes name
         f.write(PNG)
-    result = run_cli("rnn_train.py", "--data", corpus, *TRAIN_FLAGS,
-                     "--checkpoint-dir", str(tmp_path / "ckpt"), "--log-dir", str(tmp_path / "log"))
+    result = run_cli(
+        "rnn_train.py",
+        "--data",
+        corpus,
+        *TRAIN_FLAGS,
+        "--checkpoint-dir",
+        str(tmp_path / "ckpt"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     line = one_error_line(result.stderr, "rnn_train.py")
@@ -430,8 +534,17 @@ def test_train_process_refuses_a_png_under_a_non_utf8_name_in_one_line(tmp_path)
 
 def test_play_process_takes_a_prime_that_is_not_utf8(tiny_run):
     length = 30
-    result = run_cli("rnn_play.py", "--prime", b"\xff\xfeabc", "--length", str(length),
-                     "--seed", "1", "--checkpoint-dir", str(tiny_run["checkpoints"]))
+    result = run_cli(
+        "rnn_play.py",
+        "--prime",
+        b"\xff\xfeabc",
+        "--length",
+        str(length),
+        "--seed",
+        "1",
+        "--checkpoint-dir",
+        str(tiny_run["checkpoints"]),
+    )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     assert result.stderr == ""

@@ -30,7 +30,7 @@ def gru_layer(cell_size, dtype=None):
         activation="tanh",
         recurrent_activation="sigmoid",
         use_bias=True,
-        reset_after=True,      # r applied after the recurrent matmul, as cuDNN computes it
+        reset_after=True,  # r applied after the recurrent matmul, as cuDNN computes it
         recurrent_dropout=0.0,
         unroll=False,
         use_cudnn="auto",
@@ -63,6 +63,7 @@ def mixed_precision_dtype():
 # with W = kernel [IN, 3*CELL], U = recurrent_kernel [CELL, 3*CELL], the gates in the
 # order z, r, h, and bias [2, 3*CELL] = (b, c).
 
+
 def _matmul(a, b, **kwargs):
     """a x b in b's type (float32, or 16 bits under mixed precision), result in float32."""
     return tf.cast(tf.matmul(tf.cast(a, b.dtype), b, **kwargs), tf.float32)
@@ -80,10 +81,10 @@ def gru_gates(xw, rec, s, c, b=None, keep=None):
     n = rec.shape[-1] // 3  # CELL (known where the state's shape may not be)
     rec = rec + c
     xw = xw if b is None else xw + b
-    zr = tf.sigmoid(xw[:, :2 * n] + rec[:, :2 * n])
+    zr = tf.sigmoid(xw[:, : 2 * n] + rec[:, : 2 * n])
     z, r = zr[:, :n], zr[:, n:]
-    rh = rec[:, 2 * n:]
-    h = tf.tanh(xw[:, 2 * n:] + r * rh)
+    rh = rec[:, 2 * n :]
+    h = tf.tanh(xw[:, 2 * n :] + r * rh)
     new = h + z * (s - h)
     return new, new if keep is None else new * keep, (z, r, rh, h)
 
@@ -100,9 +101,9 @@ def gru_gates_grad(ds, ds_rec, d_out, keep, s, z, r, rh, h):
     those on xw and on the recurrent product (both [BATCH, 3*CELL]), and the part of
     the gradient on s that does not go through the recurrent product."""
     ds = ds + ds_rec + (d_out if keep is None else d_out * keep)
-    da_h = ds * (1 - z) * (1 - h * h)              # s' = h + z (s - h), h = tanh(a_h)
-    da_z = ds * (s - h) * z * (1 - z)              # z = sigmoid(a_z)
-    da_r = da_h * rh * r * (1 - r)                 # a_h = xh + r rh, r = sigmoid(a_r)
+    da_h = ds * (1 - z) * (1 - h * h)  # s' = h + z (s - h), h = tanh(a_h)
+    da_z = ds * (s - h) * z * (1 - z)  # z = sigmoid(a_z)
+    da_r = da_h * rh * r * (1 - r)  # a_h = xh + r rh, r = sigmoid(a_r)
     d_xw = tf.concat([da_z, da_r, da_h], axis=1)
     d_rec = tf.concat([da_z, da_r, da_h * r], axis=1)
     return d_xw, d_rec, ds * z
@@ -129,15 +130,15 @@ def gru_stack(xw0, states, weights, keep):
     @tf.custom_gradient
     def run(xw0, *args):
         states0 = args[:layers]
-        ws = [args[layers + 4 * i:layers + 4 * i + 4] for i in range(layers)]
-        keeps = iter(args[5 * layers:])
+        ws = [args[layers + 4 * i : layers + 4 * i + 4] for i in range(layers)]
+        keeps = iter(args[5 * layers :])
         keeps = [tf.unstack(next(keeps)) if k is not None else [None] * seqlen for k in keep]
-        inputs = tf.unstack(xw0)              # layer 0: input products; above: outputs
+        inputs = tf.unstack(xw0)  # layer 0: input products; above: outputs
         saved, last = [], []
         for i, (W, b, U, c) in enumerate(ws):
             s, seen, outputs, gates = states0[i], [], [], []
             for t in range(seqlen):
-                xw = inputs[t] if i == 0 else _matmul(inputs[t], W)          # [BATCH, 3*CELL]
+                xw = inputs[t] if i == 0 else _matmul(inputs[t], W)  # [BATCH, 3*CELL]
                 seen.append(s)
                 s, out, g = gru_gates(xw, _matmul(s, U), s, c, None if i == 0 else b, keeps[i][t])
                 outputs.append(out)
@@ -154,14 +155,18 @@ def gru_stack(xw0, states, weights, keep):
                 ds, ds_rec = d_last[i], tf.zeros_like(d_last[i])  # [BATCH, CELL]
                 d_xw, d_rec, d_inputs = [], [], []
                 for t in reversed(range(seqlen)):
-                    dxw, drec, ds = gru_gates_grad(ds, ds_rec, d_outs[t], keeps[i][t],
-                                                   seen[t], *gates[t])
+                    dxw, drec, ds = gru_gates_grad(
+                        ds, ds_rec, d_outs[t], keeps[i][t], seen[t], *gates[t]
+                    )
                     ds_rec = _matmul(drec, U, transpose_b=True)
                     if i > 0:
                         d_inputs.append(_matmul(dxw, W, transpose_b=True))
                     d_xw.append(dxw)
                     d_rec.append(drec)
-                d_xw, d_rec = tf.concat(d_xw[::-1], 0), tf.concat(d_rec[::-1], 0)  # [SEQLEN*BATCH, 3*CELL]
+                d_xw, d_rec = (
+                    tf.concat(d_xw[::-1], 0),
+                    tf.concat(d_rec[::-1], 0),
+                )  # [SEQLEN*BATCH, 3*CELL]
                 dU = _weight_grad(tf.concat(seen, 0), d_rec, U.dtype)
                 if i > 0:
                     dW = _weight_grad(tf.concat(layer_inputs, 0), d_xw, W.dtype)
@@ -196,9 +201,11 @@ def lookup(table, codes):
     """table[codes]: the product of one-hot vectors and table, as a lookup. Its
     gradient is the one-hot product's, one dense matmul; a lookup's own is a list of
     BATCH*SEQLEN rows, which Adam would then update one by one, much slower."""
-    def grad(d):                                                      # d: [..., WIDTH]
+
+    def grad(d):  # d: [..., WIDTH]
         onehot = tf.one_hot(tf.reshape(codes, [-1]), tf.shape(table)[0])  # [N, ROWS]
         return tf.matmul(onehot, tf.reshape(d, [-1, tf.shape(d)[-1]]), transpose_a=True), None
+
     return tf.gather(table, codes), grad
 
 
@@ -209,6 +216,7 @@ def gru_scan(xw, s0, U, c):
 
 
 # ---------------------------------------------------------------------------
+
 
 class CharRNN(keras.Model):
     def __init__(self, alphasize, cell_size, layers, dropout, fused=None, mixed_precision=False):
@@ -249,7 +257,7 @@ class CharRNN(keras.Model):
         return self.layers_count * self.cell_size
 
     def zero_state(self, batch_size):
-        return tf.zeros([batch_size, self.state_size])                # [BATCH, LAYERS*CELL]
+        return tf.zeros([batch_size, self.state_size])  # [BATCH, LAYERS*CELL]
 
     def build(self, *args):
         for i, gru in enumerate(self.grus):
@@ -269,7 +277,7 @@ class CharRNN(keras.Model):
         exactly the masks the uninterrupted run would have. Both ways of computing
         draw the same masks, in time-major order [SEQLEN, BATCH, ...]."""
         keep = self._keep_masks(tf.shape(x), training, dropout_seed, rows)
-        states_in = tf.split(state, self.layers_count, axis=1)        # LAYERS x [BATCH, CELL]
+        states_in = tf.split(state, self.layers_count, axis=1)  # LAYERS x [BATCH, CELL]
         compute = self._fused if self.fused else self._keras
         logits, states_out = compute(x, states_in, keep, training)
         return logits, tf.concat(states_out, axis=1)
@@ -287,7 +295,7 @@ class CharRNN(keras.Model):
             width = 1 if i == 0 else self.cell_size
             s = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), i)
             u = tf.random.stateless_uniform([seqlen, total, width], s)  # [SEQLEN, TOTAL, WIDTH]
-            u = u[:, first:first + batch] if rows is not None else u    # [SEQLEN, BATCH, WIDTH]
+            u = u[:, first : first + batch] if rows is not None else u  # [SEQLEN, BATCH, WIDTH]
             masks.append(tf.cast(u >= self.dropout_rate, tf.float32) / (1 - self.dropout_rate))
         return masks
 
@@ -298,55 +306,66 @@ class CharRNN(keras.Model):
         # transposed as floats (exact for codes below 2**24): TensorFlow's oneDNN build
         # logs an error on stderr for every integer transpose
         codes = tf.cast(tf.transpose(tf.cast(x, tf.float32)), tf.int32)  # [SEQLEN, BATCH]
-        table = W0 + bias0[0]                                         # [ALPHASIZE, 3*CELL]
+        table = W0 + bias0[0]  # [ALPHASIZE, 3*CELL]
         if keep[0] is not None:
             # a dropped character is a one-hot vector of zeros, whose product is the
             # bias alone (row ALPHASIZE); the kept ones are scaled up
             table = tf.concat([W0 / (1 - self.dropout_rate) + bias0[0], bias0[0][None]], 0)
             codes = tf.where(keep[0][..., 0] > 0, codes, self.alphasize)
-        xw = lookup(table, codes)                                     # [SEQLEN, BATCH, 3*CELL]
+        xw = lookup(table, codes)  # [SEQLEN, BATCH, 3*CELL]
 
         if training:
-            weights = [(tf.cast(g.cell.kernel, dtype), g.cell.bias[0],
-                        tf.cast(g.cell.recurrent_kernel, dtype), g.cell.bias[1])
-                       for g in self.grus]
+            weights = [
+                (
+                    tf.cast(g.cell.kernel, dtype),
+                    g.cell.bias[0],
+                    tf.cast(g.cell.recurrent_kernel, dtype),
+                    g.cell.bias[1],
+                )
+                for g in self.grus
+            ]
             h, states_out = gru_stack(xw, states_in, weights, keep[1:])  # [SEQLEN, BATCH, CELL]
         else:
             states_out = []
-            for i, (gru, s) in enumerate(zip(self.grus, states_in)):
+            for i, (gru, s) in enumerate(zip(self.grus, states_in, strict=True)):
                 W, U, bias = gru.cell.kernel, gru.cell.recurrent_kernel, gru.cell.bias
                 if i > 0:
-                    flat = tf.reshape(h, [-1, self.cell_size])        # [SEQLEN*BATCH, CELL]
+                    flat = tf.reshape(h, [-1, self.cell_size])  # [SEQLEN*BATCH, CELL]
                     xw = tf.reshape(tf.matmul(flat, W) + bias[0], [seqlen, batch, -1])
                 h, s = gru_scan(xw, s, tf.convert_to_tensor(U), bias[1])  # [SEQLEN, BATCH, CELL]
                 states_out.append(s)
         # One softmax layer for every time step: put them all in the same bag.
-        flat = tf.reshape(h, [-1, self.cell_size])                    # [SEQLEN*BATCH, CELL]
+        flat = tf.reshape(h, [-1, self.cell_size])  # [SEQLEN*BATCH, CELL]
         logits = _matmul(flat, tf.cast(self.softmax.kernel, dtype)) + self.softmax.bias
         logits = tf.reshape(logits, [seqlen, batch, self.alphasize])  # [SEQLEN, BATCH, ALPHASIZE]
-        return tf.transpose(logits, [1, 0, 2]), states_out            # [BATCH, SEQLEN, ALPHASIZE]
+        return tf.transpose(logits, [1, 0, 2]), states_out  # [BATCH, SEQLEN, ALPHASIZE]
 
     def _keras(self, x, states_in, keep, training):
-        def batch_major(mask):                                        # [BATCH, SEQLEN, WIDTH]
+        def batch_major(mask):  # [BATCH, SEQLEN, WIDTH]
             return tf.transpose(mask, [1, 0, 2])
 
-        h = tf.one_hot(x, self.alphasize)                             # [BATCH, SEQLEN, ALPHASIZE]
+        h = tf.one_hot(x, self.alphasize)  # [BATCH, SEQLEN, ALPHASIZE]
         states_out = []
-        for i, (gru, s) in enumerate(zip(self.grus, states_in)):
+        for i, (gru, s) in enumerate(zip(self.grus, states_in, strict=True)):
             if keep[i] is not None:
                 h = h * tf.cast(batch_major(keep[i]), h.dtype)
-            h, s = gru(h, initial_state=s, training=training)          # [BATCH, SEQLEN, CELL]
+            h, s = gru(h, initial_state=s, training=training)  # [BATCH, SEQLEN, CELL]
             states_out.append(tf.cast(s, tf.float32))
         h = tf.cast(h, tf.float32)
         if keep[-1] is not None:
             h = h * batch_major(keep[-1])
         batch, seqlen = tf.shape(x)[0], tf.shape(x)[1]
-        flat = tf.reshape(h, [-1, self.cell_size])                    # [BATCH*SEQLEN, CELL]
-        logits = tf.cast(self.softmax(flat), tf.float32)              # [BATCH*SEQLEN, ALPHASIZE]
+        flat = tf.reshape(h, [-1, self.cell_size])  # [BATCH*SEQLEN, CELL]
+        logits = tf.cast(self.softmax(flat), tf.float32)  # [BATCH*SEQLEN, ALPHASIZE]
         return tf.reshape(logits, [batch, seqlen, self.alphasize]), states_out
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32),
-                                  tf.TensorSpec([None, None], tf.float32)], autograph=False)
+    @tf.function(
+        input_signature=[
+            tf.TensorSpec([None, None], tf.int32),
+            tf.TensorSpec([None, None], tf.float32),
+        ],
+        autograph=False,
+    )
     def predict(self, x, state):
         """Compiled inference (no dropout): validation, scoring and generation."""
         return self(x, state, training=False)
@@ -358,7 +377,9 @@ class CharRNN(keras.Model):
             logits, state = self(code[:, None], state)
             return logits[:, 0], state
         h, states_out = None, []
-        for i, (gru, s) in enumerate(zip(self.grus, tf.split(state, self.layers_count, 1))):
+        for i, (gru, s) in enumerate(
+            zip(self.grus, tf.split(state, self.layers_count, 1), strict=True)
+        ):
             W, U, bias = gru.cell.kernel, gru.cell.recurrent_kernel, gru.cell.bias
             xw = tf.gather(W, code) if i == 0 else _matmul(h, tf.convert_to_tensor(W))
             h = gru_step(xw + bias[0], s, tf.convert_to_tensor(U), bias[1])  # [STREAMS, CELL]
@@ -368,8 +389,14 @@ class CharRNN(keras.Model):
 
 def build_model(config, fused=None, mixed_precision=False):
     """The model a checkpoint's config describes, with its weights created."""
-    model = CharRNN(config["alphasize"], config["cell_size"], config["layers"], config["dropout"],
-                    fused=fused, mixed_precision=mixed_precision)
+    model = CharRNN(
+        config["alphasize"],
+        config["cell_size"],
+        config["layers"],
+        config["dropout"],
+        fused=fused,
+        mixed_precision=mixed_precision,
+    )
     model(tf.zeros([1, 1], tf.int32), model.zero_state(1))
     return model
 
@@ -385,12 +412,13 @@ def loss_and_accuracy(logits, y):
 # Generation: the whole loop (cell, sampling, feeding back) runs inside one compiled
 # graph, CHUNK characters per call, so Python is off the per-character path.
 
+
 def sample_logits(logits, seed, topn, temperature):
     """Draw one symbol per row of logits [STREAMS, ALPHASIZE]: divide by the
     temperature, keep the topn likeliest (0 = all), renormalise, draw. [STREAMS]"""
     logits = logits / temperature
     if 0 < topn < logits.shape[-1]:
-        top, index = tf.math.top_k(logits, topn)                      # [STREAMS, TOPN]
+        top, index = tf.math.top_k(logits, topn)  # [STREAMS, TOPN]
         pick = tf.random.stateless_categorical(top, 1, seed, dtype=tf.int32)[:, 0]
         return tf.gather(index, pick, batch_dims=1)
     return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
@@ -413,9 +441,9 @@ class Generator:
         self._chunk = tf.function(self._chunk_graph, jit_compile=True, autograph=False)
 
     def start(self, prime, seed):
-        prime = np.asarray(prime, dtype=np.int32)                     # [STREAMS, LENGTH]
+        prime = np.asarray(prime, dtype=np.int32)  # [STREAMS, LENGTH]
         logits, self.state = self.model.predict(prime, self.model.zero_state(len(prime)))
-        self.logits = logits[:, -1]                                   # [STREAMS, ALPHASIZE]
+        self.logits = logits[:, -1]  # [STREAMS, ALPHASIZE]
         self.seed = tf.constant([seed % 2**63, 0], tf.int64)
         self.calls = 0
 
@@ -423,16 +451,21 @@ class Generator:
         seed = tf.random.experimental.stateless_fold_in(self.seed, self.calls)
         self.calls += 1
         codes, self.logits, self.state = self._chunk(self.logits, self.state, seed, n)
-        return codes.numpy().T                                        # [STREAMS, n]
+        return codes.numpy().T  # [STREAMS, n]
 
     def _chunk_graph(self, logits, state, seed, n):
         def body(i, logits, state, out):
-            code = sample_logits(logits, tf.random.experimental.stateless_fold_in(seed, i),
-                                 self.topn, self.temperature)         # [STREAMS]
+            code = sample_logits(
+                logits,
+                tf.random.experimental.stateless_fold_in(seed, i),
+                self.topn,
+                self.temperature,
+            )  # [STREAMS]
             logits, state = self.model.step(code, state)
             return i + 1, logits, state, out.write(i, code)
 
         out = tf.TensorArray(tf.int32, size=n)
         _, logits, state, out = tf.while_loop(
-            lambda i, *_: i < n, body, (tf.constant(0), logits, state, out))
-        return out.stack(), logits, state                             # [n, STREAMS]
+            lambda i, *_: i < n, body, (tf.constant(0), logits, state, out)
+        )
+        return out.stack(), logits, state  # [n, STREAMS]

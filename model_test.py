@@ -43,8 +43,12 @@ def test_gru_settings_keep_the_cudnn_kernel(model):
         assert cfg["return_sequences"] and cfg["return_state"]
         # and Keras' own test of the same (private, so it may move in a later Keras)
         assert keras_rnn._do_gru_arguments_support_cudnn(
-            gru.cell.activation, gru.cell.recurrent_activation, gru.unroll,
-            gru.cell.use_bias, gru.cell.reset_after)
+            gru.cell.activation,
+            gru.cell.recurrent_activation,
+            gru.unroll,
+            gru.cell.use_bias,
+            gru.cell.reset_after,
+        )
 
 
 def test_one_softmax_layer_is_shared_by_every_time_step(model):
@@ -103,7 +107,7 @@ def train_a_few_steps(model, optimizer, steps=3):
             logits, state = model(x, state, training=True, dropout_seed=tf.constant([0, 1]))
             loss, _ = loss_and_accuracy(logits, np.roll(x, -1, axis=1))
         grads = tape.gradient(loss, model.trainable_variables)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
     return state
 
 
@@ -120,8 +124,9 @@ def test_checkpoint_restores_weights_optimizer_and_state_bit_for_bit(model, tmp_
     optimizer2.build(model2.trainable_variables)
     state2 = tf.Variable(tf.zeros_like(state))
     step2 = tf.Variable(0, dtype=tf.int64)
-    ckpt.checkpoint_object(model2, CONFIG, optimizer2, step2, state2).restore(path) \
-        .assert_consumed()
+    ckpt.checkpoint_object(model2, CONFIG, optimizer2, step2, state2).restore(
+        path
+    ).assert_consumed()
     for a, b in zip(model.weights, model2.weights, strict=True):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     for a, b in zip(optimizer.variables, optimizer2.variables, strict=True):
@@ -133,8 +138,9 @@ def test_checkpoint_restores_weights_optimizer_and_state_bit_for_bit(model, tmp_
     model3, config = ckpt.load_model(path)
     assert config == CONFIG
     x = random_codes([1, 20])
-    np.testing.assert_array_equal(model.predict(x, model.zero_state(1))[0],
-                                  model3.predict(x, model3.zero_state(1))[0])
+    np.testing.assert_array_equal(
+        model.predict(x, model.zero_state(1))[0], model3.predict(x, model3.zero_state(1))[0]
+    )
 
 
 def test_checkpoints_name_every_trainable_variable(model):
@@ -164,7 +170,9 @@ def forward_and_gradients(model, x, state, training):
     with tf.GradientTape() as tape:
         logits, new_state = model(x, state, training=training, dropout_seed=tf.constant([3, 4]))
         # the new state in the loss too: its gradient must flow back through time
-        loss = loss_and_accuracy(logits, np.roll(x, -1, axis=1))[0] + 0.01 * tf.reduce_sum(new_state)
+        loss = loss_and_accuracy(logits, np.roll(x, -1, axis=1))[0] + 0.01 * tf.reduce_sum(
+            new_state
+        )
     grads = tape.gradient(loss, model.trainable_variables)
     return logits, new_state, [tf.convert_to_tensor(g).numpy() for g in grads]
 
@@ -211,11 +219,11 @@ def test_generator_feeds_back_what_it_samples(model):
     prime = random_codes([3, 7])
     generator = Generator(model, topn=1)
     generator.start(prime, seed=0)
-    got = np.concatenate([generator.next(8), generator.next(8)], axis=1)   # [3, 16]
+    got = np.concatenate([generator.next(8), generator.next(8)], axis=1)  # [3, 16]
     logits, state = model.predict(prime, model.zero_state(3))
     want = []
     for _ in range(16):
-        code = np.argmax(logits[:, -1], axis=-1).astype(np.int32)            # [3]
+        code = np.argmax(logits[:, -1], axis=-1).astype(np.int32)  # [3]
         want.append(code)
         logits, state = model.predict(code[:, None], state)
     np.testing.assert_array_equal(got, np.stack(want, axis=1))
@@ -238,9 +246,10 @@ def test_generator_streams_are_independent_and_seeded(model):
 # ---------------------------------------------------------------------------
 # Sampling (inside the compiled generation loop)
 
+
 def draws(logits, n, seed=0, topn=0, temperature=1.0):
     """n draws from one row of logits, made at once as n streams."""
-    rows = tf.constant(np.tile(np.asarray(logits, np.float32), [n, 1]))   # [n, ALPHASIZE]
+    rows = tf.constant(np.tile(np.asarray(logits, np.float32), [n, 1]))  # [n, ALPHASIZE]
     return sample_logits(rows, tf.constant([seed, 0], tf.int64), topn, temperature).numpy()
 
 
@@ -288,8 +297,9 @@ def test_topn_renormalises_over_the_kept_symbols():
 def test_topn_1_is_argmax_whatever_the_temperature():
     logits = np.random.default_rng(5).normal(size=(50, txtutils.ALPHASIZE)) * 0.1
     for temperature in [0.1, 1.0, 10.0]:
-        got = sample_logits(tf.constant(logits, tf.float32), tf.constant([5, 0], tf.int64), 1,
-                            temperature).numpy()
+        got = sample_logits(
+            tf.constant(logits, tf.float32), tf.constant([5, 0], tf.int64), 1, temperature
+        ).numpy()
         np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
 
 
@@ -313,7 +323,7 @@ def test_draws_follow_the_softmax_of_the_logits_at_temperature_1():
 
 def test_draws_follow_the_softmax_of_logits_over_temperature():
     p = skewed_probs()
-    softened = p ** 0.5 / (p ** 0.5).sum()  # softmax(log(p) / 2)
+    softened = p**0.5 / (p**0.5).sum()  # softmax(log(p) / 2)
     assert_follows(draws(np.log(p), 4000, seed=9, temperature=2.0), softened)
 
 

@@ -44,19 +44,40 @@ def test_kill_9_at_random_moments(tmp_path):
     run_dir = tmp_path / "ck" / "r"
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
     total = 1000
-    first = ["--data", corpus, "--validation", "none", "--run", "r", *TINY,
-             "--cell-size", "256", "--save-every", "3", "--log-every", "3",
-             "--sample-every", "100000", "--max-steps", str(total), *dirs]
+    first = [
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        "--run",
+        "r",
+        *TINY,
+        "--cell-size",
+        "256",
+        "--save-every",
+        "3",
+        "--log-every",
+        "3",
+        "--sample-every",
+        "100000",
+        "--max-steps",
+        str(total),
+        *dirs,
+    ]
     kills = during_save = resumes_checked = 0
     while kills < 20:
         newest = ckpt.newest_in(str(run_dir))
         args = ["--resume", "r", *dirs] if newest else first
-        proc = subprocess.Popen([*TRAIN, *args], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
+        proc = subprocess.Popen(
+            [*TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         if kills % 3 == 2:  # aim at a save: kill as soon as a partial one shows
             deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and proc.poll() is None \
-                    and not glob.glob(str(run_dir / "ckpt-*_temp")):
+            while (
+                time.monotonic() < deadline
+                and proc.poll() is None
+                and not glob.glob(str(run_dir / "ckpt-*_temp"))
+            ):
                 time.sleep(0.0005)
         else:
             time.sleep(rng.uniform(0.5, 6.0))
@@ -91,8 +112,22 @@ def test_deterministic_resume_is_bit_exact(tmp_path):
     give exactly the weights, optimizer state and loss curve of 60 steps in one go."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    common = ["--data", corpus, "--validation", "none", *TINY, *FIXED_SCHEDULE, "--deterministic",
-              "--dropout", "0.3", "--log-every", "5", "--sample-every", "1000", *dirs]
+    common = [
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        *TINY,
+        *FIXED_SCHEDULE,
+        "--deterministic",
+        "--dropout",
+        "0.3",
+        "--log-every",
+        "5",
+        "--sample-every",
+        "1000",
+        *dirs,
+    ]
     whole = run_cli("rnn_train.py", *common, "--run", "whole", "--max-steps", "60")
     half = run_cli("rnn_train.py", *common, "--run", "split", "--max-steps", "30")
     rest = run_cli("rnn_train.py", "--resume", "split", "--max-steps", "60", *dirs)
@@ -106,8 +141,11 @@ def test_deterministic_resume_is_bit_exact(tmp_path):
         np.testing.assert_array_equal(a.get_tensor(key), b.get_tensor(key), err_msg=key)
 
     def curve(run):
-        acc = EventAccumulator(str(tmp_path / "log" / run / "training"),
-                               size_guidance={"tensors": 0}, purge_orphaned_data=False)
+        acc = EventAccumulator(
+            str(tmp_path / "log" / run / "training"),
+            size_guidance={"tensors": 0},
+            purge_orphaned_data=False,
+        )
         acc.Reload()
         return [(e.step, tf.make_ndarray(e.tensor_proto).item()) for e in acc.Tensors("loss")]
 
@@ -118,9 +156,23 @@ def test_deterministic_resume_is_bit_exact(tmp_path):
 def trained_run(tmp_path, steps=30, save_every=10):
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    result = run_cli("rnn_train.py", "--data", corpus, "--validation", "none", "--run", "r",
-                     *TINY, "--save-every", str(save_every), "--sample-every", "1000",
-                     "--max-steps", str(steps), *dirs)
+    result = run_cli(
+        "rnn_train.py",
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        "--run",
+        "r",
+        *TINY,
+        "--save-every",
+        str(save_every),
+        "--sample-every",
+        "1000",
+        "--max-steps",
+        str(steps),
+        *dirs,
+    )
     assert result.returncode == 0, result.stderr
     return tmp_path / "ck" / "r", dirs
 
@@ -144,8 +196,12 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
     run_dir, dirs = trained_run(tmp_path)
     pristine = tmp_path / "pristine"
     shutil.copytree(run_dir, pristine)
-    damages = [(truncate, ".data-00000-of-00001"), (scribble, ".data-00000-of-00001"),
-               (empty, ".index"), (scribble, ".index")]
+    damages = [
+        (truncate, ".data-00000-of-00001"),
+        (scribble, ".data-00000-of-00001"),
+        (empty, ".index"),
+        (scribble, ".index"),
+    ]
     for damage, suffix in damages:
         shutil.rmtree(run_dir)
         shutil.copytree(pristine, run_dir)
@@ -164,8 +220,10 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
     # with every checkpoint damaged: one clear line
     for prefix in ckpt.all_in(str(run_dir)):
         truncate(prefix + ".data-00000-of-00001")
-    for script, args in (("rnn_play.py", ["r", *dirs[:2]]),
-                         ("rnn_train.py", ["--resume", "r", *dirs])):
+    for script, args in (
+        ("rnn_play.py", ["r", *dirs[:2]]),
+        ("rnn_train.py", ["--resume", "r", *dirs]),
+    ):
         result = run_cli(script, *args)
         errors = [line for line in result.stderr.splitlines() if not line.startswith("warning")]
         assert result.returncode == 2, result.stderr
@@ -177,8 +235,21 @@ def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     step, suggests a lower rate, and the newest checkpoint holds finite weights."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    result = run_cli("rnn_train.py", "--data", corpus, "--validation", "none", "--run", "r",
-                     *TINY, "--learning-rate", "1e38", "--save-every", "1", *dirs)
+    result = run_cli(
+        "rnn_train.py",
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        "--run",
+        "r",
+        *TINY,
+        "--learning-rate",
+        "1e38",
+        "--save-every",
+        "1",
+        *dirs,
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1
     assert len(lines) == 1 and "diverged" in lines[0] and "--learning-rate" in lines[0], lines
@@ -208,8 +279,13 @@ def test_a_full_disk_loses_no_checkpoint(tmp_path):
         resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a dead process
 
-    result = subprocess.run([*TRAIN, "--resume", "r", "--max-steps", "40", *dirs],
-                            preexec_fn=small_files, capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [*TRAIN, "--resume", "r", "--max-steps", "40", *dirs],
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "could not save a checkpoint at step 30 (File too large)" in result.stderr
@@ -224,8 +300,12 @@ def test_a_full_disk_loses_no_checkpoint(tmp_path):
 
 def test_one_writer_per_run_and_no_stuck_lock(tmp_path):
     _, dirs = trained_run(tmp_path, steps=10)
-    first = subprocess.Popen([*TRAIN, "--resume", "r", "--max-steps", "1000000", *dirs],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    first = subprocess.Popen(
+        [*TRAIN, "--resume", "r", "--max-steps", "1000000", *dirs],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
         for line in first.stdout:
             if line.startswith("step"):
@@ -245,9 +325,16 @@ def test_one_writer_per_run_and_no_stuck_lock(tmp_path):
 def test_an_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
     (tmp_path / "a-file").write_text("not a folder")
-    result = run_cli("rnn_train.py", "--data", corpus, *TINY,
-                     "--checkpoint-dir", str(tmp_path / "a-file" / "ck"),
-                     "--log-dir", str(tmp_path / "log"))
+    result = run_cli(
+        "rnn_train.py",
+        "--data",
+        corpus,
+        *TINY,
+        "--checkpoint-dir",
+        str(tmp_path / "a-file" / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2
     assert len(lines) == 1 and "cannot write in" in lines[0], lines

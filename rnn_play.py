@@ -7,7 +7,7 @@ character and the state, sample the next character, feed both back.
     python rnn_play.py --score hamlet.txt     # bits per character on a text
 """
 
-import cli  # noqa: I001  (first: quiets TensorFlow's logging before it loads)
+import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import os
 import sys
@@ -15,41 +15,75 @@ import sys
 import numpy as np
 
 import ckpt
+import cli
 import txtutils
 from model import Generator, loss_and_accuracy
 
-LENGTH = 1000        # characters to generate
-TOPN = 2             # the original's choice for a trained model: likely, still varied
-SCORE_CHUNK = 1000   # characters per call when scoring; the state is carried between calls
-CHUNK = 256          # characters per compiled call: ~30 ms for one stream, still smooth
+LENGTH = 1000  # characters to generate
+TOPN = 2  # the original's choice for a trained model: likely, still varied
+SCORE_CHUNK = 1000  # characters per call when scoring; the state is carried between calls
+CHUNK = 256  # characters per compiled call: ~30 ms for one stream, still smooth
 
 
 def parse_args(argv):
-    p = cli.ArgumentParser(prog="rnn_play.py",
-                           description="Generate text from a checkpoint of rnn_train.py.")
-    p.add_argument("checkpoint", nargs="?", metavar="RUN_OR_CHECKPOINT",
-                   help="a run name or directory (its newest checkpoint), or a checkpoint such "
-                        "as checkpoints/RUN/ckpt-500 (default: the newest run)")
-    p.add_argument("--length", type=int, default=LENGTH,
-                   help=f"characters to generate, 0 = until Ctrl-C (default {LENGTH})")
-    p.add_argument("--prime", default="\n",
-                   help="text fed to the model first and printed as the start (default: a newline)")
-    p.add_argument("--topn", type=int, default=TOPN,
-                   help=f"sample among the N likeliest characters, 0 = all, 1 = always the "
-                        f"likeliest (default {TOPN})")
-    p.add_argument("--temperature", type=cli.positive_float, default=1.0,
-                   help="below 1 is bolder in the likeliest choices, above 1 wilder (default 1.0)")
+    p = cli.ArgumentParser(
+        prog="rnn_play.py", description="Generate text from a checkpoint of rnn_train.py."
+    )
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        metavar="RUN_OR_CHECKPOINT",
+        help="a run name or directory (its newest checkpoint), or a checkpoint such "
+        "as checkpoints/RUN/ckpt-500 (default: the newest run)",
+    )
+    p.add_argument(
+        "--length",
+        type=int,
+        default=LENGTH,
+        help=f"characters to generate, 0 = until Ctrl-C (default {LENGTH})",
+    )
+    p.add_argument(
+        "--prime",
+        default="\n",
+        help="text fed to the model first and printed as the start (default: a newline)",
+    )
+    p.add_argument(
+        "--topn",
+        type=int,
+        default=TOPN,
+        help=f"sample among the N likeliest characters, 0 = all, 1 = always the "
+        f"likeliest (default {TOPN})",
+    )
+    p.add_argument(
+        "--temperature",
+        type=cli.positive_float,
+        default=1.0,
+        help="below 1 is bolder in the likeliest choices, above 1 wilder (default 1.0)",
+    )
     p.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
-    p.add_argument("--streams", type=cli.positive_int, default=1,
-                   help="independent samples generated at once, printed one after the other "
-                        "(or see --out-dir); much faster per character than one by one")
-    p.add_argument("--out-dir", metavar="DIR",
-                   help="write each sample to DIR/sample-N.txt instead of the console")
-    p.add_argument("--score", metavar="FILE",
-                   help="instead of generating, print the model's bits per character and "
-                        "accuracy on this text file")
-    p.add_argument("--checkpoint-dir", default="checkpoints",
-                   help="where to look for runs (default checkpoints)")
+    p.add_argument(
+        "--streams",
+        type=cli.positive_int,
+        default=1,
+        help="independent samples generated at once, printed one after the other "
+        "(or see --out-dir); much faster per character than one by one",
+    )
+    p.add_argument(
+        "--out-dir",
+        metavar="DIR",
+        help="write each sample to DIR/sample-N.txt instead of the console",
+    )
+    p.add_argument(
+        "--score",
+        metavar="FILE",
+        help="instead of generating, print the model's bits per character and "
+        "accuracy on this text file",
+    )
+    p.add_argument(
+        "--checkpoint-dir",
+        default="checkpoints",
+        help="where to look for runs (default checkpoints)",
+    )
     args = p.parse_args(argv)
     if args.prime == []:  # Python 3.11's argparse turns the value of --prime=-- into []
         args.prime = "--"
@@ -75,8 +109,8 @@ def score(model, path):
     total_loss = total_hits = 0.0
     for i in range(0, n, SCORE_CHUNK):
         end = min(i + SCORE_CHUNK, n)
-        x, y = codes[None, i:end], codes[None, i + 1:end + 1]         # [1, CHUNK]
-        logits, state = model.predict(x, state)                        # [1, CHUNK, ALPHASIZE]
+        x, y = codes[None, i:end], codes[None, i + 1 : end + 1]  # [1, CHUNK]
+        logits, state = model.predict(x, state)  # [1, CHUNK, ALPHASIZE]
         loss, accuracy = loss_and_accuracy(logits, y)
         total_loss += float(loss) * (end - i)
         total_hits += float(accuracy) * (end - i)
@@ -87,8 +121,10 @@ def play(args):
     model, _ = ckpt.load_model(ckpt.resolve(args.checkpoint, args.checkpoint_dir, cli.warn))
     if args.score:
         nats, accuracy, n = score(model, args.score)
-        print(f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "
-              f"accuracy {accuracy:.3f}, over {n:,} characters")
+        print(
+            f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "
+            f"accuracy {accuracy:.3f}, over {n:,} characters"
+        )
         return 0
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     generator = Generator(model, topn=args.topn, temperature=args.temperature)
@@ -96,8 +132,13 @@ def play(args):
     if args.streams == 1 and not args.out_dir:
         stream(generator, args.prime, args.length)
         return 0
-    codes = np.concatenate([generator.next(CHUNK)                   # [STREAMS, LENGTH]
-                            for _ in range(-(-args.length // CHUNK))], axis=1)[:, :args.length]
+    codes = np.concatenate(
+        [
+            generator.next(CHUNK)  # [STREAMS, LENGTH]
+            for _ in range(-(-args.length // CHUNK))
+        ],
+        axis=1,
+    )[:, : args.length]
     samples = [args.prime + txtutils.decode(row) for row in codes]
     if args.out_dir:
         write_samples(samples, args.out_dir)
@@ -115,7 +156,7 @@ def stream(generator, prime, length):
     while length == 0 or n < length:
         codes = generator.next(CHUNK)[0]
         if length:
-            codes = codes[:length - n]
+            codes = codes[: length - n]
         out.write(txtutils.decode(codes))
         out.flush()
         n += len(codes)
@@ -131,8 +172,9 @@ def write_samples(samples, out_dir):
             with open(path, "w", encoding="utf-8", errors="replace") as f:
                 f.write(text + "\n")
     except OSError as e:
-        raise txtutils.CorpusError(f"cannot write {e.filename}: {e.strerror}; "
-                                   "choose another --out-dir") from None
+        raise txtutils.CorpusError(
+            f"cannot write {e.filename}: {e.strerror}; choose another --out-dir"
+        ) from None
     print(f"{len(samples)} samples written to {out_dir}/")
 
 

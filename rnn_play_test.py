@@ -31,7 +31,7 @@ def test_generates_the_asked_length_and_the_same_text_for_one_seed(tiny_run):
     assert a.stdout == b.stdout
     assert a.stdout != c.stdout
     # the tiny model has learnt its corpus: only its characters (out of 98), and words
-    generated = a.stdout[len("ROMEO:"):]
+    generated = a.stdout[len("ROMEO:") :]
     corpus = "".join(Path(p).read_text() for p in glob.glob(os.path.join(tiny_run["corpus"], "*")))
     assert set(generated) <= set(corpus)
     assert re.search(r"\bthe\b", generated)
@@ -46,8 +46,9 @@ def test_any_prime_text_works(tiny_run):
 def test_a_checkpoint_can_be_named_by_run_directory_or_prefix(tiny_run):
     by_run = play(tiny_run, "tiny", "--length", "40", "--seed", "3")
     by_dir = play(tiny_run, str(tiny_run["checkpoints"] / "tiny"), "--length", "40", "--seed", "3")
-    older = play(tiny_run, str(tiny_run["checkpoints"] / "tiny" / "ckpt-50"),
-                 "--length", "40", "--seed", "3")
+    older = play(
+        tiny_run, str(tiny_run["checkpoints"] / "tiny" / "ckpt-50"), "--length", "40", "--seed", "3"
+    )
     assert by_run.returncode == by_dir.returncode == older.returncode == 0
     assert by_run.stdout == by_dir.stdout
     assert older.stdout != by_run.stdout  # other weights, other text
@@ -57,8 +58,11 @@ def test_score_prints_bits_per_character(tiny_run, tmp_path):
     text = os.path.join(tiny_run["corpus"], "part2.txt")
     result = play(tiny_run, "--score", text)
     assert result.returncode == 0, result.stderr
-    m = re.search(r"([\d.]+) bits/char \(([\d.]+) nats/char\), accuracy ([\d.]+), "
-                  r"over ([\d,]+) characters", result.stdout)
+    m = re.search(
+        r"([\d.]+) bits/char \(([\d.]+) nats/char\), accuracy ([\d.]+), "
+        r"over ([\d,]+) characters",
+        result.stdout,
+    )
     bits, nats, accuracy, n = float(m[1]), float(m[2]), float(m[3]), int(m[4].replace(",", ""))
     assert abs(bits - nats / np.log(2)) < 2e-3
     assert n == len(txtutils.read_file(text)) - 1
@@ -75,12 +79,20 @@ def test_score_prints_bits_per_character(tiny_run, tmp_path):
 
 def test_endless_output_stops_quietly_on_ctrl_c(tiny_run):
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "rnn_play.py"), "--length", "0",
-         "--checkpoint-dir", str(tiny_run["checkpoints"])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            os.path.join(HERE, "rnn_play.py"),
+            "--length",
+            "0",
+            "--checkpoint-dir",
+            str(tiny_run["checkpoints"]),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         # as from a terminal: a suite started in the background (nohup, `&` in a
         # script) passes SIGINT on ignored, and Ctrl-C would then do nothing
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # noqa: PLW1509
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     proc.stdout.read(2000)  # well past any fixed default length... it keeps going
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
@@ -94,8 +106,15 @@ def test_bad_checkpoints_get_one_line(tiny_run, tmp_path):
         (["--checkpoint-dir", str(tmp_path / "empty")], "no checkpoint in"),
         ([str(tmp_path / "notarun"), "--checkpoint-dir", str(tmp_path)], "holds no checkpoint"),
         (["nosuchrun", "--checkpoint-dir", str(tiny_run["checkpoints"])], "no run or checkpoint"),
-        (["--score", str(tmp_path / "missing.txt"),
-          "--checkpoint-dir", str(tiny_run["checkpoints"])], "cannot read"),
+        (
+            [
+                "--score",
+                str(tmp_path / "missing.txt"),
+                "--checkpoint-dir",
+                str(tiny_run["checkpoints"]),
+            ],
+            "cannot read",
+        ),
         (["--length", "-1"], "--length"),
         (["--streams", "4", "--length", "0"], "--length"),
         (["--streams", "0"], "--streams"),
@@ -120,13 +139,19 @@ def test_many_streams_are_separate_samples(tiny_run):
     assert all(s.startswith("NURSE:") and len(s) == len("NURSE:") + 100 for s in samples)
     assert len(set(samples)) == 5  # independent draws, not one sample five times
     # the same seed gives the same samples
-    assert play(tiny_run, "--streams", "5", "--length", "100", "--seed", "2",
-                "--prime", "NURSE:").stdout == result.stdout
+    assert (
+        play(
+            tiny_run, "--streams", "5", "--length", "100", "--seed", "2", "--prime", "NURSE:"
+        ).stdout
+        == result.stdout
+    )
 
 
 def test_streams_can_go_to_files(tiny_run, tmp_path):
     out = tmp_path / "samples"
-    result = play(tiny_run, "--streams", "12", "--length", "70", "--seed", "1", "--out-dir", str(out))
+    result = play(
+        tiny_run, "--streams", "12", "--length", "70", "--seed", "1", "--out-dir", str(out)
+    )
     assert result.returncode == 0, result.stderr
     files = sorted(p.name for p in out.iterdir())
     assert files == [f"sample-{i:02d}.txt" for i in range(1, 13)]

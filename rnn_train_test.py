@@ -23,14 +23,18 @@ def read_events(folder):
     TensorBoard's own reader."""
     acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
     acc.Reload()
-    return {tag: [(e.step, make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
-            for tag in acc.Tags()["tensors"]}
+    return {
+        tag: [(e.step, make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+    }
 
 
 def progress(stdout):
     """[(step, loss)] from the progress lines."""
-    return [(int(m[1]), float(m[2]))
-            for m in re.finditer(r"^step +(\d+)/\d+ .* loss ([\d.]+) ", stdout, re.MULTILINE)]
+    return [
+        (int(m[1]), float(m[2]))
+        for m in re.finditer(r"^step +(\d+)/\d+ .* loss ([\d.]+) ", stdout, re.MULTILINE)
+    ]
 
 
 def tree_digest(*folders):
@@ -76,13 +80,30 @@ def test_event_files_hold_both_runs_under_the_same_tags(tiny_run):
 
 def test_resume_continues_at_the_right_step(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    common = ["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *TINY,
-              "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    common = [
+        "--data",
+        os.path.join(corpus, "*.txt"),
+        "--validation",
+        "none",
+        *TINY,
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    ]
     first = run_cli("rnn_train.py", *common, "--run", "r", "--max-steps", "60")
     assert first.returncode == 0, first.stderr
     # Resume names nothing but the new limit: the architecture comes from the checkpoint.
-    second = run_cli("rnn_train.py", "--resume", "--max-steps", "100",
-                     "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    second = run_cli(
+        "rnn_train.py",
+        "--resume",
+        "--max-steps",
+        "100",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     assert second.returncode == 0, second.stderr
     assert "resuming at step 60" in second.stdout
     assert [s for s, _ in progress(second.stdout)] == [70, 80, 90, 100]
@@ -91,8 +112,17 @@ def test_resume_continues_at_the_right_step(tmp_path):
     steps = [s for s, _ in read_events(tmp_path / "log" / "r" / "training")["loss"]]
     assert steps == list(range(10, 101, 10))
     # A finished run says so and trains no further.
-    again = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "100",
-                    "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    again = run_cli(
+        "rnn_train.py",
+        "--resume",
+        "r",
+        "--max-steps",
+        "100",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     assert again.returncode == 0 and "complete at step 100" in again.stdout
 
 
@@ -101,10 +131,29 @@ def test_a_signal_saves_a_checkpoint_before_exiting(tmp_path, sig):
     corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=4000)
     ck = tmp_path / "ck"
     proc = subprocess.Popen(
-        [sys.executable, os.path.join(HERE, "rnn_train.py"), "--data", corpus, "--run", "r",
-         "--validation", "none", *TINY, "--save-every", "100000", "--sample-every", "100000",
-         "--checkpoint-dir", str(ck), "--log-dir", str(tmp_path / "log")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            os.path.join(HERE, "rnn_train.py"),
+            "--data",
+            corpus,
+            "--run",
+            "r",
+            "--validation",
+            "none",
+            *TINY,
+            "--save-every",
+            "100000",
+            "--sample-every",
+            "100000",
+            "--checkpoint-dir",
+            str(ck),
+            "--log-dir",
+            str(tmp_path / "log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     for line in proc.stdout:
         if line.startswith("step"):  # training is under way
             break
@@ -137,8 +186,11 @@ def bad_input_cases(tmp):
         ("empty files", ["--data", str(empty)], "holds no text"),
         ("binary file", ["--data", str(binary)], "not a text file"),
         ("too small", ["--data", str(small), "--validation", "none"], "too small for one batch"),
-        ("validation takes all", [*data, "--validation", os.path.join(corpus, "*.txt")],
-         "validation files take all"),
+        (
+            "validation takes all",
+            [*data, "--validation", os.path.join(corpus, "*.txt")],
+            "validation files take all",
+        ),
         ("zero batch size", [*data, "--batch-size", "0"], "--batch-size"),
         ("negative seqlen", [*data, "--seqlen", "-3"], "--seqlen"),
         ("negative learning rate", [*data, "--learning-rate", "-0.1"], "--learning-rate"),
@@ -158,14 +210,29 @@ def test_bad_input_gets_one_line_and_loses_nothing(tmp_path):
     ck, log = tmp_path / "ck", tmp_path / "log"
     cases = bad_input_cases(tmp_path)
     dirs = ["--checkpoint-dir", str(ck), "--log-dir", str(log)]
-    kept = run_cli("rnn_train.py", "--data", os.path.join(tmp_path / "corpus", "*.txt"),
-                   "--run", "kept", "--max-steps", "10", *TINY, *dirs)
+    kept = run_cli(
+        "rnn_train.py",
+        "--data",
+        os.path.join(tmp_path / "corpus", "*.txt"),
+        "--run",
+        "kept",
+        "--max-steps",
+        "10",
+        *TINY,
+        *dirs,
+    )
     assert kept.returncode == 0, kept.stderr
     before = tree_digest(ck, log)
     for name, args, expected in cases:
         if name == "nothing to resume":
-            result = run_cli("rnn_train.py", *args, "--checkpoint-dir", str(tmp_path / "none"),
-                             "--log-dir", str(log))
+            result = run_cli(
+                "rnn_train.py",
+                *args,
+                "--checkpoint-dir",
+                str(tmp_path / "none"),
+                "--log-dir",
+                str(log),
+            )
         else:
             result = run_cli("rnn_train.py", *TINY[4:], *args, *dirs)
         lines = result.stderr.strip().splitlines()
@@ -181,13 +248,35 @@ def test_resume_restores_everything_training_depends_on(tmp_path):
     same weights as 80 steps in one go: the weights, optimizer moments, step, data
     position and RNN state all came back from the checkpoint."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
-    common = ["--data", corpus, "--validation", "none", *TINY, *FIXED_SCHEDULE, "--dropout", "0",
-              "--sample-every", "1000", "--checkpoint-dir", str(tmp_path / "ck"),
-              "--log-dir", str(tmp_path / "log")]
+    common = [
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        *TINY,
+        *FIXED_SCHEDULE,
+        "--dropout",
+        "0",
+        "--sample-every",
+        "1000",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    ]
     whole = run_cli("rnn_train.py", *common, "--run", "whole", "--max-steps", "80")
     half = run_cli("rnn_train.py", *common, "--run", "split", "--max-steps", "40")
-    rest = run_cli("rnn_train.py", "--resume", "split", "--max-steps", "80",
-                   "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    rest = run_cli(
+        "rnn_train.py",
+        "--resume",
+        "split",
+        "--max-steps",
+        "80",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     for result in (whole, half, rest):
         assert result.returncode == 0, result.stderr
     a = tf.train.load_checkpoint(str(tmp_path / "ck" / "whole" / "ckpt-80"))
@@ -196,17 +285,26 @@ def test_resume_restores_everything_training_depends_on(tmp_path):
     keys = [k for k in a.get_variable_to_shape_map() if not k.startswith(("config", "save", "_"))]
     assert len(keys) == 2 * 3 + 2 + 2 * (2 * 3 + 2) + 2 + 2
     for key in keys:
-        np.testing.assert_allclose(a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6,
-                                   err_msg=key)
+        np.testing.assert_allclose(
+            a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6, err_msg=key
+        )
     assert progress(whole.stdout)[4:] == progress(rest.stdout)
 
 
 def test_mixed_precision_trains_and_saves_float32_weights(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    common = ["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *TINY,
-              "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    first = run_cli("rnn_train.py", *common, "--run", "m", "--max-steps", "60",
-                    "--mixed-precision")
+    common = [
+        "--data",
+        os.path.join(corpus, "*.txt"),
+        "--validation",
+        "none",
+        *TINY,
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    ]
+    first = run_cli("rnn_train.py", *common, "--run", "m", "--max-steps", "60", "--mixed-precision")
     assert first.returncode == 0, first.stderr
     losses = [loss for _, loss in progress(first.stdout)]
     assert losses[-1] < losses[0] - 0.5
@@ -218,18 +316,30 @@ def test_mixed_precision_trains_and_saves_float32_weights(tmp_path):
     assert all(dtypes[k] == tf.float32 for k in weights)
     assert not {tf.bfloat16, tf.float16} & set(dtypes.values())
     # the precision is a training choice, not part of the checkpoint's architecture
-    second = run_cli("rnn_train.py", "--resume", "m", "--max-steps", "70", "--no-mixed-precision",
-                     "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    second = run_cli(
+        "rnn_train.py",
+        "--resume",
+        "m",
+        "--max-steps",
+        "70",
+        "--no-mixed-precision",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     assert second.returncode == 0, second.stderr
     assert "resuming at step 60" in second.stdout
 
 
 def test_learning_rate_schedule():
     from rnn_train import learning_rate_at
+
     config = {"learning_rate": 0.004, "warmup": 10, "schedule": "cosine", "min_lr": 0.1}
     # linear warm-up from (almost) 0 to the peak
-    assert [learning_rate_at(s, 0.0, config) for s in (0, 4, 9)] == \
-        pytest.approx([0.0004, 0.002, 0.004])
+    assert [learning_rate_at(s, 0.0, config) for s in (0, 4, 9)] == pytest.approx(
+        [0.0004, 0.002, 0.004]
+    )
     # then the cosine, from the peak to min_lr x the peak, and no lower after the end
     assert learning_rate_at(10, 0.0, config) == pytest.approx(0.004)
     assert learning_rate_at(500, 0.5, config) == pytest.approx(0.0004 + 0.0036 / 2)
@@ -240,14 +350,32 @@ def test_learning_rate_schedule():
 
 def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    result = run_cli("rnn_train.py", "--data", os.path.join(corpus, "*.txt"),
-                     "--validation", os.path.join(corpus, "part2.txt"), *TINY,
-                     "--run", "t", "--time-limit", "0.3", "--schedule", "cosine",
-                     "--warmup", "20", "--min-lr", "0.1",
-                     "--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log"))
+    result = run_cli(
+        "rnn_train.py",
+        "--data",
+        os.path.join(corpus, "*.txt"),
+        "--validation",
+        os.path.join(corpus, "part2.txt"),
+        *TINY,
+        "--run",
+        "t",
+        "--time-limit",
+        "0.3",
+        "--schedule",
+        "cosine",
+        "--warmup",
+        "20",
+        "--min-lr",
+        "0.1",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     assert result.returncode == 0, result.stderr
-    m = re.search(r"time limit of 0.3 minutes reached at step (\d+): checkpoint (\S+) saved",
-                  result.stdout)
+    m = re.search(
+        r"time limit of 0.3 minutes reached at step (\d+): checkpoint (\S+) saved", result.stdout
+    )
     assert m, result.stdout
     step = int(m[1])
     assert m[2].endswith(f"ckpt-{step}") and os.path.exists(m[2] + ".index")
@@ -267,30 +395,75 @@ def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path):
 
 def test_recipe_talk_is_the_talks_settings(tmp_path):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    result = run_cli("rnn_train.py", "--data", os.path.join(corpus, "*.txt"),
-                     "--validation", "none", "--layers", "1", "--cell-size", "8",
-                     "--batch-size", "4", "--seqlen", "8", "--max-steps", "2", "--recipe", "talk",
-                     "--run", "talk", "--checkpoint-dir", str(tmp_path / "ck"),
-                     "--log-dir", str(tmp_path / "log"))
+    result = run_cli(
+        "rnn_train.py",
+        "--data",
+        os.path.join(corpus, "*.txt"),
+        "--validation",
+        "none",
+        "--layers",
+        "1",
+        "--cell-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--seqlen",
+        "8",
+        "--max-steps",
+        "2",
+        "--recipe",
+        "talk",
+        "--run",
+        "talk",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    )
     assert result.returncode == 0, result.stderr
     config = ckpt.read_config(str(tmp_path / "ck" / "talk" / "ckpt-2"))
-    assert {k: config[k] for k in ("learning_rate", "warmup", "schedule", "clip_norm",
-                                   "dropout")} == \
-        {"learning_rate": 0.001, "warmup": 0, "schedule": "constant", "clip_norm": 0.0,
-         "dropout": 0.2}
+    assert {
+        k: config[k] for k in ("learning_rate", "warmup", "schedule", "clip_norm", "dropout")
+    } == {
+        "learning_rate": 0.001,
+        "warmup": 0,
+        "schedule": "constant",
+        "clip_norm": 0.0,
+        "dropout": 0.2,
+    }
 
 
 def test_dropout_starts_where_dropout_from_says(tmp_path):
     """With --dropout-from 0.5, the first half of a run trains exactly as a run without
     dropout (same losses, bit for bit with --deterministic), and the second half not."""
     corpus = write_corpus(str(tmp_path / "corpus"))
-    common = ["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *TINY,
-              "--deterministic", "--checkpoint-dir", str(tmp_path / "ck"),
-              "--log-dir", str(tmp_path / "log")]
-    late = run_cli("rnn_train.py", *common, "--run", "late", "--max-steps", "40",
-                   "--dropout", "0.3", "--dropout-from", "0.5")
-    never = run_cli("rnn_train.py", *common, "--run", "never", "--max-steps", "40",
-                    "--dropout", "0")
+    common = [
+        "--data",
+        os.path.join(corpus, "*.txt"),
+        "--validation",
+        "none",
+        *TINY,
+        "--deterministic",
+        "--checkpoint-dir",
+        str(tmp_path / "ck"),
+        "--log-dir",
+        str(tmp_path / "log"),
+    ]
+    late = run_cli(
+        "rnn_train.py",
+        *common,
+        "--run",
+        "late",
+        "--max-steps",
+        "40",
+        "--dropout",
+        "0.3",
+        "--dropout-from",
+        "0.5",
+    )
+    never = run_cli(
+        "rnn_train.py", *common, "--run", "never", "--max-steps", "40", "--dropout", "0"
+    )
     assert late.returncode == 0, late.stderr
     assert never.returncode == 0, never.stderr
     late_losses, never_losses = progress(late.stdout), progress(never.stdout)

@@ -18,6 +18,7 @@ live in the page's localStorage (settings pane, outliers, smoothing, card width)
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import re
@@ -32,10 +33,10 @@ import urllib.parse
 import urllib.request
 
 HOST = "127.0.0.1"
-SIDEBAR = 0.2          # the runs list takes 20% of the width (TensorBoard's default)
+SIDEBAR = 0.2  # the runs list takes 20% of the width (TensorBoard's default)
 CARD_WIDTH = 335, 735  # the card widths TensorBoard accepts (its settings slider)
-CARD_GAP = 16          # the card grid's padding and the gap between cards
-REPLY_TIMEOUT = 30     # seconds for Chromium to answer one command
+CARD_GAP = 16  # the card grid's padding and the gap between cards
+REPLY_TIMEOUT = 30  # seconds for Chromium to answer one command
 
 # How many lines each scalar card has drawn, by tag. forceSVG=true puts each
 # line in the DOM as an SVG path (one per run, two with smoothing: raw + smoothed).
@@ -93,8 +94,9 @@ def wait_for_scalars(server, proc, log, runs, tags, deadline):
     listed, scalars, still_since = None, None, time.monotonic()
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise ScreenshotError(f"TensorBoard exited with status {proc.returncode}: "
-                                  f"{last_line(log)}")
+            raise ScreenshotError(
+                f"TensorBoard exited with status {proc.returncode}: {last_line(log)}"
+            )
         previous = scalars
         try:
             listed = set(get_json(f"{server}/data/runs"))
@@ -108,16 +110,19 @@ def wait_for_scalars(server, proc, log, runs, tags, deadline):
             have = {tag for run_tags in scalars.values() for tag in run_tags}
             missing = [tag for tag in tags if tag not in have]
             if not missing and still >= 1:
-                return {tag: sum(tag in run_tags for run_tags in scalars.values())
-                        for tag in tags}
+                return {tag: sum(tag in run_tags for run_tags in scalars.values()) for tag in tags}
             if missing and still >= 5:
-                raise ScreenshotError(f"no scalar tag {', '.join(missing)} in the logs "
-                                      f"(they have: {', '.join(sorted(have)) or 'none'})")
+                raise ScreenshotError(
+                    f"no scalar tag {', '.join(missing)} in the logs "
+                    f"(they have: {', '.join(sorted(have)) or 'none'})"
+                )
         time.sleep(0.5)
     if listed is None:
         raise ScreenshotError(f"TensorBoard did not answer on {server} in time")
-    raise ScreenshotError(f"TensorBoard did not list all the runs and tags in time (runs: "
-                          f"{', '.join(sorted(runs))}; tags: {', '.join(tags)})")
+    raise ScreenshotError(
+        f"TensorBoard did not list all the runs and tags in time (runs: "
+        f"{', '.join(sorted(runs))}; tags: {', '.join(tags)})"
+    )
 
 
 def stop(proc, terminate=True):
@@ -143,16 +148,30 @@ class Chromium:
             os.dup2(to_chromium, 3)
             os.dup2(from_chromium, 4)
 
-        flags = ["--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                 # this machine's network is closed: no update, sync or QUIC traffic
-                 "--disable-quic", "--no-first-run", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync",
-                 f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                 "--remote-debugging-pipe"]
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            # this machine's network is closed: no update, sync or QUIC traffic
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "--remote-debugging-pipe",
+        ]
         with open(log, "w") as err:
-            self.proc = subprocess.Popen([exe, *flags], stdin=subprocess.DEVNULL,
-                                         stdout=err, stderr=err, pass_fds=(3, 4),
-                                         preexec_fn=pipes_as_3_and_4)  # noqa: PLW1509 (no threads)
+            self.proc = subprocess.Popen(
+                [exe, *flags],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                pass_fds=(3, 4),
+                preexec_fn=pipes_as_3_and_4,
+            )
         os.close(to_chromium)
         os.close(from_chromium)
         self.log = log
@@ -190,10 +209,8 @@ class Chromium:
         return json.loads(message)
 
     def close(self):
-        try:
+        with contextlib.suppress(ScreenshotError):  # it may have quit already
             self.send("Browser.close")  # no reply to wait for: it may quit first
-        except ScreenshotError:
-            pass  # it has quit already
         stop(self.proc, terminate=False)
         os.close(self._to_chromium)
         os.close(self._from_chromium)
@@ -212,8 +229,12 @@ def display_settings(width, ntags, smoothing):
     closed, y axes over all the data, and cards wide enough to share one row."""
     room = width * (1 - SIDEBAR) - CARD_GAP * (ntags + 1) - 24  # borders, scrollbar
     card = min(max(int(room / ntags), CARD_WIDTH[0]), CARD_WIDTH[1])
-    return {"timeSeriesSettingsPaneOpened": False, "ignoreOutliers": False,
-            "scalarSmoothing": smoothing, "timeSeriesCardMinWidth": card}
+    return {
+        "timeSeriesSettingsPaneOpened": False,
+        "ignoreOutliers": False,
+        "scalarSmoothing": smoothing,
+        "timeSeriesCardMinWidth": card,
+    }
 
 
 def screenshot(browser, url, settings, lines, width, height, deadline):
@@ -222,10 +243,19 @@ def screenshot(browser, url, settings, lines, width, height, deadline):
     target = browser.call("Target.createTarget", url="about:blank")["targetId"]
     page = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
     browser.call("Page.enable", page)  # else the script below is not run on navigation
-    browser.call("Emulation.setDeviceMetricsOverride", page, width=width, height=height,
-                 deviceScaleFactor=1, mobile=False)
-    browser.call("Emulation.setEmulatedMedia", page,
-                 features=[{"name": "prefers-color-scheme", "value": "light"}])
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        page,
+        width=width,
+        height=height,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    browser.call(
+        "Emulation.setEmulatedMedia",
+        page,
+        features=[{"name": "prefers-color-scheme", "value": "light"}],
+    )
     store = f"localStorage.setItem('_tb_global_settings', {json.dumps(json.dumps(settings))})"
     browser.call("Page.addScriptToEvaluateOnNewDocument", page, source=store)
     browser.call("Page.navigate", page, url=url)
@@ -233,14 +263,26 @@ def screenshot(browser, url, settings, lines, width, height, deadline):
     while any(drawn.get(tag, 0) < n for tag, n in lines.items()):
         if time.monotonic() > deadline:
             shown = ", ".join(f"{tag} {drawn.get(tag, 0)}/{n}" for tag, n in lines.items())
-            raise ScreenshotError(f"the charts were not drawn in time (lines: {shown}); "
-                                  "is the window large enough to show them all?")
+            raise ScreenshotError(
+                f"the charts were not drawn in time (lines: {shown}); "
+                "is the window large enough to show them all?"
+            )
         time.sleep(0.5)
-        drawn = browser.call("Runtime.evaluate", page, expression=COUNT_LINES,
-                             returnByValue=True)["result"].get("value") or {}
+        drawn = (
+            browser.call("Runtime.evaluate", page, expression=COUNT_LINES, returnByValue=True)[
+                "result"
+            ].get("value")
+            or {}
+        )
     # Lines in the DOM are painted on the next frame: wait for two to be sure.
-    browser.call("Runtime.evaluate", page, awaitPromise=True, expression=(
-        "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"))
+    browser.call(
+        "Runtime.evaluate",
+        page,
+        awaitPromise=True,
+        expression=(
+            "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+        ),
+    )
     png = browser.call("Page.captureScreenshot", page, format="png")["data"]
     return base64.b64decode(png)
 
@@ -258,18 +300,41 @@ def run(args):
         tb_log = os.path.join(tmp, "tensorboard.log")
         with open(tb_log, "w") as log:
             tensorboard = subprocess.Popen(
-                [sys.executable, "-m", "tensorboard.main", "--logdir", args.logdir,
-                 "--host", HOST, "--port", server.rsplit(":", 1)[1]],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                [
+                    sys.executable,
+                    "-m",
+                    "tensorboard.main",
+                    "--logdir",
+                    args.logdir,
+                    "--host",
+                    HOST,
+                    "--port",
+                    server.rsplit(":", 1)[1],
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
         try:
             lines = wait_for_scalars(server, tensorboard, tb_log, runs, args.tags, deadline)
-            browser = Chromium(chromium, os.path.join(tmp, "profile"),
-                               os.path.join(tmp, "chromium.log"), args.width, args.height)
+            browser = Chromium(
+                chromium,
+                os.path.join(tmp, "profile"),
+                os.path.join(tmp, "chromium.log"),
+                args.width,
+                args.height,
+            )
             try:
                 # A fresh time budget: TensorBoard's start-up must not eat Chromium's.
-                png = screenshot(browser, dashboard_url(server, args.tags),
-                                 display_settings(args.width, len(args.tags), args.smoothing),
-                                 lines, args.width, args.height, time.monotonic() + args.timeout)
+                png = screenshot(
+                    browser,
+                    dashboard_url(server, args.tags),
+                    display_settings(args.width, len(args.tags), args.smoothing),
+                    lines,
+                    args.width,
+                    args.height,
+                    time.monotonic() + args.timeout,
+                )
             finally:
                 browser.close()
         finally:
@@ -282,14 +347,26 @@ def main():
     parser = ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("logdir", help="a run's log folder, e.g. log/RUNNAME")
     parser.add_argument("out", help="the PNG file to write")
-    parser.add_argument("--tags", nargs="+", default=["loss", "accuracy"],
-                        help="scalar tags to show, one chart each (default: loss accuracy)")
+    parser.add_argument(
+        "--tags",
+        nargs="+",
+        default=["loss", "accuracy"],
+        help="scalar tags to show, one chart each (default: loss accuracy)",
+    )
     parser.add_argument("--width", type=int, default=1600, help="page width in pixels")
     parser.add_argument("--height", type=int, default=1000, help="page height in pixels")
-    parser.add_argument("--smoothing", type=float, default=0.0,
-                        help="TensorBoard's smoothing, 0 to 0.99 (default 0: the raw values)")
-    parser.add_argument("--timeout", type=float, default=60,
-                        help="seconds to wait for TensorBoard, then for the charts (default 60)")
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.0,
+        help="TensorBoard's smoothing, 0 to 0.99 (default 0: the raw values)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        help="seconds to wait for TensorBoard, then for the charts (default 60)",
+    )
     args = parser.parse_args()
     if args.width < 400 or args.height < 300:
         parser.error("--width must be at least 400 and --height at least 300")

@@ -27,9 +27,21 @@ def get_json(url):
 def tensorboard(tiny_run):
     port = free_port()
     exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
-    proc = subprocess.Popen([exe, "--logdir", str(tiny_run["log"]), "--host", "127.0.0.1",
-                             "--port", str(port), "--reload_interval", "1"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            exe,
+            "--logdir",
+            str(tiny_run["log"]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     yield f"http://127.0.0.1:{port}"
     proc.terminate()
     proc.wait(timeout=30)

@@ -45,6 +45,7 @@ def decode(codes):
 # ---------------------------------------------------------------------------
 # Reading a corpus
 
+
 def find_files(patterns):
     """Expand globs (``**`` allowed) and directories (every file below, hidden ones
     skipped) into a sorted list of unique absolute paths, so every machine picks the
@@ -69,8 +70,10 @@ def read_file(path):
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
     if b"\0" in raw:
-        raise CorpusError(f"{path} is not a text file (it holds NUL bytes): "
-                          "narrow --data to text files, e.g. 'DIR/**/*.txt'")
+        raise CorpusError(
+            f"{path} is not a text file (it holds NUL bytes): "
+            "narrow --data to text files, e.g. 'DIR/**/*.txt'"
+        )
     return encode(raw.decode("utf-8", errors="replace"))
 
 
@@ -102,17 +105,21 @@ def read_corpus(data_patterns, validation_patterns=None):
     Returns (train_codes, valid_codes, train_files, valid_files)."""
     files = find_files(data_patterns)
     if not files:
-        raise CorpusError(f"--data {' '.join(data_patterns)} matches no file: "
-                          "check the path, and quote globs so the shell does not expand them")
+        raise CorpusError(
+            f"--data {' '.join(data_patterns)} matches no file: "
+            "check the path, and quote globs so the shell does not expand them"
+        )
     texts = {path: read_file(path) for path in files}
     if validation_patterns is None:
         n = default_validation_count([len(texts[p]) for p in files])
-        train_files, valid_files = files[:len(files) - n], files[len(files) - n:]
+        train_files, valid_files = files[: len(files) - n], files[len(files) - n :]
     else:
         valid_files = find_files(validation_patterns) if validation_patterns else []
         if validation_patterns and not valid_files:
-            raise CorpusError(f"--validation {' '.join(validation_patterns)} matches no file: "
-                              "check the path, or pass --validation none")
+            raise CorpusError(
+                f"--validation {' '.join(validation_patterns)} matches no file: "
+                "check the path, or pass --validation none"
+            )
         for path in valid_files:
             if path not in texts:
                 texts[path] = read_file(path)
@@ -122,8 +129,10 @@ def read_corpus(data_patterns, validation_patterns=None):
     valid = _concat([texts[p] for p in valid_files])
     if len(train) == 0:
         if valid_files and any(len(texts[p]) for p in files):
-            raise CorpusError("the validation files take all of the training text: "
-                              "pass --validation with fewer files, or --validation none")
+            raise CorpusError(
+                "the validation files take all of the training text: "
+                "pass --validation with fewer files, or --validation none"
+            )
         raise CorpusError(f"--data {' '.join(data_patterns)} holds no text (the files are empty)")
     return train, valid, train_files, valid_files
 
@@ -148,13 +157,16 @@ def _concat(arrays):
 # one: the row that ended slice i goes on with slice i+1, so the state carries
 # across epochs with exactly one break (where the last slice wraps to the first).
 
+
 def batches_per_epoch(text_len, batch_size, seqlen):
     """Whole batches in the text; raises CorpusError if there is not even one."""
     nb_batches = (text_len - 1) // (batch_size * seqlen)  # - 1: y is one character ahead of x
     if nb_batches < 1:
-        raise CorpusError(f"the training text ({text_len:,} characters) is too small for one "
-                          f"batch of {batch_size} x {seqlen} (it needs {batch_size * seqlen + 1:,}): "
-                          "add text or lower --batch-size or --seqlen")
+        raise CorpusError(
+            f"the training text ({text_len:,} characters) is too small for one "
+            f"batch of {batch_size} x {seqlen} (it needs {batch_size * seqlen + 1:,}): "
+            "add text or lower --batch-size or --seqlen"
+        )
     return nb_batches
 
 
@@ -165,13 +177,13 @@ def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0):
     nb_batches = batches_per_epoch(len(codes), batch_size, seqlen)
     used = nb_batches * batch_size * seqlen
     data = np.asarray(codes, dtype=np.int32)
-    xdata = data[:used].reshape(batch_size, nb_batches * seqlen)      # [BATCH, nb_batches*SEQLEN]
-    ydata = data[1:used + 1].reshape(batch_size, nb_batches * seqlen)
+    xdata = data[:used].reshape(batch_size, nb_batches * seqlen)  # [BATCH, nb_batches*SEQLEN]
+    ydata = data[1 : used + 1].reshape(batch_size, nb_batches * seqlen)
     for step in range(start_step, epochs * nb_batches):
         epoch, b = divmod(step, nb_batches)
         cols = slice(b * seqlen, (b + 1) * seqlen)
-        x = np.roll(xdata[:, cols], -epoch, axis=0)                    # [BATCH, SEQLEN]
-        y = np.roll(ydata[:, cols], -epoch, axis=0)                    # [BATCH, SEQLEN]
+        x = np.roll(xdata[:, cols], -epoch, axis=0)  # [BATCH, SEQLEN]
+        y = np.roll(ydata[:, cols], -epoch, axis=0)  # [BATCH, SEQLEN]
         yield x, y, epoch
 
 
@@ -181,6 +193,6 @@ def validation_rows(codes, seqlen):
     seqlen = max(1, min(seqlen, len(codes) - 1))
     rows = (len(codes) - 1) // seqlen
     data = np.asarray(codes, dtype=np.int32)
-    x = data[:rows * seqlen].reshape(rows, seqlen)
-    y = data[1:rows * seqlen + 1].reshape(rows, seqlen)
+    x = data[: rows * seqlen].reshape(rows, seqlen)
+    y = data[1 : rows * seqlen + 1].reshape(rows, seqlen)
     return x, y

@@ -18,6 +18,7 @@ PRINTABLE = "".join(chr(c) for c in range(32, 127))
 # ---------------------------------------------------------------------------
 # The alphabet
 
+
 def test_the_alphabet_has_98_distinct_symbols():
     assert txtutils.ALPHASIZE == 98
     assert len(txtutils.ALPHABET) == 98
@@ -35,8 +36,9 @@ def test_printable_ascii_tab_and_newline_round_trip_each_to_its_own_code():
         assert txtutils.ALPHABET[code] == txtutils.decode([code])
 
 
-@pytest.mark.parametrize("char, code", [("\t", 1), (" ", 2), ("~", 96), ("\n", 97),
-                                        ("A", ord("A") - 30)])
+@pytest.mark.parametrize(
+    "char, code", [("\t", 1), (" ", 2), ("~", 96), ("\n", 97), ("A", ord("A") - 30)]
+)
 def test_documented_codes(char, code):
     assert txtutils.encode(char).tolist() == [code]
 
@@ -67,16 +69,19 @@ def test_empty_text_encodes_to_an_empty_array():
 def test_a_lone_surrogate_is_unknown_and_does_not_crash():
     """Python puts lone surrogates in sys.argv for bytes that are not UTF-8
     (rnn_play.py --prime $'\\xff')."""
-    assert txtutils.encode("a\udcffb").tolist() == [txtutils.encode("a")[0], txtutils.UNKNOWN,
-                                                    txtutils.encode("b")[0]]
+    assert txtutils.encode("a\udcffb").tolist() == [
+        txtutils.encode("a")[0],
+        txtutils.UNKNOWN,
+        txtutils.encode("b")[0],
+    ]
 
 
 # ---------------------------------------------------------------------------
 # State-continuous minibatches
 
+
 def run(n, batch_size, seqlen, epochs, start_step=0):
-    return list(txtutils.minibatch_sequencer(np.arange(n), batch_size, seqlen, epochs,
-                                             start_step))
+    return list(txtutils.minibatch_sequencer(np.arange(n), batch_size, seqlen, epochs, start_step))
 
 
 def test_batches_have_the_asked_shape_and_y_is_x_one_character_ahead():
@@ -92,8 +97,9 @@ def test_batches_have_the_asked_shape_and_y_is_x_one_character_ahead():
 def test_x_and_y_are_read_from_the_text_itself():
     """Any codes: x[k, t] is text[i] and y[k, t] is text[i + 1] for some position i."""
     text = np.random.default_rng(0).integers(0, txtutils.ALPHASIZE, 500).astype(np.uint8)
-    for (x, y, _), (pos, _, _) in zip(txtutils.minibatch_sequencer(text, 3, 10, 2),
-                                      run(500, 3, 10, 2), strict=True):
+    for (x, y, _), (pos, _, _) in zip(
+        txtutils.minibatch_sequencer(text, 3, 10, 2), run(500, 3, 10, 2), strict=True
+    ):
         assert (x == text[pos]).all()
         assert (y == text[pos + 1]).all()
 
@@ -115,8 +121,12 @@ def test_each_row_continues_across_batches_with_one_break_per_epoch_boundary():
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_one_epoch_reads_the_text_from_its_start_once_dropping_less_than_a_batch(batch_size):
     seqlen = 8
-    for n in [batch_size * seqlen + 1, 5 * batch_size * seqlen,
-              5 * batch_size * seqlen + 1, 5 * batch_size * seqlen + 17]:
+    for n in [
+        batch_size * seqlen + 1,
+        5 * batch_size * seqlen,
+        5 * batch_size * seqlen + 1,
+        5 * batch_size * seqlen + 17,
+    ]:
         xs = np.concatenate([x.ravel() for x, _, _ in run(n, batch_size, seqlen, 1)])
         assert len(np.unique(xs)) == len(xs), "a character is read twice in one epoch"
         covered = len(xs)
@@ -127,8 +137,10 @@ def test_one_epoch_reads_the_text_from_its_start_once_dropping_less_than_a_batch
 
 def test_every_epoch_reads_the_same_characters():
     batches = run(700, 4, 6, 3)
-    per_epoch = [np.sort(np.concatenate([x.ravel() for x, _, e in batches if e == epoch]))
-                 for epoch in range(3)]
+    per_epoch = [
+        np.sort(np.concatenate([x.ravel() for x, _, e in batches if e == epoch]))
+        for epoch in range(3)
+    ]
     assert (per_epoch[0] == per_epoch[1]).all() and (per_epoch[1] == per_epoch[2]).all()
 
 
@@ -167,6 +179,7 @@ def test_batches_per_epoch_is_the_most_whole_batches_x_and_y_fit_in(n):
 # ---------------------------------------------------------------------------
 # Validation rows
 
+
 @pytest.mark.parametrize("n, seqlen", [(101, 10), (100, 10), (1000, 33), (11, 10)])
 def test_validation_rows_are_consecutive_slices_of_seqlen_with_y_one_ahead(n, seqlen):
     x, y = txtutils.validation_rows(np.arange(n), seqlen)
@@ -187,6 +200,7 @@ def test_a_text_shorter_than_seqlen_gives_one_shorter_row(n):
 # ---------------------------------------------------------------------------
 # Reading a corpus
 
+
 def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -205,7 +219,10 @@ def names(paths):
 def test_files_are_read_sorted_whatever_order_they_were_made_in(tmp_path):
     contents = {"b.txt": "B" * 10, "c.txt": "C" * 10, "a.txt": "A" * 10}
     results = []
-    for folder, order in [("one", ["c.txt", "a.txt", "b.txt"]), ("two", ["a.txt", "b.txt", "c.txt"])]:
+    for folder, order in [
+        ("one", ["c.txt", "a.txt", "b.txt"]),
+        ("two", ["a.txt", "b.txt", "c.txt"]),
+    ]:
         for name in order:
             write(tmp_path / folder / name, contents[name])
         results.append(txtutils.read_corpus([str(tmp_path / folder / "*.txt")], []))
@@ -226,8 +243,9 @@ def make_tree(root):
 def test_a_directory_is_read_recursively_skipping_hidden_files_and_folders(tmp_path):
     make_tree(tmp_path / "corpus")
     train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path / "corpus")], [])
-    assert train_files == sorted(str(tmp_path / "corpus" / p)
-                                 for p in ["a.txt", "sub/b.txt", "sub/deeper/c.txt"])
+    assert train_files == sorted(
+        str(tmp_path / "corpus" / p) for p in ["a.txt", "sub/b.txt", "sub/deeper/c.txt"]
+    )
     assert txtutils.decode(train) == "abc"
     assert len(valid) == 0 and valid_files == []
 
@@ -236,25 +254,29 @@ def test_a_recursive_glob_is_accepted_and_overlapping_patterns_read_a_file_once(
     root = tmp_path / "corpus"
     make_tree(root)
     by_glob = txtutils.read_corpus([str(root / "**" / "*.txt")], [])
-    overlapping = txtutils.read_corpus([str(root / "**" / "*.txt"), str(root),
-                                        str(root / "a.txt")], [])
+    overlapping = txtutils.read_corpus(
+        [str(root / "**" / "*.txt"), str(root), str(root / "a.txt")], []
+    )
     for train, _, train_files, _ in [by_glob, overlapping]:
         assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
         assert txtutils.decode(train) == "abc"
 
 
-@pytest.mark.parametrize("sizes, expected", [
-    ([], 0),
-    ([100] * 4, 0),                         # 4 files or fewer: no validation
-    ([10] * 3 + [10**6], 0),
-    ([100] * 5, 1),                         # a fifth of 5 files
-    ([100] * 20, 3),                        # 2 files hold exactly 10%, not more: 3
-    ([100] * 19 + [1000], 1),               # the last file alone holds over 10%
-    ([60_000] * 30, 2),                     # 10% needs 4 files, but 2 exceed 90 KB
-    ([100_000] * 50, 1),                    # one file exceeds 90 KB
-    ([90 * 1024] * 30, 2),                  # 90 KB exactly is not over 90 KB
-    ([10**6] + [10] * 9, 2),                # 10% needs all 10 files: capped at a fifth
-])
+@pytest.mark.parametrize(
+    "sizes, expected",
+    [
+        ([], 0),
+        ([100] * 4, 0),  # 4 files or fewer: no validation
+        ([10] * 3 + [10**6], 0),
+        ([100] * 5, 1),  # a fifth of 5 files
+        ([100] * 20, 3),  # 2 files hold exactly 10%, not more: 3
+        ([100] * 19 + [1000], 1),  # the last file alone holds over 10%
+        ([60_000] * 30, 2),  # 10% needs 4 files, but 2 exceed 90 KB
+        ([100_000] * 50, 1),  # one file exceeds 90 KB
+        ([90 * 1024] * 30, 2),  # 90 KB exactly is not over 90 KB
+        ([10**6] + [10] * 9, 2),  # 10% needs all 10 files: capped at a fifth
+    ],
+)
 def test_default_validation_count(sizes, expected):
     assert txtutils.default_validation_count(sizes) == expected
 
@@ -291,7 +313,8 @@ def test_the_default_split_counts_characters_not_bytes(tmp_path):
 def test_explicit_validation_files_are_never_trained_on(tmp_path):
     files_of(tmp_path, {f"{c}.txt": c * 50 for c in "abcdef"})
     train, valid, train_files, valid_files = txtutils.read_corpus(
-        [str(tmp_path / "*.txt"), str(tmp_path / "c.txt")], [str(tmp_path / "[ce].txt")])
+        [str(tmp_path / "*.txt"), str(tmp_path / "c.txt")], [str(tmp_path / "[ce].txt")]
+    )
     assert names(valid_files) == ["c.txt", "e.txt"]
     assert names(train_files) == ["a.txt", "b.txt", "d.txt", "f.txt"]
     assert set(txtutils.decode(train)) == set("abdf")
@@ -311,7 +334,8 @@ def test_validation_files_outside_the_data_are_read_too(tmp_path):
     files_of(tmp_path / "data", {"a.txt": "aaa", "b.txt": "bbb"})
     write(tmp_path / "held" / "v.txt", "vvvv")
     train, valid, _, valid_files = txtutils.read_corpus(
-        [str(tmp_path / "data")], [str(tmp_path / "held" / "v.txt")])
+        [str(tmp_path / "data")], [str(tmp_path / "held" / "v.txt")]
+    )
     assert txtutils.decode(train) == "aaabbb"
     assert txtutils.decode(valid) == "vvvv"
     assert valid_files == [str(tmp_path / "held" / "v.txt")]
@@ -326,8 +350,9 @@ def test_an_empty_validation_list_means_no_validation(tmp_path):
 
 def test_reading_twice_gives_the_same_split(tmp_path):
     rng = np.random.default_rng(1)
-    files_of(tmp_path, {f"{i}.txt": "".join(rng.choice(list(PRINTABLE), 200 + 37 * i))
-                        for i in range(7)})
+    files_of(
+        tmp_path, {f"{i}.txt": "".join(rng.choice(list(PRINTABLE), 200 + 37 * i)) for i in range(7)}
+    )
     first = txtutils.read_corpus([str(tmp_path)])
     second = txtutils.read_corpus([str(tmp_path)])
     assert first[2] == second[2] and first[3] == second[3]

@@ -1,0 +1,25 @@
+"""Import this first in a program that uses TensorFlow: it loads TensorFlow with its
+start-up chatter silenced, so that an error is the one line a user reads on stderr.
+
+TensorFlow 2.21 logs oneDNN notices straight to file descriptor 2 while it loads,
+whatever TF_CPP_MIN_LOG_LEVEL says, so fd 2 points at /dev/null meanwhile.
+"""
+
+import os
+import sys
+
+
+def _import_tensorflow_quietly():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    try:
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+_import_tensorflow_quietly()
