@@ -1,10 +1,13 @@
-"""What the command-line programs share: one-line errors and argument types.
+"""What the command-line programs share: one-line errors, argument types, free ports.
 
 No TensorFlow here, so the tools that do not need it (fetch_corpus.py,
 screenshot_tensorboard.py) start quickly.
 """
 
 import argparse
+import contextlib
+import math
+import socket
 import sys
 
 
@@ -15,11 +18,20 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def fail(prog, message):
-    """Report bad input the user can fix: one line on stderr, exit status 2. Line
-    breaks inside the message (a file name may hold one) are shown escaped."""
+class UsageError(Exception):
+    """Flags that cannot work together; the message says what to do."""
+
+
+def error(prog, message):
+    """Report an error in one line on stderr, and leave the exit status to the caller.
+    Line breaks inside the message (a file name may hold one) are shown escaped."""
     one_line = str(message).replace("\r", "\\r").replace("\n", "\\n")
     print(f"{prog}: error: {one_line}", file=sys.stderr)
+
+
+def fail(prog, message):
+    """Report bad input the user can fix (error) and exit with status 2."""
+    error(prog, message)
     sys.exit(2)
 
 
@@ -28,45 +40,34 @@ def warn(message):
     print(message, file=sys.stderr, flush=True)
 
 
-def positive_int(text):
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text}")
-    return value
+def free_ports(n, host="127.0.0.1"):
+    """n distinct ports that nothing listens on, for local servers. All n are held
+    until the last is picked, so the system cannot hand out one twice; another
+    process may still take one before its server binds it."""
+    with contextlib.ExitStack() as held:
+        sockets = [held.enter_context(socket.socket()) for _ in range(n)]
+        for s in sockets:
+            s.bind((host, 0))
+        return [s.getsockname()[1] for s in sockets]
 
 
-def positive_float(text):
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text}")
-    return value
+def _checked(parse, name, ok, must_be):
+    """An argparse type: parse the text, refuse a value that is not ok. argparse
+    names the type by its __name__ in its messages ("invalid whole number value"),
+    so that is a name a user reads."""
+
+    def convert(text):
+        value = parse(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must_be}, got {text}")
+        return value
+
+    convert.__name__ = name
+    return convert
 
 
-def non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number, 0 or more, got {text}")
-    return value
-
-
-def non_negative_float(text):
-    value = float(text)
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number, 0 or more, got {text}")
-    return value
-
-
-def fraction(text):
-    value = float(text)
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 0 and below 1, got {text}")
-    return value
-
-
-# argparse names a type in its messages ("invalid positive_int value"): give them
-# names a user reads.
-positive_int.__name__ = "whole number"
-positive_float.__name__ = "number"
-fraction.__name__ = "fraction"
-non_negative_int.__name__ = "whole number"
-non_negative_float.__name__ = "number"
+positive_int = _checked(int, "whole number", lambda v: v > 0, "a whole number above 0")
+positive_float = _checked(float, "number", lambda v: 0 < v < math.inf, "a number above 0")
+non_negative_int = _checked(int, "whole number", lambda v: v >= 0, "a whole number, 0 or more")
+non_negative_float = _checked(float, "number", lambda v: 0 <= v < math.inf, "a number, 0 or more")
+fraction = _checked(float, "fraction", lambda v: 0 <= v < 1, "at least 0 and below 1")

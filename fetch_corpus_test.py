@@ -355,6 +355,19 @@ def assert_one_error_line(capsys):
     return lines[0]
 
 
+def fetch_offline(monkeypatch, tmp_path):
+    """Make main's fetch take the small archive, pinned, from a fake download."""
+    archive = make_archive(good_members())
+    pin(monkeypatch, tmp_path, archive)
+    monkeypatch.setattr(
+        fetch_corpus,
+        "fetch",
+        functools.partial(
+            fetch_corpus.fetch, download=FakeDownload(archive), files=len(TEXTS), size=SIZE
+        ),
+    )
+
+
 def test_main_reports_a_download_failure_in_one_line(monkeypatch, capsys, work):
     monkeypatch.setattr(
         fetch_corpus, "subprocess", fake_run(1, "ERROR: Could not find a version that satisfies\n")
@@ -375,16 +388,8 @@ def test_main_reports_a_wrong_hash_in_one_line(monkeypatch, capsys, work):
     assert_nothing_left(work, work / "corpus")
 
 
-def test_main_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys, work):
-    archive = make_archive(good_members())
-    pin(monkeypatch, tmp_path, archive)
-    monkeypatch.setattr(
-        fetch_corpus,
-        "fetch",
-        functools.partial(
-            fetch_corpus.fetch, download=FakeDownload(archive), files=len(TEXTS), size=SIZE
-        ),
-    )
+def test_main_reports_a_target_holding_other_files_in_one_line(tmp_path, monkeypatch, capsys, work):
+    fetch_offline(monkeypatch, tmp_path)
     (work / "corpus").mkdir()
     (work / "corpus" / "notes.md").write_text("keep me")
     assert fetch_corpus.main([str(work / "corpus")]) == 2
@@ -392,16 +397,23 @@ def test_main_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys, wor
     assert os.listdir(work / "corpus") == ["notes.md"]
 
 
+def test_main_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys, work):
+    """No folder to make the temporary folder in: an OSError, not a FetchError."""
+    fetch_offline(monkeypatch, tmp_path)
+    assert fetch_corpus.main([str(work / "missing" / "corpus")]) == 2
+    assert "No such file or directory" in assert_one_error_line(capsys)
+    assert os.listdir(work) == []
+
+
+def test_main_refuses_a_second_folder_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exited:
+        fetch_corpus.main(["one", "two"])
+    assert exited.value.code == 2
+    assert "unrecognized arguments: two" in assert_one_error_line(capsys)
+
+
 def test_main_succeeds_quietly_on_stderr(tmp_path, monkeypatch, capsys, work):
-    archive = make_archive(good_members())
-    pin(monkeypatch, tmp_path, archive)
-    monkeypatch.setattr(
-        fetch_corpus,
-        "fetch",
-        functools.partial(
-            fetch_corpus.fetch, download=FakeDownload(archive), files=len(TEXTS), size=SIZE
-        ),
-    )
+    fetch_offline(monkeypatch, tmp_path)
     assert fetch_corpus.main([str(work / "corpus")]) == 0
     out, err = capsys.readouterr()
     assert err == ""

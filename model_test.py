@@ -1,4 +1,6 @@
-"""The model: cuDNN-eligible settings, state passing, checkpoints that restore exactly."""
+"""The model: cuDNN-eligible settings, state passing, checkpoints that restore exactly,
+mixed precision. (fused_gru_test.py: the fused GRU against Keras' layers;
+generate_test.py: sampling and generation.)"""
 
 import importlib
 
@@ -8,8 +10,7 @@ import pytest
 import tensorflow as tf
 
 import ckpt
-import txtutils
-from model import Generator, build_model, loss_and_accuracy, sample_logits
+from model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 
 # the module, not the function of the same name that its package exports
 keras_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
@@ -51,19 +52,19 @@ def test_gru_settings_keep_the_cudnn_kernel(model):
         )
 
 
-def test_one_softmax_layer_is_shared_by_every_time_step(model):
-    softmax = model.named_weights()["softmax"]
+def test_one_logits_layer_is_shared_by_every_time_step(model):
+    softmax = model.named_weights()["softmax"]  # its name in checkpoints
     assert {k: tuple(v.shape) for k, v in softmax.items()} == {"kernel": (16, 98), "bias": (98,)}
-    logits, _ = model.predict(random_codes([2, 5]), model.zero_state(2))
+    logits, _ = model.infer(random_codes([2, 5]), model.zero_state(2))
     assert logits.shape == (2, 5, 98)
 
 
 def test_sixty_characters_at_once_equal_two_runs_of_thirty(model):
     x = random_codes([4, 60])
     state0 = tf.random.normal([4, model.state_size], seed=3) * 0.5
-    logits, state = model.predict(x, state0)
-    logits1, state1 = model.predict(x[:, :30], state0)
-    logits2, state2 = model.predict(x[:, 30:], state1)
+    logits, state = model.infer(x, state0)
+    logits1, state1 = model.infer(x[:, :30], state0)
+    logits2, state2 = model.infer(x[:, 30:], state1)
     np.testing.assert_allclose(np.concatenate([logits1, logits2], axis=1), logits, atol=1e-5)
     np.testing.assert_allclose(state2, state, atol=1e-5)
 
@@ -71,9 +72,27 @@ def test_sixty_characters_at_once_equal_two_runs_of_thirty(model):
 def test_the_state_carries_information(model):
     """A different input state changes the output: the state really is used."""
     x = random_codes([1, 10])
-    a, _ = model.predict(x, model.zero_state(1))
-    b, _ = model.predict(x, tf.ones([1, model.state_size]))
+    a, _ = model.infer(x, model.zero_state(1))
+    b, _ = model.infer(x, tf.ones([1, model.state_size]))
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+
+
+def test_mean_loss_and_accuracy_weighs_pieces_by_their_characters(model):
+    """Pieces with the state carried score what the whole text scores in one call;
+    from zero states, each piece counts for its characters."""
+    x = random_codes([2, 50], seed=1)
+    y = np.roll(x, -1, axis=1)
+    pieces = [(x[:, i : i + 20], y[:, i : i + 20]) for i in range(0, 50, 20)]  # 20, 20, 10
+    loss, accuracy = loss_and_accuracy(model.infer(x, model.zero_state(2))[0], y)
+    carried = mean_loss_and_accuracy(model, pieces, carry_state=True)
+    np.testing.assert_allclose(carried[:2], [float(loss), float(accuracy)], atol=1e-5)
+    assert carried[2] == 100
+    one_by_one = [loss_and_accuracy(model.infer(a, model.zero_state(2))[0], b) for a, b in pieces]
+    weights = [40, 40, 20]
+    expected = np.average(np.array(one_by_one, np.float64), axis=0, weights=weights)
+    np.testing.assert_allclose(mean_loss_and_accuracy(model, pieces)[:2], expected, atol=1e-6)
+    with pytest.raises(ValueError):
+        mean_loss_and_accuracy(model, [])
 
 
 def test_dropout_only_in_training(model):
@@ -139,7 +158,7 @@ def test_checkpoint_restores_weights_optimizer_and_state_bit_for_bit(model, tmp_
     assert config == CONFIG
     x = random_codes([1, 20])
     np.testing.assert_array_equal(
-        model.predict(x, model.zero_state(1))[0], model3.predict(x, model3.zero_state(1))[0]
+        model.infer(x, model.zero_state(1))[0], model3.infer(x, model3.zero_state(1))[0]
     )
 
 
@@ -177,23 +196,6 @@ def forward_and_gradients(model, x, state, training):
     return logits, new_state, [tf.convert_to_tensor(g).numpy() for g in grads]
 
 
-@pytest.mark.parametrize("training", [False, True])
-def test_fused_gru_computes_what_the_keras_layers_compute(training):
-    """The CPU implementation (hand-written backward pass included) against Keras' own
-    GRU, which is what a GPU runs through cuDNN: same logits, states and gradients,
-    with the same dropout masks."""
-    fused, layers = twins(CONFIG)
-    x = random_codes([4, 12])
-    state = tf.random.normal([4, fused.state_size], seed=5) * 0.5
-    a = forward_and_gradients(fused, x, state, training)
-    b = forward_and_gradients(layers, x, state, training)
-    np.testing.assert_allclose(a[0], b[0], atol=1e-5)
-    np.testing.assert_allclose(a[1], b[1], atol=1e-5)
-    for ga, gb, v in zip(a[2], b[2], fused.trainable_variables, strict=True):
-        assert np.abs(gb).max() > 0, v.path  # every weight gets a gradient
-        np.testing.assert_allclose(ga, gb, atol=1e-6, err_msg=v.path)
-
-
 def test_mixed_precision_stays_close_to_float32():
     """bfloat16 matmuls, float32 everything else: logits within bfloat16's precision,
     and both implementations agree."""
@@ -211,123 +213,3 @@ def test_mixed_precision_stays_close_to_float32():
     assert np.abs(np.asarray(b[0]) - np.asarray(a[0])).max() > 0  # really 16 bits
     for ga, gb in zip(a[2], b[2], strict=True):
         np.testing.assert_allclose(gb, ga, atol=0.02 * np.abs(ga).max() + 1e-6)
-
-
-def test_generator_feeds_back_what_it_samples(model):
-    """topn=1 (always the likeliest) must give exactly the characters of a plain loop
-    that feeds the model its own argmax, stream by stream."""
-    prime = random_codes([3, 7])
-    generator = Generator(model, topn=1)
-    generator.start(prime, seed=0)
-    got = np.concatenate([generator.next(8), generator.next(8)], axis=1)  # [3, 16]
-    logits, state = model.predict(prime, model.zero_state(3))
-    want = []
-    for _ in range(16):
-        code = np.argmax(logits[:, -1], axis=-1).astype(np.int32)  # [3]
-        want.append(code)
-        logits, state = model.predict(code[:, None], state)
-    np.testing.assert_array_equal(got, np.stack(want, axis=1))
-
-
-def test_generator_streams_are_independent_and_seeded(model):
-    prime = np.zeros([2, 1], np.int32)
-    generator = Generator(model, topn=0)
-    generator.start(prime, seed=5)
-    a = generator.next(50)
-    generator.start(prime, seed=5)
-    b = generator.next(50)
-    generator.start(prime, seed=6)
-    c = generator.next(50)
-    np.testing.assert_array_equal(a, b)
-    assert (a != c).any()
-    assert (a[0] != a[1]).any()  # same prime, each stream draws its own text
-
-
-# ---------------------------------------------------------------------------
-# Sampling (inside the compiled generation loop)
-
-
-def draws(logits, n, seed=0, topn=0, temperature=1.0):
-    """n draws from one row of logits, made at once as n streams."""
-    rows = tf.constant(np.tile(np.asarray(logits, np.float32), [n, 1]))  # [n, ALPHASIZE]
-    return sample_logits(rows, tf.constant([seed, 0], tf.int64), topn, temperature).numpy()
-
-
-def assert_follows(samples, probs):
-    """The draws never hit a symbol of probability 0, and match probs: each symbol of
-    probability 5% or more, and the rest pooled, is within 5 standard deviations of
-    its expected frequency, and a chi-square over them is below the 0.1% critical value."""
-    n = len(samples)
-    counts = np.bincount(samples, minlength=len(probs))
-    assert counts[probs == 0].sum() == 0
-    big = probs >= 0.05
-    expected = np.append(probs[big], probs[~big].sum())
-    observed = np.append(counts[big], counts[~big].sum()) / n
-    if expected[-1] == 0:
-        expected, observed = expected[:-1], observed[:-1]
-    assert (np.abs(observed - expected) <= 5 * np.sqrt(expected * (1 - expected) / n)).all()
-    chi2 = n * ((observed - expected) ** 2 / expected).sum()
-    dof = len(expected) - 1
-    critical = dof * (1 - 2 / (9 * dof) + 3.09 * np.sqrt(2 / (9 * dof))) ** 3  # Wilson-Hilferty
-    assert chi2 < critical, (chi2, critical)
-
-
-def skewed_probs():
-    """Half on 10, 30% on 20, 15% on 30, and 5% spread over the 95 others."""
-    p = np.full(txtutils.ALPHASIZE, 0.05 / 95)
-    p[[10, 20, 30]] = [0.5, 0.3, 0.15]
-    return p
-
-
-def test_topn_never_draws_outside_the_n_most_likely_and_draws_each_of_them():
-    # a flat-ish ramp, shuffled: the top 5 are close, so all of them should come up
-    logits = np.random.default_rng(3).permutation(np.linspace(0.0, 3.0, txtutils.ALPHASIZE))
-    top5 = set(np.argsort(logits)[-5:].tolist())
-    got = draws(logits, 2000, topn=5)
-    assert set(got.tolist()) == top5
-
-
-def test_topn_renormalises_over_the_kept_symbols():
-    p = skewed_probs()
-    kept = np.zeros_like(p)
-    kept[[10, 20, 30]] = p[[10, 20, 30]] / p[[10, 20, 30]].sum()
-    assert_follows(draws(np.log(p), 4000, seed=4, topn=3), kept)
-
-
-def test_topn_1_is_argmax_whatever_the_temperature():
-    logits = np.random.default_rng(5).normal(size=(50, txtutils.ALPHASIZE)) * 0.1
-    for temperature in [0.1, 1.0, 10.0]:
-        got = sample_logits(
-            tf.constant(logits, tf.float32), tf.constant([5, 0], tf.int64), 1, temperature
-        ).numpy()
-        np.testing.assert_array_equal(got, np.argmax(logits, axis=-1))
-
-
-def test_topn_of_the_whole_alphabet_or_more_is_no_truncation():
-    logits = np.log(skewed_probs())
-    for topn in [txtutils.ALPHASIZE, txtutils.ALPHASIZE + 10]:
-        assert (draws(logits, 300, seed=6, topn=topn) == draws(logits, 300, seed=6)).all()
-
-
-def test_a_very_low_temperature_almost_always_picks_the_argmax():
-    logits = np.log(skewed_probs())  # argmax 10 at 50%, next 30%
-    got = draws(logits, 1000, seed=7, temperature=0.01)
-    assert np.mean(got == 10) >= 0.99
-    assert np.mean(draws(logits, 1000, seed=7) == 10) < 0.6  # unlike T = 1
-
-
-def test_draws_follow_the_softmax_of_the_logits_at_temperature_1():
-    p = skewed_probs()
-    assert_follows(draws(np.log(p) + 7.0, 4000, seed=8), p)  # softmax ignores a shift
-
-
-def test_draws_follow_the_softmax_of_logits_over_temperature():
-    p = skewed_probs()
-    softened = p**0.5 / (p**0.5).sum()  # softmax(log(p) / 2)
-    assert_follows(draws(np.log(p), 4000, seed=9, temperature=2.0), softened)
-
-
-def test_the_same_seed_gives_the_same_draws():
-    logits = np.zeros(txtutils.ALPHASIZE)  # uniform: two seeds cannot agree by chance
-    assert (draws(logits, 100, seed=11) == draws(logits, 100, seed=11)).all()
-    assert (draws(logits, 100, seed=11) != draws(logits, 100, seed=12)).any()

@@ -17,7 +17,8 @@ import numpy as np
 import ckpt
 import cli
 import txtutils
-from model import Generator, loss_and_accuracy
+from generate import Generator
+from model import mean_loss_and_accuracy
 
 LENGTH = 1000  # characters to generate
 TOPN = 2  # the original's choice for a trained model: likely, still varied
@@ -38,7 +39,7 @@ def parse_args(argv):
     )
     p.add_argument(
         "--length",
-        type=int,
+        type=cli.non_negative_int,
         default=LENGTH,
         help=f"characters to generate, 0 = until Ctrl-C (default {LENGTH})",
     )
@@ -49,7 +50,7 @@ def parse_args(argv):
     )
     p.add_argument(
         "--topn",
-        type=int,
+        type=cli.non_negative_int,
         default=TOPN,
         help=f"sample among the N likeliest characters, 0 = all, 1 = always the "
         f"likeliest (default {TOPN})",
@@ -87,10 +88,6 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.prime == []:  # Python 3.11's argparse turns the value of --prime=-- into []
         args.prime = "--"
-    if args.length < 0:
-        p.error(f"argument --length: must be 0 or more, got {args.length}")
-    if args.topn < 0:
-        p.error(f"argument --topn: must be 0 or more, got {args.topn}")
     if not args.prime:
         p.error("argument --prime: give at least one character")
     if args.length == 0 and (args.streams > 1 or args.out_dir):
@@ -104,17 +101,12 @@ def score(model, path):
     codes = txtutils.read_file(path).astype(np.int32)
     if len(codes) < 2:
         raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
-    n = len(codes) - 1  # characters predicted: every one but the first
-    state = model.zero_state(1)
-    total_loss = total_hits = 0.0
-    for i in range(0, n, SCORE_CHUNK):
-        end = min(i + SCORE_CHUNK, n)
-        x, y = codes[None, i:end], codes[None, i + 1 : end + 1]  # [1, CHUNK]
-        logits, state = model.predict(x, state)  # [1, CHUNK, ALPHASIZE]
-        loss, accuracy = loss_and_accuracy(logits, y)
-        total_loss += float(loss) * (end - i)
-        total_hits += float(accuracy) * (end - i)
-    return total_loss / n, total_hits / n, n
+    x, y = codes[:-1], codes[1:]  # every character predicted but the first
+    pieces = (
+        (x[None, i : i + SCORE_CHUNK], y[None, i : i + SCORE_CHUNK])  # [1, SCORE_CHUNK]
+        for i in range(0, len(x), SCORE_CHUNK)
+    )
+    return mean_loss_and_accuracy(model, pieces, carry_state=True)
 
 
 def play(args):

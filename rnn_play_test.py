@@ -72,7 +72,7 @@ def test_score_prints_bits_per_character(tiny_run, tmp_path):
     # the same figure as running the whole text in one call with the state carried
     model, _ = ckpt.load_model(ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print))
     codes = txtutils.read_file(text).astype(np.int32)
-    logits, _ = model.predict(codes[None, :-1], model.zero_state(1))
+    logits, _ = model.infer(codes[None, :-1], model.zero_state(1))
     expected, _ = loss_and_accuracy(logits, codes[None, 1:])
     assert abs(nats - float(expected)) < 2e-3
 

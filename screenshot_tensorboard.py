@@ -16,7 +16,6 @@ when the charts are drawn, and cannot set TensorBoard's display settings, which
 live in the page's localStorage (settings pane, outliers, smoothing, card width).
 """
 
-import argparse
 import base64
 import contextlib
 import json
@@ -24,7 +23,6 @@ import os
 import re
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -32,6 +30,9 @@ import time
 import urllib.parse
 import urllib.request
 
+import cli
+
+PROG = "screenshot_tensorboard.py"
 HOST = "127.0.0.1"
 SIDEBAR = 0.2  # the runs list takes 20% of the width (TensorBoard's default)
 CARD_WIDTH = 335, 735  # the card widths TensorBoard accepts (its settings slider)
@@ -43,13 +44,6 @@ REPLY_TIMEOUT = 30  # seconds for Chromium to answer one command
 COUNT_LINES = """Object.fromEntries([...document.querySelectorAll("scalar-card")].map(card => [
     card.querySelector(".tag")?.title,
     [...card.querySelectorAll(".series-view path")].filter(p => p.getAttribute("d")).length]))"""
-
-
-class ArgumentParser(argparse.ArgumentParser):
-    """argparse with the error on one line, without the usage block above it."""
-
-    def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
 class ScreenshotError(Exception):
@@ -66,12 +60,6 @@ def event_runs(logdir):
     if not runs:
         raise ScreenshotError(f"no TensorBoard event files under {logdir}")
     return runs
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 def get_json(url):
@@ -295,7 +283,7 @@ def run(args):
         raise ScreenshotError(f"no folder to write {args.out} in")
     runs = event_runs(args.logdir)
     deadline = time.monotonic() + args.timeout
-    server = f"http://{HOST}:{free_port()}"
+    server = f"http://{HOST}:{cli.free_ports(1, HOST)[0]}"
     with tempfile.TemporaryDirectory(prefix="screenshot_tensorboard.") as tmp:
         tb_log = os.path.join(tmp, "tensorboard.log")
         with open(tb_log, "w") as log:
@@ -343,8 +331,8 @@ def run(args):
         f.write(png)
 
 
-def main():
-    parser = ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None):
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("logdir", help="a run's log folder, e.g. log/RUNNAME")
     parser.add_argument("out", help="the PNG file to write")
     parser.add_argument(
@@ -367,7 +355,7 @@ def main():
         default=60,
         help="seconds to wait for TensorBoard, then for the charts (default 60)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.width < 400 or args.height < 300:
         parser.error("--width must be at least 400 and --height at least 300")
     if not 0 <= args.smoothing < 1:
@@ -375,9 +363,11 @@ def main():
     try:
         run(args)
     except ScreenshotError as e:
-        sys.exit(f"{parser.prog}: error: {e}")
+        cli.error(PROG, e)
+        return 1  # not 2: as often TensorBoard or Chromium failing as bad input
     print(f"wrote {args.out}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

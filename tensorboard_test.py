@@ -1,31 +1,20 @@
 """A real TensorBoard server, on 127.0.0.1, serves the tiny run's curves."""
 
-import json
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.parse
-import urllib.request
 
 import pytest
 
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(url):
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
+import cli
+from screenshot_tensorboard import get_json
 
 
 @pytest.fixture
 def tensorboard(tiny_run):
-    port = free_port()
+    [port] = cli.free_ports(1)
     exe = os.path.join(os.path.dirname(sys.executable), "tensorboard")
     proc = subprocess.Popen(
         [

@@ -1,7 +1,8 @@
-"""txtutils: the alphabet, reading a corpus, state-continuous batches, sampling.
+"""txtutils: the alphabet, state-continuous batches, validation rows, reading a corpus.
+Sampling is not here: it belongs to the compiled generation loop and is tested with it.
 
-No TensorFlow here. The batch tests feed np.arange(N) as the "text": the sequencer
-only slices it, so every value is the position of its character in the text.
+No TensorFlow here. The batch and validation-row tests feed np.arange(N) as the
+"text": both only slice it, so every value is the position of its character in the text.
 """
 
 import itertools

@@ -1,0 +1,193 @@
+"""Data-parallel training with tf.distribute (--strategy), kept out of the training loop.
+
+The loop asks a Distribution for what it needs; with no strategy (the default),
+every answer is the single-process one, so the plain loop reads as if this file
+did not exist:
+
+    dist = Distribution.from_flags(args)
+    with dist.scope(): model, optimizer = ...      # variables mirrored on every replica
+    x = dist.split(x)                              # [BATCH, ...] -> each replica its rows
+    step = dist.compile(replica_step)              # runs on every replica, means reduced
+    state = dist.gather(state)                     # all rows again, to save them
+    stop = dist.stop_together(stop)                # one worker stops: all stop
+
+A distributed step computes what one process computes: replica r always trains
+the same rows of the batch (r*BATCH/REPLICAS onward) and keeps their RNN state,
+draws those rows of the whole batch's dropout masks, and the gradient it applies
+is the whole batch's, clipped after the replicas' shares are summed.
+"""
+
+import contextlib
+import json
+import os
+
+import tensorflow as tf
+
+import cli
+
+COLLECTIVE_TIMEOUT = 60  # seconds: multiworker, a worker silent this long is taken for dead
+
+
+def add_flags(parser):
+    parser.add_argument(
+        "--strategy",
+        choices=["none", "mirrored", "multiworker"],
+        default="none",
+        help="data-parallel training with tf.distribute: mirrored = the GPUs of this "
+        "machine, multiworker = several machines, as TF_CONFIG describes "
+        "(default none)",
+    )
+    parser.add_argument(
+        "--cpu-replicas",
+        type=cli.positive_int,
+        default=1,
+        metavar="N",
+        help="--strategy mirrored on a machine without GPUs: split the CPU into N "
+        "replicas (to try distribution out; no faster) (default 1)",
+    )
+    parser.add_argument(
+        "--collective-timeout",
+        type=cli.positive_float,
+        default=COLLECTIVE_TIMEOUT,
+        metavar="SECONDS",
+        help="--strategy multiworker: give up on a worker that has not answered "
+        f"for this long (default {COLLECTIVE_TIMEOUT})",
+    )
+
+
+class WorkerLost(Exception):
+    """A collective operation failed: another worker died or cannot be reached."""
+
+
+def make_strategy(args):
+    """The tf.distribute strategy of --strategy, or None. Made before anything else
+    touches TensorFlow's devices, as both strategies require."""
+    if args.strategy == "mirrored":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas
+        )
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.cpu_replicas)])
+    if args.strategy == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise cli.UsageError(
+                "--strategy multiworker needs the cluster in TF_CONFIG; see the "
+                'README\'s "Beyond one machine"'
+            )
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as e:
+            raise cli.UsageError(f"TF_CONFIG is not valid JSON ({e})") from None
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=args.collective_timeout
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return None
+
+
+class Distribution:
+    """A tf.distribute strategy, or none, behind the few questions training asks."""
+
+    def __init__(self, strategy=None):
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync if strategy else 1
+        self.multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self.chief = _is_chief(strategy)
+
+    @classmethod
+    def from_flags(cls, args):
+        return cls(make_strategy(args))
+
+    def check_batch_size(self, batch_size):
+        if batch_size % self.replicas:
+            raise cli.UsageError(
+                f"--batch-size {batch_size} does not split evenly over "
+                f"{self.replicas} replicas: choose a multiple"
+            )
+
+    def scope(self):
+        """Where variables are made: mirrored on every replica under a strategy."""
+        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+
+    def split(self, rows):
+        """rows [BATCH, ...] (the whole batch, which every worker has) as a per-replica
+        value: replica r gets rows r*BATCH/REPLICAS up to (r+1)*BATCH/REPLICAS, always
+        the same ones, so each replica's rows continue its rows of the previous batch."""
+        if not self.strategy:
+            return rows
+        each = len(rows) // self.replicas
+
+        def share(context):
+            r = context.replica_id_in_sync_group
+            return tf.convert_to_tensor(rows[r * each : (r + 1) * each])
+
+        return self.strategy.experimental_distribute_values_from_function(share)
+
+    def gather(self, value):
+        """A per-replica value [BATCH/REPLICAS, ...] as the whole batch's [BATCH, ...]."""
+        return self.strategy.gather(value, axis=0) if self.strategy else value
+
+    def stop_together(self, stop):
+        """Whether any worker wants to stop (a collective: every worker must ask), so
+        that all stop after the same step; otherwise the others would hang."""
+        if not self.multiworker:
+            return stop
+        flags = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(int(stop))
+        )
+        return bool(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None) > 0)
+
+    def compile(self, replica_step):
+        """The compiled training step: replica_step(x, y, state, step, dropout) ->
+        (loss, accuracy, new state), run by every replica on its rows; loss and
+        accuracy come back averaged over the replicas, the state per replica."""
+        # autograph=False: nothing needs it, and it re-reads the source files when it
+        # traces, so editing them during a run could break a later trace
+        if not self.strategy:
+            return tf.function(replica_step, autograph=False)
+
+        @tf.function(autograph=False)
+        def train_step(x, y, state, step, dropout):
+            loss, accuracy, state = self.strategy.run(
+                replica_step, args=(x, y, state, step, dropout)
+            )
+            mean = tf.distribute.ReduceOp.MEAN
+            loss = self.strategy.reduce(mean, loss, axis=None)
+            return loss, self.strategy.reduce(mean, accuracy, axis=None), state
+
+        return train_step
+
+    def rows_of_this_replica(self, batch_size):
+        """Inside a step: [first row, BATCH] of this replica's share of the batch, so
+        it draws those rows of the whole batch's dropout masks (None: all rows)."""
+        if not self.strategy:
+            return None
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.stack([replica * (batch_size // self.replicas), batch_size])
+
+    def clip(self, grads, clip_norm):
+        """This replica's gradients of its share of the loss, clipped as one process
+        would clip the whole batch's: Keras' optimizer sums the replicas' gradients,
+        but would clip each share first. So sum them here, clip the sum, and give it
+        back evenly shared (a second all-reduce per step: the price of clipping)."""
+        if not clip_norm:
+            return grads
+        if not self.strategy:
+            return tf.clip_by_global_norm(grads, clip_norm)[0]
+        context = tf.distribute.get_replica_context()
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        total, _ = tf.clip_by_global_norm(total, clip_norm)
+        return [g / self.replicas for g in total]
+
+
+def _is_chief(strategy):
+    """Whether this process writes the checkpoints and logs: always, but under
+    --strategy multiworker, where only the chief does (the "chief" task, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0
