@@ -267,15 +267,18 @@ def test_a_recursive_glob_is_accepted_and_overlapping_patterns_read_a_file_once(
     "sizes, expected",
     [
         ([], 0),
-        ([100] * 4, 0),  # 4 files or fewer: no validation
+        ([100] * 4, 0),  # 4 equal files or fewer: no validation (one is over a fifth)
         ([10] * 3 + [10**6], 0),
-        ([100] * 5, 1),  # a fifth of 5 files
+        ([100] * 5, 1),  # exactly a fifth of the text is not over it
         ([100] * 20, 3),  # 2 files hold exactly 10%, not more: 3
-        ([100] * 19 + [1000], 1),  # the last file alone holds over 10%
+        ([100] * 18 + [400], 1),  # the last file alone holds over 10% (18%), under a fifth
+        ([100] * 19 + [1000], 0),  # the last file holds over a fifth (34%): none
+        ([100] * 9 + [9000], 0),  # a huge last file (90% of the text) is never held out
+        ([1000] * 3 + [400], 1),  # 4 files, the last 11.8% of the text: held out
         ([60_000] * 30, 2),  # 10% needs 4 files, but 2 exceed 90 KB
         ([100_000] * 50, 1),  # one file exceeds 90 KB
         ([90 * 1024] * 30, 2),  # 90 KB exactly is not over 90 KB
-        ([10**6] + [10] * 9, 2),  # 10% needs all 10 files: capped at a fifth
+        ([10**6] + [10] * 9, 0),  # 10% needs all 10 files: over a fifth, none
     ],
 )
 def test_default_validation_count(sizes, expected):
