@@ -1,11 +1,12 @@
 # Each target sets up what it needs: the virtual env, the requirements, the corpus.
 #   make train [ARGS="--flags"]   make play [ARGS="..."]   make tensorboard   make test   make bench
+#   make gpu-check   (after installing TensorFlow's CUDA build: README, "GPU")
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv corpus train play tensorboard test bench
+.PHONY: venv corpus train play tensorboard test bench gpu-check
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +34,6 @@ test: venv
 
 bench: venv
 	$(PY) bench.py $(ARGS)
+
+gpu-check: venv
+	$(PY) gpu_check.py $(ARGS)

@@ -1,5 +1,5 @@
 """Measure what a user waits for, in one process: training speed against this
-machine's own matmul limit, generation speed, and peak memory.
+machine's own matmul limit, generation and scoring speed, and peak memory.
 
     python bench.py                    # the table (make bench)
     python bench.py --json bench.json  # and the same figures as JSON
@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 import time
 
 import keras
@@ -24,7 +25,8 @@ import tensorflow as tf
 
 import rnn_play
 import rnn_train
-from generate import Generator
+import txtutils
+from generate import Generator, Scorer
 from model import build_model
 
 DEFAULT = {
@@ -127,9 +129,10 @@ def training_speeds(config, steps, warmup):
     return {mixed: B * T / float(np.median(run["times"])) for mixed, run in runs.items()}
 
 
-def generation_speed(model, streams, chars):
-    """Characters per second of rnn_play.py's generation (sampling included, the
-    console not): `streams` independent samples of at least `chars` characters."""
+def generation_run(model, streams, chars):
+    """rnn_play.py's generation (sampling included, the console not), compiled: a
+    function that generates `streams` independent samples of at least `chars`
+    characters, and the characters it generates in all."""
     generator = Generator(model, topn=rnn_play.TOPN)
     generator.start(np.zeros([streams, 1], np.int32), seed=0)
     generator.next(rnn_play.CHUNK)  # compiles
@@ -139,7 +142,48 @@ def generation_speed(model, streams, chars):
         for _ in range(calls):
             generator.next(rnn_play.CHUNK)
 
-    return streams * calls * rnn_play.CHUNK / median_time(generate, 3)
+    return generate, streams * calls * rnn_play.CHUNK
+
+
+def scoring_run(model, folder, chars):
+    """rnn_play.py --score (reading the file included, loading the model not),
+    compiled: a function that scores a file of `chars` random characters of the
+    alphabet, written into folder (the speed does not depend on what the text says),
+    and the characters it scores."""
+    rng = np.random.default_rng(0)
+    text = txtutils.decode(rng.integers(1, txtutils.ALPHASIZE, size=chars))
+    path, first = os.path.join(folder, "text.txt"), os.path.join(folder, "compile.txt")
+    with open(path, "w") as f, open(first, "w") as g:
+        f.write(text)
+        g.write(text[:2])
+    scorer = Scorer(model, rnn_play.SCORE_CHUNK)
+    rnn_play.score(scorer, first)  # compiles
+    return lambda: rnn_play.score(scorer, path), chars - 1
+
+
+def speeds_in_turn(runs, repeats):
+    """Characters per second of each (function, characters) of runs: medians of timings
+    taken in turn, one of each per round, so that all see the same machine load."""
+    times = [[] for _ in runs]
+    for _ in range(repeats):
+        for (run, _), timed in zip(runs, times, strict=True):
+            timed.append(median_time(run, 1))
+    return [chars / float(np.median(t)) for (_, chars), t in zip(runs, times, strict=True)]
+
+
+def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_chars):
+    """(1-stream generation, 256-stream generation, scoring) in chars/s and the peak
+    memory of generation, MB. Scoring is held to 1-stream generation (its floor), so
+    the two are timed in turn."""
+    keras.utils.set_random_seed(0)
+    reset_peak_memory()
+    model = build_model(config)
+    one_stream = generation_run(model, 1, one_stream_chars)
+    (gen_256,) = speeds_in_turn([generation_run(model, 256, many_stream_chars)], 3)
+    gen_rss = peak_memory_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        gen_1, score = speeds_in_turn([one_stream, scoring_run(model, tmp, score_chars)], 5)
+    return gen_1, gen_256, score, gen_rss
 
 
 def reset_peak_memory():
@@ -188,6 +232,7 @@ def main(argv=None):
     config = QUICK if args.quick else DEFAULT
     steps, warmup, repeats = (5, 2, 3) if args.quick else (30, 5, 20)
     one_stream_chars, many_stream_chars = (128, 64) if args.quick else (2048, 256)
+    score_chars = 2000 if args.quick else 5 * rnn_play.SCORE_CHUNK
 
     device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
     print(
@@ -197,13 +242,9 @@ def main(argv=None):
     )
     (m, k, n), gflops, flops, limit = training_limit(config, repeats)
 
-    keras.utils.set_random_seed(0)
-    reset_peak_memory()
-    model = build_model(config)
-    gen_1 = generation_speed(model, 1, one_stream_chars)
-    gen_256 = generation_speed(model, 256, many_stream_chars)
-    gen_rss = peak_memory_mb()
-    del model
+    gen_1, gen_256, score, gen_rss = generation_and_scoring(
+        config, one_stream_chars, many_stream_chars, score_chars
+    )
 
     reset_peak_memory()
     speeds = training_speeds(config, steps, warmup)
@@ -216,6 +257,7 @@ def main(argv=None):
         "train_bf16_chars_per_s": round(speeds[True]),
         "generate_1_chars_per_s": round(gen_1),
         "generate_256_chars_per_s": round(gen_256),
+        "score_chars_per_s": round(score),
         "train_peak_rss_mb": round(train_rss),
         "generate_peak_rss_mb": round(gen_rss),
     }
@@ -238,6 +280,7 @@ def main(argv=None):
         ),
         ("generation, 1 stream", f"{gen_1:,.0f} chars/s"),
         ("generation, 256 streams", f"{gen_256:,.0f} chars/s in all"),
+        ("scoring (rnn_play.py --score)", f"{score:,.0f} chars/s = {score / gen_1:.1f}x 1 stream"),
         ("peak memory, training", f"{train_rss:,.0f} MB"),
         ("peak memory, generation", f"{gen_rss:,.0f} MB"),
     ]

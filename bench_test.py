@@ -11,6 +11,7 @@ KEYS = {
     "train_bf16_chars_per_s",
     "generate_1_chars_per_s",
     "generate_256_chars_per_s",
+    "score_chars_per_s",
     "train_peak_rss_mb",
     "generate_peak_rss_mb",
 }
@@ -31,6 +32,7 @@ def test_quick_bench_prints_and_writes_every_figure(tmp_path):
         "training, --mixed-precision",
         "generation, 1 stream",
         "generation, 256 streams",
+        "scoring (rnn_play.py --score)",
         "peak memory, training",
         "peak memory, generation",
     ):
@@ -38,6 +40,7 @@ def test_quick_bench_prints_and_writes_every_figure(tmp_path):
     # the table shows the same figures as the JSON
     assert f"{figures['train_chars_per_s']:,} chars/s" in result.stdout
     assert f"{figures['train_fraction_of_limit']:.2f} of the limit" in result.stdout
+    assert f"{figures['score_chars_per_s']:,} chars/s" in result.stdout
 
 
 def test_flop_count_is_the_default_models_figure():

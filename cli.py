@@ -71,3 +71,5 @@ positive_float = _checked(float, "number", lambda v: 0 < v < math.inf, "a number
 non_negative_int = _checked(int, "whole number", lambda v: v >= 0, "a whole number, 0 or more")
 non_negative_float = _checked(float, "number", lambda v: 0 <= v < math.inf, "a number, 0 or more")
 fraction = _checked(float, "fraction", lambda v: 0 <= v < 1, "at least 0 and below 1")
+# np.random.seed (which Keras' set_random_seed calls) takes exactly this range
+seed = _checked(int, "whole number", lambda v: 0 <= v < 2**32, "a whole number from 0 to 2**32-1")

@@ -1,14 +1,66 @@
 """Shared test fixtures: a tiny corpus the tests write themselves, and one tiny run
 of the real rnn_train.py that several test files read."""
 
+import concurrent.futures
 import os
 import random
+import re
 import subprocess
 import sys
 
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Every program a test starts compiles the same few XLA functions again (~2 s of a
+# tiny run's ~8 s of CPU). TensorFlow's persistent XLA cache, shared by the processes
+# of one session, compiles each once; the executables it loads are the ones it saved,
+# so results stay bit for bit the same. It lives in the session's pytest folder: never
+# an entry from another machine or another TensorFlow build.
+_session = {}
+
+# What TensorFlow logs each time it loads an entry of that cache: it tries the file as
+# text before binary, and reads XLA's tuning flags as CPU features this one lacks. The
+# test harness's doing, not the program's: cache_env's users drop these lines only.
+CACHE_NOISE = re.compile(
+    r"^E\d{4} [\d:.]+ +\d+ (?:text_format\.cc:\d+\] Error parsing text-format "
+    r"tensorflow\.XlaSerializedCacheEntry: |cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT "
+    r"result\. Target machine feature \+prefer-no-(?:scatter|gather) is not ).*\n",
+    re.MULTILINE,
+)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def xla_cache(tmp_path_factory):
+    """The folder of the session's XLA compilation cache (see cache_env)."""
+    _session["factory"] = tmp_path_factory
+    _session["xla_cache"] = tmp_path_factory.mktemp("xla-cache")
+    return _session["xla_cache"]
+
+
+def session_folder(name):
+    """A new folder in the session's pytest folder, for what several tests share."""
+    return _session["factory"].mktemp(name)
+
+
+def cache_env(env=None):
+    """env (default: this process's) with the session's XLA cache turned on, for a
+    program a test starts; read its stderr through without_cache_noise."""
+    env = dict(os.environ if env is None else env)
+    if "xla_cache" in _session:
+        flag = f"--tf_xla_persistent_cache_directory={_session['xla_cache']}"
+        env["TF_XLA_FLAGS"] = f"{env.get('TF_XLA_FLAGS', '')} {flag}".strip()
+    return env
+
+
+def without_cache_noise(stderr):
+    """stderr (str or bytes) but the lines the XLA cache of cache_env logs."""
+    if isinstance(stderr, bytes):
+        return without_cache_noise(stderr.decode(errors="surrogateescape")).encode(
+            errors="surrogateescape"
+        )
+    return CACHE_NOISE.sub("", stderr) if stderr else stderr
+
 
 # Small enough to train in seconds on 2 cores, big enough to learn something (in 120
 # steps: at a constant rate, which a cosine would take down too early).
@@ -60,16 +112,32 @@ def write_corpus(folder, files=3, lines=400, seed=0):
 
 def run_cli(script, *args, cwd=None, env=None, timeout=300):
     """Run one of the project's scripts as a user would; returns CompletedProcess.
-    env: the environment it gets (default: this one)."""
-    return subprocess.run(
+    env: the environment it gets (default: this one), plus the session's XLA cache,
+    whose log lines are taken out of stderr."""
+    result = subprocess.run(
         [sys.executable, os.path.join(HERE, script), *args],
         capture_output=True,
         text=True,
         cwd=cwd,
-        env=env,
+        env=cache_env(env),
         timeout=timeout,
         check=False,
     )
+    result.stderr = without_cache_noise(result.stderr)
+    return result
+
+
+def run_clis(*calls, at_once=2):
+    """run_cli(*call) for each call (a tuple of its arguments; a dict last holds its
+    keyword arguments), at_once of them at a time: most of a tiny run is importing
+    and compiling, one core each. Returns their results in the order of calls."""
+
+    def run(call):
+        *args, kwargs = call if call and isinstance(call[-1], dict) else (*call, {})
+        return run_cli(*args, **kwargs)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=at_once) as pool:
+        return list(pool.map(run, calls))
 
 
 @pytest.fixture(scope="session")

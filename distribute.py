@@ -9,7 +9,7 @@ did not exist:
     x = dist.split(x)                              # [BATCH, ...] -> each replica its rows
     step = dist.compile(replica_step)              # runs on every replica, means reduced
     state = dist.gather(state)                     # all rows again, to save them
-    stop = dist.stop_together(stop)                # one worker stops: all stop
+    reason = dist.stop_together(reason)            # one worker stops: all stop
 
 A distributed step computes what one process computes: replica r always trains
 the same rows of the batch (r*BATCH/REPLICAS onward) and keeps their RNN state,
@@ -26,6 +26,7 @@ import tensorflow as tf
 import cli
 
 COLLECTIVE_TIMEOUT = 60  # seconds: multiworker, a worker silent this long is taken for dead
+REASONS = 32  # reasons to stop are ints below this (signal numbers among them)
 
 
 def add_flags(parser):
@@ -129,15 +130,19 @@ class Distribution:
         """A per-replica value [BATCH/REPLICAS, ...] as the whole batch's [BATCH, ...]."""
         return self.strategy.gather(value, axis=0) if self.strategy else value
 
-    def stop_together(self, stop):
-        """Whether any worker wants to stop (a collective: every worker must ask), so
-        that all stop after the same step; otherwise the others would hang."""
+    def stop_together(self, reason):
+        """The strongest reason to stop of any worker (a collective: every worker must
+        ask), so that all stop after the same step for the same reason; otherwise the
+        others would hang. reason: an int below REASONS, 0 to go on."""
         if not self.multiworker:
-            return stop
-        flags = self.strategy.experimental_distribute_values_from_function(
-            lambda context: tf.constant(int(stop))
+            return reason
+        # tf.distribute reduces by SUM or MEAN only: count each reason over the
+        # workers (a one-hot vector each), then take the highest one counted
+        votes = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.one_hot(int(reason), REASONS)
         )
-        return bool(self.strategy.reduce(tf.distribute.ReduceOp.SUM, flags, axis=None) > 0)
+        counts = self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None).numpy()
+        return int(max(i for i, n in enumerate(counts) if n > 0))
 
     def compile(self, replica_step):
         """The compiled training step: replica_step(x, y, state, step, dropout) ->

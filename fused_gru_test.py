@@ -1,10 +1,14 @@
-"""The fused CPU GRU (fused_gru.py) against Keras' GRU layers, which a GPU runs with cuDNN."""
+"""The fused CPU GRU (fused_gru.py) against Keras' GRU layers, which a GPU runs with
+cuDNN: one forward and backward pass, and training steps as rnn_train.py runs them."""
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from model_test import CONFIG, forward_and_gradients, random_codes, twins
+import rnn_train
+import txtutils
+from model_test import CONFIG, ROUNDOFF, forward_and_gradients, random_codes, twins
 
 
 @pytest.mark.parametrize("training", [False, True])
@@ -22,3 +26,68 @@ def test_fused_gru_computes_what_the_keras_layers_compute(training):
     for ga, gb, v in zip(a[2], b[2], fused.trainable_variables, strict=True):
         assert np.abs(gb).max() > 0, v.path  # every weight gets a gradient
         np.testing.assert_allclose(ga, gb, atol=1e-6, err_msg=v.path)
+
+
+# Keras' layers against the fused path after STEPS training steps from the same weights:
+# |w_keras - w_fused| over |w_fused - w_start|, all the weights as one vector. Adam's
+# first step is the learning rate times the sign of each gradient, whatever its size,
+# so an entry whose gradient is within rounding of 0 (the gradients differ by up to ~5u
+# of their largest entry in 16 bits: model_test) may step either way; later steps
+# average. So the drift depends on the initialisation: over 8 of them, after 10 steps,
+# 5u-10u in float32 (the same products summed in another order) and 1.7u-13u in
+# bfloat16 and float16. The bounds are 100u and 32u: a float32 bound still 1,000 times
+# below what 16 bits give, a 16-bit one (0.125 in bfloat16) far below what a wrong
+# equation gives (a swapped gate or a lost bias: ~1, the size of the change itself).
+STEPS = 10
+DRIFT_BOUND = {"float32": 100, "float16": 32, "bfloat16": 32}  # in u
+
+
+def train(model, steps, codes):
+    """steps of rnn_train.make_train_step (dropout and clipping on, as in training):
+    the weights as one vector, before and after, and the losses."""
+    optimizer = keras.optimizers.Adam(0.01)
+    optimizer.build(model.trainable_variables)
+    config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4}
+    train_step = rnn_train.make_train_step(model, optimizer, config)
+    state, losses = model.zero_state(4), []
+    batches = txtutils.minibatch_sequencer(codes, 4, 12, epochs=steps)
+    start = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+    for step, (x, y, _) in zip(range(steps), batches, strict=False):
+        loss, _, state = train_step(x, y, state, tf.constant(step, tf.int64), True)
+        losses.append(float(loss))
+    end = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])
+    return start, end, np.array(losses)
+
+
+def counting(call, calls):
+    """call, noting each call in the list calls."""
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return call(*args, **kwargs)
+
+    return counted
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_training_steps_through_keras_layers_match_the_fused_path(dtype, monkeypatch):
+    """The Keras path as a GPU trains with it - inside the compiled training step,
+    several steps, float16 with its loss scaling - against the fused path from the
+    same weights: the same weights after STEPS steps, within what rounding allows."""
+    u = ROUNDOFF[dtype]
+    fused, layers = twins(CONFIG, mixed_precision=False if dtype == "float32" else dtype)
+    assert fused.train_dtype == layers.train_dtype == tf.as_dtype(dtype)
+    calls = []
+    for gru in layers.grus:
+        monkeypatch.setattr(gru, "call", counting(gru.call, calls))
+    codes = txtutils.encode("ROMEO: the moon sees juliet.\nJULIET: the sun calls the nurse.\n" * 30)
+    start, w_fused, fused_losses = train(fused, STEPS, codes)
+    _, w_keras, keras_losses = train(layers, STEPS, codes)
+    assert calls  # the step was traced through Keras' layers
+    drift = np.linalg.norm(w_keras - w_fused) / np.linalg.norm(w_fused - start)
+    assert drift <= DRIFT_BOUND[dtype] * u, f"{drift / u:.1f}u"
+    # the losses (~4 nats), measured within 2u of each other: bounds 4u, float32 100u
+    np.testing.assert_allclose(
+        keras_losses, fused_losses, rtol=(100 if dtype == "float32" else 4) * u
+    )
+    assert keras_losses[-1] < keras_losses[0]

@@ -6,11 +6,15 @@ it from batch to batch (training) or from character to character (generation).
       -> all time steps "in the same bag" [BATCH*SEQLEN, CELL] -> Dense -> logits
 
 The weights live in Keras GRU layers, and the same math runs two ways over them:
-on a GPU, through the Keras layers themselves, which TensorFlow runs with cuDNN;
-elsewhere, through fused_gru.py, the same equations ~1.3x faster on a CPU.
+training on a GPU runs the Keras layers themselves, which TensorFlow runs with cuDNN;
+everything else - training on a CPU, and inference (validation, scoring, generation)
+on every device - runs fused_gru.py, the same equations ~1.3x faster on a CPU. So
+the code that generates text on a GPU is the code the CPU tests run.
 
 Also here: what the hardware offers (a GPU, 16-bit types), and the loss and accuracy.
 """
+
+import os
 
 import keras
 import tensorflow as tf
@@ -26,26 +30,33 @@ def on_gpu():
 
 
 def mixed_precision_dtype():
-    """The 16-bit type this machine computes fastest with: bfloat16 on CPUs and on
-    GPUs from Ampere (compute capability 8.0) on, float16 on older GPUs."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
-        if capability and capability < (8, 0):
-            return tf.float16
-    return tf.bfloat16
+    """The 16-bit type of --mixed-precision here: float16 on a GPU, where Keras' loss
+    scaling keeps its small gradients from rounding to 0 (whether cuDNN's GRU runs
+    bfloat16 at all is unverified); bfloat16 on a CPU, whose range is float32's."""
+    return tf.float16 if on_gpu() else tf.bfloat16
 
 
 def has_bfloat16():
-    """Whether bfloat16 matmuls run in hardware here: GPUs from Ampere on, CPUs with
-    AVX512-BF16 or AMX (as Linux tells; elsewhere, assume not)."""
+    """Whether this is a CPU with bfloat16 matmuls in hardware (AVX512-BF16 or AMX, as
+    Linux tells; elsewhere, assume not): where mixed precision is on by default.
+    False on a GPU, where float32 is the default (TF32 matmuls on Ampere and newer
+    are already fast) and float16 a choice (--mixed-precision)."""
     if on_gpu():
-        return mixed_precision_dtype() == tf.bfloat16
+        return False
     try:
         with open("/proc/cpuinfo") as f:
             flags = f.read()
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def training_dtype(mixed_precision):
+    """The type of training's matmuls: float32; with mixed_precision True, this
+    machine's 16-bit type; or the type named (tests try "float16" on a CPU)."""
+    if mixed_precision is True:
+        return mixed_precision_dtype()
+    return tf.as_dtype(mixed_precision) if mixed_precision else tf.float32
 
 
 # ---------------------------------------------------------------------------
@@ -78,15 +89,24 @@ class CharRNN(keras.Model):
         self.cell_size = cell_size
         self.layers_count = layers
         self.dropout_rate = dropout
-        # Fused on a CPU, Keras' layers (cuDNN) on a GPU; tests choose.
+        # Training: fused on a CPU, Keras' layers (cuDNN) on a GPU; tests choose.
+        # Inference is fused whatever this says (see call).
         self.fused = not on_gpu() if fused is None else fused
         # Mixed precision: matmuls in 16 bits in training; weights, gates, logits and
-        # loss stay float32. The fused path infers in float32; on a GPU, Keras' layers
-        # take the mixed policy for both.
-        self.train_dtype = mixed_precision_dtype() if mixed_precision else tf.float32
+        # loss stay float32; inference is float32. The fused path casts the matrices
+        # itself; Keras' layers take the mixed policy, under which cuDNN's GRU gets
+        # float16 inputs, weights and states (off a GPU, where only tests run them,
+        # they compute their gates in 16 bits too).
+        self.train_dtype = training_dtype(mixed_precision)
         keras_dtype = None
-        if mixed_precision and not self.fused:
+        if self.train_dtype != tf.float32 and not self.fused:
             keras_dtype = f"mixed_{self.train_dtype.name}"
+        if self.train_dtype == tf.float16 and not self.fused:
+            # TensorFlow's cuDNN RNN kernel computes in float16 when its data are
+            # float16 - gates included - unless this is set (cuda_dnn.cc,
+            # GetRnnComputeType): then cuDNN computes in float32 from float16 data.
+            # Read once, at the first cuDNN RNN call: before any, here.
+            os.environ.setdefault("TF_FP16_RNN_USE_FP32_COMPUTE", "1")
         # Layers are attributes, not a Python list: tf.train.Checkpoint does not
         # save layers kept in a list of a keras.Model subclass.
         for i in range(layers):
@@ -131,9 +151,21 @@ class CharRNN(keras.Model):
         replica's share under tf.distribute), whose masks are those rows of the whole
         batch's masks, so that a distributed step drops what one process would. Both
         ways of computing draw the same masks, in time-major order [SEQLEN, BATCH, ...]."""
+        # Inference runs the fused equations on every device: generation runs the model
+        # inside an XLA-compiled loop, and Keras' cuDNN GRU cannot be compiled by XLA.
+        keras_layers = bool(training) and not self.fused
+        return self._forward(x, state, training, dropout_seed, rows, keras_layers)
+
+    def keras_call(self, x, state, training=False, dropout_seed=None, rows=None):
+        """call() through Keras' GRU layers whatever the device and the mode: what
+        training runs on a GPU, for the tests and gpu_check.py to compare with the
+        fused path."""
+        return self._forward(x, state, training, dropout_seed, rows, keras_layers=True)
+
+    def _forward(self, x, state, training, dropout_seed, rows, keras_layers):
         keep = self._keep_masks(tf.shape(x), training, dropout_seed, rows)
         states_in = tf.split(state, self.layers_count, axis=1)  # LAYERS x [BATCH, CELL]
-        compute = self._fused if self.fused else self._keras
+        compute = self._keras if keras_layers else self._fused
         logits, states_out = compute(x, states_in, keep, training)
         return logits, tf.concat(states_out, axis=1)  # [BATCH, LAYERS*CELL]
 
@@ -227,7 +259,9 @@ class CharRNN(keras.Model):
 
 
 def build_model(config, fused=None, mixed_precision=False):
-    """The model a checkpoint's config describes, with its weights created."""
+    """The model a checkpoint's config describes, with its weights created. fused:
+    whether training runs the fused path (None: on a CPU); mixed_precision: False,
+    True (this machine's 16-bit type) or a type's name (see training_dtype)."""
     model = CharRNN(
         config["alphasize"],
         config["cell_size"],

@@ -13,11 +13,24 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import ckpt
-from conftest import FIXED_SCHEDULE, HERE, TINY, run_cli, write_corpus
+import rnn_train
+import txtutils
+from conftest import (
+    FIXED_SCHEDULE,
+    HERE,
+    TINY,
+    cache_env,
+    run_cli,
+    run_clis,
+    session_folder,
+    write_corpus,
+)
+from model import loss_and_accuracy
 
 TRAIN = [sys.executable, os.path.join(HERE, "rnn_train.py")]
 
@@ -69,7 +82,11 @@ def test_kill_9_at_random_moments(tmp_path):
         newest = ckpt.newest_in(str(run_dir))
         args = ["--resume", "r", *dirs] if newest else first
         proc = subprocess.Popen(
-            [*TRAIN, *args], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            [*TRAIN, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=cache_env(),
         )
         if kills % 3 == 2:  # aim at a save: kill as soon as a partial one shows
             deadline = time.monotonic() + 20
@@ -99,12 +116,16 @@ def test_kill_9_at_random_moments(tmp_path):
     assert during_save >= 2, during_save
     assert resumes_checked >= 5, resumes_checked
 
-    final = run_cli("rnn_train.py", "--resume", "r", *dirs)
+    # The last restart trains to the end, moved to a few saves past the newest
+    # checkpoint: the total asked is there so that no kill comes after the end, and
+    # training all of it would take minutes.
+    end = step_of(ckpt.newest_in(str(run_dir))) + 9
+    final = run_cli("rnn_train.py", "--resume", "r", "--max-steps", str(end), *dirs)
     assert final.returncode == 0, final.stderr
-    assert f"done: step {total}" in final.stdout
+    assert f"done: step {end}" in final.stdout
     steps = logged_steps(tmp_path / "log" / "r" / "training")
     assert len(steps) == len(set(steps)), "a step was logged twice"
-    assert steps == sorted(steps) and steps[-1] == total
+    assert steps == sorted(steps) and steps[-1] == end
 
 
 def test_deterministic_resume_is_bit_exact(tmp_path):
@@ -128,8 +149,10 @@ def test_deterministic_resume_is_bit_exact(tmp_path):
         "1000",
         *dirs,
     ]
-    whole = run_cli("rnn_train.py", *common, "--run", "whole", "--max-steps", "60")
-    half = run_cli("rnn_train.py", *common, "--run", "split", "--max-steps", "30")
+    whole, half = run_clis(
+        ("rnn_train.py", *common, "--run", "whole", "--max-steps", "60"),
+        ("rnn_train.py", *common, "--run", "split", "--max-steps", "30"),
+    )
     rest = run_cli("rnn_train.py", "--resume", "split", "--max-steps", "60", *dirs)
     for result in (whole, half, rest):
         assert result.returncode == 0, result.stderr
@@ -153,27 +176,40 @@ def test_deterministic_resume_is_bit_exact(tmp_path):
     assert len(curve("whole")) == 12
 
 
-def trained_run(tmp_path, steps=30, save_every=10):
-    corpus = write_corpus(str(tmp_path / "corpus"), files=1)
+_trained = {}  # (steps, save_every): the folder of a run trained once for the session
+
+
+def trained_run(tmp_path, steps=20, save_every=10):
+    """Run "r" trained for steps, saved every save_every, in tmp_path (corpus, ck and
+    log); returns its checkpoint folder and the --checkpoint-dir and --log-dir flags.
+    Trained once a session and copied for each test, which may damage or extend its
+    copy (whose config names the first corpus: the same text)."""
+    if (steps, save_every) not in _trained:
+        root = session_folder(f"trained-{steps}-{save_every}")
+        corpus = write_corpus(str(root / "corpus"), files=1)
+        dirs = ["--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
+        result = run_cli(
+            "rnn_train.py",
+            "--data",
+            corpus,
+            "--validation",
+            "none",
+            "--run",
+            "r",
+            *TINY,
+            "--save-every",
+            str(save_every),
+            "--sample-every",
+            "1000",
+            "--max-steps",
+            str(steps),
+            *dirs,
+        )
+        assert result.returncode == 0, result.stderr
+        _trained[steps, save_every] = root
+    for name in ("corpus", "ck", "log"):
+        shutil.copytree(_trained[steps, save_every] / name, tmp_path / name)
     dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    result = run_cli(
-        "rnn_train.py",
-        "--data",
-        corpus,
-        "--validation",
-        "none",
-        "--run",
-        "r",
-        *TINY,
-        "--save-every",
-        str(save_every),
-        "--sample-every",
-        "1000",
-        "--max-steps",
-        str(steps),
-        *dirs,
-    )
-    assert result.returncode == 0, result.stderr
     return tmp_path / "ck" / "r", dirs
 
 
@@ -194,73 +230,42 @@ def empty(path):
 
 def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
     run_dir, dirs = trained_run(tmp_path)
-    pristine = tmp_path / "pristine"
-    shutil.copytree(run_dir, pristine)
     damages = [
         (truncate, ".data-00000-of-00001"),
         (scribble, ".data-00000-of-00001"),
         (empty, ".index"),
         (scribble, ".index"),
     ]
-    for damage, suffix in damages:
-        shutil.rmtree(run_dir)
-        shutil.copytree(pristine, run_dir)
-        damage(str(run_dir / ("ckpt-30" + suffix)))
-        played = run_cli("rnn_play.py", "r", "--length", "20", "--seed", "1", *dirs[:2])
+    plays = []  # each damage in a copy of the run of its own, so they can run together
+    for i, (damage, suffix) in enumerate(damages):
+        copy = tmp_path / f"damaged-{i}"
+        shutil.copytree(run_dir, copy / "r")
+        damage(str(copy / "r" / ("ckpt-20" + suffix)))
+        plays.append(
+            ("rnn_play.py", "r", "--length", "20", "--seed", "1", "--checkpoint-dir", copy)
+        )
+    for (damage, suffix), played in zip(damages, run_clis(*plays), strict=True):
         assert played.returncode == 0, (damage.__name__, suffix, played.stderr)
-        assert "ckpt-30 is damaged" in played.stderr, (damage.__name__, suffix, played.stderr)
+        assert "ckpt-20 is damaged" in played.stderr, (damage.__name__, suffix, played.stderr)
         assert "falling back" in played.stderr
         assert len(played.stdout) == 1 + 20 + 1
     # resuming falls back too, and goes on from the checkpoint before
-    resumed = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "40", *dirs)
+    damage, suffix = damages[-1]
+    damage(str(run_dir / ("ckpt-20" + suffix)))
+    resumed = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "30", *dirs)
     assert resumed.returncode == 0, resumed.stderr
-    assert "ckpt-30 is damaged" in resumed.stderr
-    assert "resuming at step 20" in resumed.stdout
-    ckpt.verify(str(run_dir / "ckpt-40"))
+    assert "ckpt-20 is damaged" in resumed.stderr
+    assert "resuming at step 10" in resumed.stdout
+    ckpt.verify(str(run_dir / "ckpt-30"))
     # with every checkpoint damaged: one clear line
     for prefix in ckpt.all_in(str(run_dir)):
         truncate(prefix + ".data-00000-of-00001")
-    for script, args in (
-        ("rnn_play.py", ["r", *dirs[:2]]),
-        ("rnn_train.py", ["--resume", "r", *dirs]),
+    for result in run_clis(
+        ("rnn_play.py", "r", *dirs[:2]), ("rnn_train.py", "--resume", "r", *dirs)
     ):
-        result = run_cli(script, *args)
         errors = [line for line in result.stderr.splitlines() if not line.startswith("warning")]
         assert result.returncode == 2, result.stderr
         assert len(errors) == 1 and "every checkpoint in" in errors[0], result.stderr
-
-
-def test_divergence_stops_and_keeps_the_last_good_checkpoint(tmp_path):
-    """A learning rate of 1e38 overflows the weights at once: training stops naming the
-    step, suggests a lower rate, and the newest checkpoint holds finite weights."""
-    corpus = write_corpus(str(tmp_path / "corpus"), files=1)
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
-    result = run_cli(
-        "rnn_train.py",
-        "--data",
-        corpus,
-        "--validation",
-        "none",
-        "--run",
-        "r",
-        *TINY,
-        "--learning-rate",
-        "1e38",
-        "--save-every",
-        "1",
-        *dirs,
-    )
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1
-    assert len(lines) == 1 and "diverged" in lines[0] and "--learning-rate" in lines[0], lines
-    step = int(re.search(r"at step (\d+)", lines[0])[1])
-    newest = ckpt.newest_in(str(tmp_path / "ck" / "r"))
-    assert step_of(newest) == step - 1
-    reader = tf.train.load_checkpoint(newest)
-    for key in reader.get_variable_to_shape_map():
-        value = reader.get_tensor(key)
-        if isinstance(value, np.ndarray) and value.dtype.kind == "f":
-            assert np.isfinite(value).all(), key
 
 
 def read(path):
@@ -299,12 +304,13 @@ def test_a_full_disk_loses_no_checkpoint(tmp_path):
 
 
 def test_one_writer_per_run_and_no_stuck_lock(tmp_path):
-    _, dirs = trained_run(tmp_path, steps=10)
+    _, dirs = trained_run(tmp_path)
     first = subprocess.Popen(
         [*TRAIN, "--resume", "r", "--max-steps", "1000000", *dirs],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        env=cache_env(),
     )
     try:
         for line in first.stdout:
@@ -318,7 +324,7 @@ def test_one_writer_per_run_and_no_stuck_lock(tmp_path):
     finally:
         first.kill()
         first.wait()
-    third = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "20", *dirs)
+    third = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "30", *dirs)
     assert third.returncode == 0, third.stderr
 
 
@@ -338,3 +344,136 @@ def test_an_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2
     assert len(lines) == 1 and "cannot write in" in lines[0], lines
+
+
+def loss_on_a_batch(prefix, corpus):
+    """The loss of the checkpoint's weights on the first batch of the corpus."""
+    model, config = ckpt.load_model(prefix)
+    codes = txtutils.read_corpus([corpus], [])[0].astype(np.int32)
+    n = config["batch_size"] * config["seqlen"]
+    x, y = (
+        codes[:n].reshape(config["batch_size"], -1),
+        codes[1 : n + 1].reshape(config["batch_size"], -1),
+    )
+    logits, _ = model.infer(x, model.zero_state(len(x)))
+    return float(loss_and_accuracy(logits, y)[0])
+
+
+def test_divergence_saves_nothing_that_gives_an_infinite_loss(tmp_path):
+    """A learning rate of 1e38 gives weights near 1e38 after one step: finite, yet
+    their loss is not. No such checkpoint is saved, from the start of a run or in the
+    middle of one, and the advice names a checkpoint whose loss is finite."""
+    run_dir, dirs = trained_run(tmp_path, steps=20)
+    corpus = str(tmp_path / "corpus")
+    blow_up = ["--learning-rate", "1e38", "--warmup", "0", "--save-every", "1"]
+    resumed = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "40", *blow_up, *dirs)
+    lines = resumed.stderr.strip().splitlines()
+    assert resumed.returncode == 1
+    assert len(lines) == 1 and "diverged" in lines[0] and "--learning-rate" in lines[0], lines
+    assert "Nothing was saved after step 20" in lines[0], lines
+    newest = ckpt.newest_in(str(run_dir))
+    assert step_of(newest) == 20
+    assert np.isfinite(loss_on_a_batch(newest, corpus))
+
+    fresh = run_cli(
+        "rnn_train.py",
+        "--data",
+        corpus,
+        "--validation",
+        "none",
+        "--run",
+        "fresh",
+        *TINY,
+        *blow_up,
+        *dirs,
+    )
+    lines = fresh.stderr.strip().splitlines()
+    assert fresh.returncode == 1
+    assert len(lines) == 1 and "diverged before any checkpoint" in lines[0], lines
+    assert ckpt.newest_in(str(tmp_path / "ck" / "fresh")) is None
+
+
+def test_a_signal_during_the_last_save_waits_for_it(tmp_path, monkeypatch, capfd):
+    """Ctrl-C while the run's last checkpoint is being written: the save completes,
+    and the run exits as a stopped one (130), saying the checkpoint was saved."""
+    corpus = write_corpus(str(tmp_path / "corpus"), files=1)
+    real_save = tf.train.CheckpointManager.save
+
+    def save_with_a_signal(self, *args, **kwargs):
+        if kwargs.get("checkpoint_number") == 12:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the save is under way
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.train.CheckpointManager, "save", save_with_a_signal)
+    status = rnn_train.main(
+        [
+            "--data",
+            corpus,
+            "--validation",
+            "none",
+            "--run",
+            "r",
+            *TINY,
+            "--max-steps",
+            "12",
+            "--checkpoint-dir",
+            str(tmp_path / "ck"),
+            "--log-dir",
+            str(tmp_path / "log"),
+        ]
+    )
+    err = capfd.readouterr().err
+    assert status == 130, err
+    assert "stopped at step 12: checkpoint saved" in err
+    assert "quit without saving" not in err
+    assert step_of(ckpt.newest_in(str(tmp_path / "ck" / "r"))) == 12
+
+
+# rnn_train.py, killed (os._exit) on its n-th write of the log, right after the
+# checkpoint it follows was saved: before writing anything, or after one figure.
+KILLED_AFTER_A_SAVE = """
+import os, sys
+import tf_quiet
+import tensorboard_log
+write_out, calls = tensorboard_log.HeldBackLog.write_out, [0]
+
+def killed_on_the_nth(self):
+    calls[0] += 1
+    if calls[0] == N:
+        if MIDWAY:
+            self.pending = self.pending[:1]
+            write_out(self)
+        os._exit(137)
+    write_out(self)
+
+tensorboard_log.HeldBackLog.write_out = killed_on_the_nth
+import rnn_train
+sys.exit(rnn_train.main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("midway", [False, True])
+def test_a_kill_between_checkpoint_and_log_loses_no_figure(tmp_path, midway):
+    """Killed after saving ckpt-20 and before (or while) writing its figures to the
+    log: the resumed run writes them, and the log holds every step exactly once."""
+    corpus = write_corpus(str(tmp_path / "corpus"), files=2)
+    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    flags = ["--log-every", "5", "--eval-every", "10", "--save-every", "10", "--max-steps", "30"]
+    data = ["--data", corpus, "--validation", os.path.join(corpus, "part1.txt")]
+    train = [*data, "--run", "r", *TINY, *flags, *dirs]
+    code = KILLED_AFTER_A_SAVE.replace("N", "2").replace("MIDWAY", str(midway))
+    killed = subprocess.run(
+        [sys.executable, "-c", code, *train],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert killed.returncode == 137, killed.stderr
+    assert step_of(ckpt.newest_in(str(tmp_path / "ck" / "r"))) == 20
+    resumed = run_cli("rnn_train.py", "--resume", "r", *dirs)
+    assert resumed.returncode == 0, resumed.stderr
+    assert re.search(r"resuming at step 20", resumed.stdout)
+    log = tmp_path / "log" / "r"
+    assert logged_steps(log / "training") == list(range(5, 31, 5))
+    assert logged_steps(log / "validation") == [10, 20, 30]

@@ -11,19 +11,26 @@ import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before 
 
 import os
 import sys
+import time
 
 import numpy as np
 
 import ckpt
 import cli
 import txtutils
-from generate import Generator
-from model import mean_loss_and_accuracy
+from generate import Generator, Scorer
 
 LENGTH = 1000  # characters to generate
 TOPN = 2  # the original's choice for a trained model: likely, still varied
-SCORE_CHUNK = 1000  # characters per call when scoring; the state is carried between calls
+# characters per compiled call when scoring: long enough that a call's overhead is
+# nothing, short enough for the progress line to move (16384 measured slower)
+SCORE_CHUNK = 4096
+SCORE_PIECE = 1 << 20  # bytes of the scored file read at a time
 CHUNK = 256  # characters per compiled call: ~30 ms for one stream, still smooth
+# Bytes held per character of each sample until all are printed or written (more
+# than one stream, or --out-dir): each chunk's codes and their concatenation, int32,
+# and the decoded text
+KEPT_BYTES = 9
 
 
 def parse_args(argv):
@@ -95,24 +102,78 @@ def parse_args(argv):
     return args
 
 
-def score(model, path):
-    """(nats per character, accuracy, characters) of the model on a text file, the
-    state carried through the whole text."""
-    codes = txtutils.read_file(path).astype(np.int32)
-    if len(codes) < 2:
+class ScoringStopped(KeyboardInterrupt):
+    """Ctrl-C while scoring; the message says how far it got."""
+
+
+def score(scorer, path, piece_bytes=SCORE_PIECE):
+    """(nats per character, accuracy, characters) of the scorer's model on a text file,
+    one state carried from its first character to its last. The file is read twice,
+    a piece at a time: first to count its characters (and refuse a binary file before
+    any scoring), then to score them."""
+    total = sum(len(codes) for codes in txtutils.read_pieces(path, piece_bytes))
+    if total < 2:
         raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
-    x, y = codes[:-1], codes[1:]  # every character predicted but the first
-    pieces = (
-        (x[None, i : i + SCORE_CHUNK], y[None, i : i + SCORE_CHUNK])  # [1, SCORE_CHUNK]
-        for i in range(0, len(x), SCORE_CHUNK)
-    )
-    return mean_loss_and_accuracy(model, pieces, carry_state=True)
+    progress = Progress(total - 1) if sys.stderr.isatty() else None
+    scorer.start()
+    try:
+        for codes in txtutils.read_pieces(path, piece_bytes):
+            # a chunk at a time, so that the progress line moves every compiled call
+            for i in range(0, len(codes), scorer.chunk):
+                scorer.feed(codes[i : i + scorer.chunk])
+                if progress:
+                    progress.show(scorer.characters)
+        return scorer.finish()
+    except KeyboardInterrupt:
+        raise ScoringStopped(
+            f"scoring of {path} stopped (Ctrl-C) after {scorer.characters:,} "
+            f"of {total - 1:,} characters; no figures"
+        ) from None
+    finally:
+        if progress:
+            progress.clear()
+
+
+class Progress:
+    """A line on the terminal, rewritten in place: characters done, of how many, and
+    the speed since the first compiled call (so compiling it does not count)."""
+
+    def __init__(self, total):
+        self.total, self.width = total, 0
+        self.first = None  # (time, characters done) when the first call returned
+        self.shown = None  # when the line was last written
+        self.write(0)  # at once: the first call compiles, which takes seconds
+
+    def show(self, done):
+        now = time.monotonic()
+        if self.first is None:
+            if done:  # the first call has returned: it compiled, the next ones only run
+                self.first = (now, done)
+                self.shown = now
+        elif now - self.shown >= 0.2:  # a few times a second is enough to read
+            rate = (done - self.first[1]) / (now - self.first[0])
+            self.write(done, f", {rate:,.0f} chars/s")
+            self.shown = now
+
+    def write(self, done, speed=""):
+        line = f"scoring: {done:,} / {self.total:,} characters ({100 * done // self.total}%){speed}"
+        self.width = max(self.width, len(line))
+        sys.stderr.write(f"\r{line:<{self.width}}")
+        sys.stderr.flush()
+
+    def clear(self):
+        if self.width:
+            sys.stderr.write("\r" + " " * self.width + "\r")
+            sys.stderr.flush()
 
 
 def play(args):
-    model, _ = ckpt.load_model(ckpt.resolve(args.checkpoint, args.checkpoint_dir, cli.warn))
+    prefix = ckpt.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
+    if not args.score:
+        check_streams_memory(ckpt.read_config(prefix), args)
+    model, _ = ckpt.load_model(prefix)
     if args.score:
-        nats, accuracy, n = score(model, args.score)
+        nats, accuracy, n = score(Scorer(model, SCORE_CHUNK), args.score)
         print(
             f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "
             f"accuracy {accuracy:.3f}, over {n:,} characters"
@@ -138,6 +199,32 @@ def play(args):
         for i, text in enumerate(samples):
             print(f"==== sample {i + 1} of {len(samples)} ====\n{text}")
     return 0
+
+
+def check_streams_memory(config, args):
+    """Refuse --streams (and --length) beyond this machine's memory, before any of it
+    is allocated: every stream's states and logits over the prime (ckpt.memory_needed),
+    its prime's codes and the sample kept until all are printed or written."""
+    prime = len(args.prime)
+    kept = args.length + prime if args.streams > 1 or args.out_dir else 0  # characters
+
+    def needed(streams):
+        per_stream = 4 * prime + KEPT_BYTES * kept  # int32 prime codes, the sample kept
+        return ckpt.memory_needed(config, streams, prime) + streams * per_stream
+
+    available = ckpt.available_memory()
+    most = (available - needed(0)) // (needed(1) - needed(0)) if available else 0
+    if most >= 1:  # a floor's bound: in practice, fewer
+        fix = f"ask for fewer streams ({most:,} at the very most here)"
+        fix += ", or a shorter --length" if kept else ""
+    else:
+        fix = "ask for a shorter --length or --prime"
+    ckpt.check_memory(
+        needed(args.streams),
+        f"--streams {args.streams} of {args.length:,} characters "
+        f"({config['layers']} x {config['cell_size']} GRU)",
+        fix,
+    )
 
 
 def stream(generator, prime, length):
@@ -177,8 +264,12 @@ def main(argv=None):
         return play(args)
     except (ckpt.CheckpointError, txtutils.CorpusError) as e:
         cli.fail("rnn_play.py", e)
-    except KeyboardInterrupt:
-        print()
+    except KeyboardInterrupt as e:
+        if args.score:  # an unfinished score is no figure: say so, and fail as Ctrl-C does
+            message = str(e) or f"scoring of {args.score} stopped (Ctrl-C)"
+            print(f"rnn_play.py: {message}".replace("\n", "\\n"), file=sys.stderr)
+            return 130
+        print()  # generation was asked to run until Ctrl-C: a quiet stop
         return 0
     except BrokenPipeError:  # e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

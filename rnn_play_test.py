@@ -3,17 +3,22 @@
 import glob
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import ckpt
+import rnn_play
 import txtutils
 from conftest import HERE, run_cli
-from model import loss_and_accuracy
+from generate import Scorer
+from model import loss_and_accuracy, mean_loss_and_accuracy
 
 
 def play(tiny_run, *args):
@@ -164,3 +169,113 @@ def test_streams_can_go_to_files(tiny_run, tmp_path):
     bad = play(tiny_run, "--streams", "2", "--length", "5", "--out-dir", str(tmp_path / "taken"))
     assert bad.returncode == 2
     assert bad.stderr.startswith("rnn_play.py: error: cannot write") and bad.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------
+# --score: streamed, compiled, exact
+
+
+def mixed_bytes(n, seed=0):
+    """n random parts (1 to 4 bytes each) of everything a piece boundary can cut: CRLF,
+    lone CRs, UTF-8 of 2, 3 and 4 bytes, invalid and truncated sequences, ASCII."""
+    rng = np.random.default_rng(seed)
+    parts = [b"\r\n", b"\r", b"\n", "é".encode(), "✓".encode(), "𝄞".encode(), b"\xff", b"\xe2\x9c"]
+    parts += [bytes([c]) for c in b"ROMEO: the moon sees juliet."]
+    return b"".join(parts[i] for i in rng.integers(0, len(parts), size=n))
+
+
+def test_reading_in_pieces_gives_the_codes_of_the_whole_file(tmp_path):
+    path = tmp_path / "mixed.txt"
+    path.write_bytes(mixed_bytes(3000))
+    whole = txtutils.read_file(str(path))
+    for size in (1, 2, 3, 5, 64, 1000, 1 << 20):
+        pieces = list(txtutils.read_pieces(str(path), size))
+        np.testing.assert_array_equal(np.concatenate(pieces), whole, err_msg=f"size {size}")
+        # a piece's memory, not the file's: a held CR and a replaced incomplete sequence
+        # at most beyond the bytes read
+        assert max(len(p) for p in pieces) <= size + 4
+    path.write_bytes(mixed_bytes(3000) + b"\0")  # a NUL past the first pieces
+    with pytest.raises(txtutils.CorpusError, match="is not a text file"):
+        list(txtutils.read_pieces(str(path), 100))
+
+
+def old_score(model, path):
+    """--score as it was before streaming (git show 0d68509:rnn_play.py): the whole
+    file read at once, 1000 characters per call of model.infer, the state carried."""
+    codes = txtutils.read_file(path).astype(np.int32)
+    x, y = codes[:-1], codes[1:]
+    pieces = ((x[None, i : i + 1000], y[None, i : i + 1000]) for i in range(0, len(x), 1000))
+    return mean_loss_and_accuracy(model, pieces, carry_state=True)
+
+
+def test_score_gives_the_old_figures_across_chunks_and_pieces(tiny_run, tmp_path):
+    """Chunks of 512 characters and pieces of 700 bytes, with a CRLF and a UTF-8
+    sequence cut by piece boundaries: the same text, one state through it all."""
+    text = Path(tiny_run["corpus"], "part2.txt").read_bytes()[:6000]
+    text = text[:699] + b"\r\n" + text[699:1397] + "é".encode() + text[1397:]
+    assert text[699:701] == b"\r\n" and text[1399:1401] == "é".encode()  # cut at 700, 1400
+    text = text[:2000] + mixed_bytes(500) + text[2000:]
+    path = tmp_path / "text.txt"
+    path.write_bytes(text)
+    model, _ = ckpt.load_model(ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print))
+    nats, accuracy, n = old_score(model, str(path))
+    for chunk, piece in ((512, 700), (rnn_play.SCORE_CHUNK, rnn_play.SCORE_PIECE)):
+        got = rnn_play.score(Scorer(model, chunk), str(path), piece)
+        assert got[2] == n > 3 * 512
+        assert abs(got[0] - nats) < 1e-5, (chunk, piece)
+        assert abs(got[1] - accuracy) < 1e-5, (chunk, piece)
+
+
+def test_score_shows_progress_on_a_terminal_and_ctrl_c_stops_it_with_130(tiny_run, tmp_path):
+    """On a terminal, a progress line (characters done of the total, speed) moves while
+    it scores; Ctrl-C then stops it with one line saying so and status 130."""
+    path = tmp_path / "long.txt"
+    path.write_text("ROMEO: the moon sees juliet.\n" * 300_000)  # 8.7 M characters: seconds
+    total = path.stat().st_size - 1
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "rnn_play.py"), "--score", str(path)]
+        + ["--checkpoint-dir", str(tiny_run["checkpoints"])],
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+    )
+    os.close(slave)
+    try:
+        err = read_terminal_until(master, proc, rb"[\d,]+ chars/s")
+        proc.send_signal(signal.SIGINT)
+        err += read_terminal_until(master, proc, None)
+        out = proc.stdout.read()
+        assert proc.wait(timeout=60) == 130, err
+    finally:
+        proc.kill()  # nothing left running if it failed (a no-op once it has exited)
+        proc.wait()
+        proc.stdout.close()
+        os.close(master)
+    assert out == b""  # no figures from part of the text
+    err = err.decode()
+    assert re.search(rf"\rscoring: [\d,]+ / {total:,} characters \(\d+%\), [\d,]+ chars/s", err)
+    assert "Traceback" not in err
+    assert err.count("\n") == 1 and err.endswith("\r\n")  # one line (a terminal adds \r)
+    last = err.split("\r")[-2].strip()  # after the progress line, wiped with spaces
+    assert last.startswith(f"rnn_play.py: scoring of {path} stopped (Ctrl-C) after "), err
+    assert f"of {total:,} characters" in last and last.endswith("no figures")
+
+
+def read_terminal_until(fd, proc, pattern, timeout=120):
+    """What a process writes to a terminal (fd: its master side), until pattern shows
+    (None: until the process closes it). Fails if the time runs out first."""
+    got, deadline = b"", time.monotonic() + timeout
+    while pattern is None or not re.search(pattern, got):
+        assert time.monotonic() < deadline, (proc.poll(), got)
+        if not select.select([fd], [], [], 1)[0]:
+            continue
+        try:
+            data = os.read(fd, 4096)
+        except OSError:  # EIO: every writer closed it
+            data = b""
+        if not data:
+            assert pattern is None, (proc.poll(), got)
+            return got
+        got += data
+    return got

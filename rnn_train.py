@@ -21,6 +21,7 @@ import time
 from types import SimpleNamespace
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import ckpt
@@ -58,12 +59,16 @@ EVAL_EVERY = 100  # validation loss and accuracy
 SAMPLE_EVERY = 500  # a generated sample on the console and in TensorBoard
 SAVE_EVERY = 200  # a checkpoint; the TensorBoard log is written out with it
 KEEP = 5  # checkpoints kept per run, newest first
-LOSS_SCALE = 1024  # float16 only (older GPUs): keeps small gradients from rounding to 0
+# float16 only (--mixed-precision on a GPU): the loss scale to start from; Keras'
+# LossScaleOptimizer halves it at each overflow (skipping that step), doubles it
+# after 2,000 steps without one. Not in checkpoints: a resumed run starts here again.
+LOSS_SCALE = 2.0**15
 # Fixed choices.
 SAMPLE_LENGTH = 600  # characters in each sample
 SAMPLE_TOPN = 10  # sample among the 10 likeliest characters: early models need it
 VALID_SEQLEN = 1024  # validation rows start from a zero state, so make them long
-VALID_ROWS = 256  # validation rows per compiled call
+VALID_ROWS = 256  # validation rows per compiled call...
+VALID_CHUNK = 128  # ...and characters of each: the state carries over, memory stays small
 
 # --recipe talk: the talk's recipe, one flag away whatever the defaults above say.
 TALK_RECIPE = {
@@ -105,8 +110,8 @@ def add_data_and_model_flags(p):
         nargs="+",
         metavar="GLOB",
         help="files held out for validation, never trained on, or 'none' "
-        "(default: the last files of the sorted list, about 10%% of the text, "
-        "at most 90 KB and a fifth of the files)",
+        "(default: the last files of the sorted list holding over 10%% of the text or "
+        "over 90 KB of it, whichever are fewer; none if they hold over a fifth of it)",
     )
     p.add_argument(
         "--seqlen", type=cli.positive_int, help=f"characters unrolled (default {SEQLEN})"
@@ -165,7 +170,7 @@ def add_recipe_flags(p):
         help="start dropout only after this fraction of the run (of its steps, or of "
         f"its --time-limit) (default {DROPOUT_FROM:g})",
     )
-    p.add_argument("--seed", type=int, help=f"random seed (default {SEED})")
+    p.add_argument("--seed", type=cli.seed, help=f"random seed (default {SEED})")
     p.add_argument(
         "--mixed-precision",
         action=argparse.BooleanOptionalAction,
@@ -399,37 +404,48 @@ def make_model(config, dist):
 
 
 class Saver:
-    """The run's checkpoints - weights, Adam's state, the step and the RNN state of
-    every row of the batch - each followed by the TensorBoard log up to its step."""
+    """The run's checkpoints - weights, Adam's state, the step, the RNN state of every
+    row of the batch and the TensorBoard figures up to the step - each followed by
+    writing those figures to the log."""
 
     def __init__(self, run_dir, model, optimizer, config, log, dist):
         self.model, self.log, self.dist = model, log, dist
         self.step = tf.Variable(0, dtype=tf.int64)
         self.state = tf.Variable(model.zero_state(config["batch_size"]))  # [BATCH, LAYERS*CELL]
-        self.checkpoint = ckpt.checkpoint_object(model, config, optimizer, self.step, self.state)
+        self.figures = tf.Variable("[]")  # the log's figures up to the step, as JSON
+        objects = (model, config, optimizer, self.step, self.state)
+        self.checkpoint = ckpt.checkpoint_object(*objects, log=self.figures)
+        # checkpoints from before figures travelled inside them
+        self.checkpoint_without_figures = ckpt.checkpoint_object(*objects)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, run_dir, max_to_keep=config["keep"], checkpoint_name="ckpt"
         )
         self.saved_step = 0
 
     def restore(self, prefix):
-        """(step, state [BATCH, LAYERS*CELL]) of the checkpoint at prefix, None: a new run's."""
+        """(step, state [BATCH, LAYERS*CELL]) of the checkpoint at prefix, None: a new
+        run's. The figures it covers are written to the log if they are not there yet."""
         if prefix:
-            self.checkpoint.restore(prefix).assert_consumed()
+            has_figures = tf.train.load_checkpoint(prefix).has_tensor(ckpt.LOG_KEY)
+            checkpoint = self.checkpoint if has_figures else self.checkpoint_without_figures
+            checkpoint.restore(prefix).assert_consumed()
+            if has_figures:
+                self.log.recover(self.figures.numpy().decode())
         self.saved_step = int(self.step.numpy())
         return self.saved_step, self.state.value()
 
-    def save(self, step, state):
+    def save(self, step, state, x, y):
         """Checkpoint at step, then write out the log up to it; True if saved. A failed
         save (disk full, say) is reported and leaves the earlier checkpoints as they
-        were. state: the RNN state after step, per replica under a strategy."""
-        if not all(tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables):
-            raise Diverged(f"the weights became infinite or NaN by step {step}")
+        were. state: the RNN state after step, per replica under a strategy; x, y
+        [BATCH, SEQLEN]: a batch on which the weights must give a finite loss."""
+        self.check_finite(step, x, y)
         self.step.assign(step)
         self.state.assign(self.dist.gather(state))  # every worker's part in the save
         if not self.dist.chief:
             self.saved_step = step
             return True
+        self.figures.assign(self.log.pending_json())
         try:
             self.manager.save(checkpoint_number=step)
         except (OSError, tf.errors.OpError) as e:
@@ -447,6 +463,16 @@ class Saver:
                 f"({ckpt.short_reason(e)})"
             )
         return True
+
+    def check_finite(self, step, x, y):
+        """Raise Diverged unless the weights are finite and give a finite loss on x, y
+        (from a zero state): weights of 1e38 are finite, yet useless to save."""
+        if not all(tf.reduce_all(tf.math.is_finite(v)) for v in self.model.trainable_variables):
+            raise Diverged(f"the weights became infinite or NaN by step {step}")
+        logits, _ = self.model.infer(x, self.model.zero_state(len(x)))
+        loss = float(loss_and_accuracy(logits, y)[0])
+        if not math.isfinite(loss):
+            raise Diverged(f"the weights of step {step} give a loss of {loss}")
 
 
 # ---------------------------------------------------------------------------
@@ -474,10 +500,17 @@ def make_train_step(model, optimizer, config, dist=None):
     replica its own rows of the batch, see Distribution.split) and so is the new
     state; loss and accuracy are averaged over all of them. The step computes what
     one process would: the same dropout masks, the gradients of the whole batch's
-    mean loss (summed over replicas), clipped to the global norm after summing."""
+    mean loss (summed over replicas), clipped to the global norm after summing.
+
+    float16 (--mixed-precision on a GPU) scales the loss dynamically (LOSS_SCALE):
+    a step whose gradients overflow is skipped, its weights left as they were."""
     dist = dist or Distribution()
     seed, clip_norm = config["seed"], config["clip_norm"]
-    loss_scale = LOSS_SCALE if model.train_dtype == tf.float16 else 1
+    scaler = None
+    if model.train_dtype == tf.float16:  # float16's range: small gradients would round to 0
+        with dist.scope():
+            scaler = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=LOSS_SCALE)
+            scaler.build(model.trainable_variables)  # its own two variables; Adam's are made
 
     def replica_step(x, y, state, step, dropout):
         # x, y: [BATCH/REPLICAS, SEQLEN]; state: [BATCH/REPLICAS, LAYERS*CELL]
@@ -487,13 +520,19 @@ def make_train_step(model, optimizer, config, dist=None):
         with tf.GradientTape() as tape:
             logits, new_state = model(x, state, training=True, dropout_seed=dropout_seed, rows=rows)
             loss, accuracy = loss_and_accuracy(logits, y)
-            share = loss * loss_scale / dist.replicas  # of the whole batch's mean loss
-        grads = [
-            tf.convert_to_tensor(g) / loss_scale
-            for g in tape.gradient(share, model.trainable_variables)
-        ]
-        grads = dist.clip(grads, clip_norm)
-        optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            share = loss / dist.replicas  # of the whole batch's mean loss
+            share = share if scaler is None else scaler.scale_loss(share)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(share, model.trainable_variables)]
+        if scaler is None:
+            grads = dist.clip(grads, clip_norm)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss, accuracy, new_state
+        # Clipped unscaled (an overflow stays inf or NaN through clipping), then scaled
+        # back for the scaler, which skips the step if any is not finite, else unscales
+        # and applies them: exactly, the scale being a power of 2.
+        scale = scaler.dynamic_scale
+        grads = [g * scale for g in dist.clip([g / scale for g in grads], clip_norm)]
+        scaler.apply_gradients(zip(grads, model.trainable_variables, strict=True))
         return loss, accuracy, new_state
 
     return dist.compile(replica_step)
@@ -512,9 +551,17 @@ class TrainingFailed(Exception):
     says what was kept and what to do."""
 
 
+# Why a run stops before its end, in the order that wins when workers differ: a
+# signal's number (SIGINT 2, SIGTERM 15) beats the time limit.
+GO_ON, OUT_OF_TIME = 0, 1
+
+
 class StopRequest:
     """While in use, Ctrl-C and SIGTERM ask the loop to stop after the current batch,
-    so that the checkpoint it saves is consistent. A second Ctrl-C quits at once."""
+    so that the checkpoint it saves is consistent; a second Ctrl-C or SIGTERM quits at
+    once. It stays in use until the last checkpoint is saved. The handler only takes
+    note (printing from a signal handler can interrupt a print in progress): the
+    loop says what happens."""
 
     def __enter__(self):
         self.signal = None
@@ -529,11 +576,6 @@ class StopRequest:
         if self.signal is not None:
             raise KeyboardInterrupt
         self.signal = signum
-        print(
-            "\nstopping: saving a checkpoint first (Ctrl-C again to quit without saving)",
-            file=sys.stderr,
-            flush=True,
-        )
 
 
 class Clock:
@@ -606,13 +648,13 @@ def train(args):
     train_step = make_train_step(model, optimizer, config, dist)
     sampler = Generator(model, topn=SAMPLE_TOPN)
     window, first_step, since = Window(), step, clock.elapsed()
-    stopping = False
+    reason = GO_ON
     try:
         with StopRequest() as stop:
             state = dist.split(state)
             batches = txtutils.minibatch_sequencer(text.train, B, T, config["epochs"], step)
             for x, y, epoch in batches:  # x, y: [BATCH, SEQLEN]
-                if step >= total or stop.signal:
+                if step >= total:  # (a signal is heeded after the step, by every worker)
                     break
                 progress = max(step / total, clock.fraction_used())
                 learning_rate = learning_rate_at(step, progress, config)
@@ -631,9 +673,10 @@ def train(args):
                     raise Diverged(f"the loss became {loss} at step {step + 1}")
                 window.add(loss, accuracy, time.perf_counter() - t0)
                 step += 1
-                out_of_time = clock.out_of_time()
-                stopping = dist.stop_together(out_of_time or stop.signal is not None)
-                last = step == total or out_of_time
+                reason = dist.stop_together(int(stop.signal or clock.out_of_time()))
+                last = step == total or reason == OUT_OF_TIME
+                if reason > OUT_OF_TIME:
+                    say_stopping(reason)
 
                 if step % config["log_every"] == 0 or last:
                     left = clock.time_left(total - step, step - first_step, since)
@@ -644,17 +687,19 @@ def train(args):
                 if dist.chief and (step % config["sample_every"] == 0 or last):
                     sample(sampler, log, step, config["seed"])
                 if step % config["save_every"] == 0:
-                    saver.save(step, state)  # on failure, training goes on: the next one retries
-                if stopping:
+                    saver.save(step, state, x, y)  # on failure, training goes on: the next retries
+                if reason:
                     break
-            if step != saver.saved_step and not saver.save(step, state):
+            # the last save, still under StopRequest: a signal now waits for it to end
+            if step != saver.saved_step and not saver.save(step, state, x, y):
                 raise TrainingFailed(
                     f"the last {step - saver.saved_step} steps could not be saved; "
                     f"free some space and --resume {run.name} from step {saver.saved_step}"
                 )
     except (Diverged, tf.errors.OpError) as e:
         raise failure(e, run.name, step, saver, config, dist) from None
-    return report_end(say, run.name, step, total, stop.signal, stopping, clock, saver)
+    reason = max(reason, stop.signal or GO_ON)  # a signal during the last save counts too
+    return report_end(say, run.name, step, total, reason, clock, saver)
 
 
 def say_start(say, run, config, text, model, dist, step):
@@ -695,12 +740,21 @@ def log_progress(say, log, window, step, epoch, config, total, left, learning_ra
 
 
 def validate(model, text, log, step):
-    """Loss and accuracy on the validation rows, each from a zero state, no dropout."""
-    pieces = (
-        (text.valid_x[i : i + VALID_ROWS], text.valid_y[i : i + VALID_ROWS])
-        for i in range(0, len(text.valid_x), VALID_ROWS)
-    )
-    loss, accuracy, _ = mean_loss_and_accuracy(model, pieces)
+    """Loss and accuracy on the validation rows, each from a zero state, no dropout.
+    Computed VALID_ROWS rows by VALID_CHUNK characters at a time, the state carried
+    along each row: the same figures as whole rows at once, in a fraction of the
+    memory (whole rows of 256 x 1024 characters took ~2 GB)."""
+    x, y = text.valid_x, text.valid_y  # [ROWS, VALID_SEQLEN]
+    totals, chars = np.zeros(2), 0
+    for i in range(0, len(x), VALID_ROWS):
+        pieces = (
+            (x[i : i + VALID_ROWS, j : j + VALID_CHUNK], y[i : i + VALID_ROWS, j : j + VALID_CHUNK])
+            for j in range(0, x.shape[1], VALID_CHUNK)
+        )
+        loss, accuracy, n = mean_loss_and_accuracy(model, pieces, carry_state=True)
+        totals += n * np.array([loss, accuracy])
+        chars += n
+    loss, accuracy = totals / chars
     print(f"validation: loss {loss:.3f}  acc {accuracy:.3f}", flush=True)
     log.scalar("validation", "loss", loss, step, log.LOSS)
     log.scalar("validation", "accuracy", accuracy, step, log.ACCURACY)
@@ -736,21 +790,28 @@ def failure(error, run, step, saver, config, dist):
     )
 
 
-def report_end(say, run, step, total, signum, stopping, clock, saver):
-    """The last word of a run that ended well, and its exit status."""
+def say_stopping(signum):
+    """Said on stderr once the loop has taken note of a signal, here or on another worker."""
+    print(
+        f"\nstopping on {signal.Signals(signum).name}: saving a checkpoint first "
+        "(Ctrl-C again to quit without saving)",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+def report_end(say, run, step, total, reason, clock, saver):
+    """The last word of a run that ended well, and its exit status: 0, or 128 + the
+    number of the signal that stopped it (on any worker), as a shell reports it."""
     resume = f"continue with python {PROG} --resume {run}"
-    if signum:
+    if reason > OUT_OF_TIME:
         print(f"stopped at step {step}: checkpoint saved; {resume}", file=sys.stderr)
-        return 128 + signum
-    if step < total and clock.out_of_time():
-        minutes = clock.limit / 60
+        return 128 + reason
+    if reason == OUT_OF_TIME and step < total:
         say(
-            f"time limit of {minutes:g} minutes reached at step {step}: checkpoint "
+            f"time limit of {clock.limit / 60:g} minutes reached at step {step}: checkpoint "
             f"{saver.manager.latest_checkpoint} saved; {resume}"
         )
-        return 0
-    if step < total and stopping:
-        say(f"another worker was stopped at step {step}: checkpoint saved; {resume}")
         return 0
     say(f"done: step {step}, checkpoint {saver.manager.latest_checkpoint}")
     return 0

@@ -5,11 +5,20 @@
 
 Both runs write the same tags, so TensorBoard overlays their curves: a validation
 curve that turns up while the training curve goes down is overfitting.
+
+Each figure is written exactly once, however the process is killed: the figures a
+checkpoint covers are saved inside it (as JSON) and written to the log right after;
+a resumed run writes those of its checkpoint that the log does not hold yet (the
+process was killed between the two writes).
 """
 
+import json
 import os
 
 import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+SUMMARIES = {"scalar": tf.summary.scalar, "text": tf.summary.text}
 
 
 class HeldBackLog:
@@ -25,26 +34,51 @@ class HeldBackLog:
 
     def __init__(self, log_dir, runs):
         """log_dir None: a log that writes nothing (a worker that is not the chief)."""
+        self.log_dir = log_dir
         self.writers = {}
         if log_dir:
             self.writers = {
                 run: tf.summary.create_file_writer(os.path.join(log_dir, run)) for run in runs
             }
-        self.pending = []
+        self.pending = []  # (run, kind, tag, value, step, description)
 
     def scalar(self, run, tag, value, step, description=None):
-        self.pending.append((run, tf.summary.scalar, tag, float(value), step, description))
+        self.pending.append((run, "scalar", tag, float(value), step, description))
 
     def text(self, run, tag, text, step):
         # Markdown: a code block keeps the sample's line breaks
-        self.pending.append((run, tf.summary.text, tag, f"```\n{text}\n```", step, None))
+        self.pending.append((run, "text", tag, f"```\n{text}\n```", step, None))
+
+    def pending_json(self):
+        """The figures not written yet, as JSON: what the next checkpoint carries."""
+        return json.dumps(self.pending)
 
     def write_out(self):
         pending, self.pending = self.pending, []  # taken first: a failed write never repeats
         if not self.writers:
             return
-        for run, summary, tag, value, step, description in pending:
+        for run, kind, tag, value, step, description in pending:
             with self.writers[run].as_default(step=step):
-                summary(tag, value, description=description)
+                SUMMARIES[kind](tag, value, description=description)
         for writer in self.writers.values():
             writer.flush()
+
+    def recover(self, pending_json):
+        """Write the figures a checkpoint carries (pending_json) that the log on disk
+        lacks: the process that saved the checkpoint was killed before writing them."""
+        if not self.writers or not pending_json:
+            return
+        records = [tuple(r) for r in json.loads(pending_json)]
+        runs = {r[0] for r in records}
+        logged = {run: logged_steps(os.path.join(self.log_dir, run)) for run in runs}
+        self.pending = [r for r in records if (r[2], r[4]) not in logged[r[0]]] + self.pending
+        self.write_out()
+
+
+def logged_steps(folder):
+    """{(tag, step)} of every figure in the event files of folder."""
+    if not os.path.isdir(folder):
+        return set()
+    events = EventAccumulator(folder, size_guidance={"tensors": 0}, purge_orphaned_data=False)
+    events.Reload()
+    return {(tag, e.step) for tag in events.Tags()["tensors"] for e in events.Tensors(tag)}
