@@ -242,7 +242,7 @@ def memory_needed(config, rows, length, training=False):
     """Bytes the model of config needs at least, to run rows sequences of length
     characters at once (a batch of BATCH x SEQLEN; STREAMS x 1 for generation, or its
     prime's length) - a floor, as TensorFlow needs more besides (its own workspace,
-    copies), so that refusing beyond it never refuses what could run:
+    copies), so that what is refused beyond it could not have run here:
 
     - the weights, float32, and each layer's Keras objects (LAYER_BYTES);
     - in training, also the gradients and Adam's two moments (3 more copies of the
@@ -393,8 +393,9 @@ def verify(path):
         for key in reader.get_variable_to_shape_map():
             reader.get_tensor(key)
         json.loads(reader.get_tensor(CONFIG_KEY))
-    # what TensorFlow's reader raises on a damaged file varies with the damage
-    except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError) as e:
+    # what TensorFlow's reader raises on a damaged file varies with the damage; a config
+    # that is no string (TypeError) or nested too deep (RecursionError, a RuntimeError)
+    except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged ({short_reason(e)})") from None
 
 

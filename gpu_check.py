@@ -164,8 +164,9 @@ def twins(config, mixed_precision):
     """The same weights in a model trained through the fused path and in one trained
     through Keras' layers (cuDNN on a GPU)."""
     keras.utils.set_random_seed(0)
-    fused = build_model(dict(config, dropout=0.1), fused=True, mixed_precision=mixed_precision)
-    layers = build_model(dict(config, dropout=0.1), fused=False, mixed_precision=mixed_precision)
+    config = dict(config, dropout=rnn_train.DROPOUT)
+    fused = build_model(config, fused=True, mixed_precision=mixed_precision)
+    layers = build_model(config, fused=False, mixed_precision=mixed_precision)
     for a, b in zip(fused.weights, layers.weights, strict=True):
         b.assign(a)
     return fused, layers

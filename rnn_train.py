@@ -428,7 +428,7 @@ class Saver:
         if prefix:
             has_figures = tf.train.load_checkpoint(prefix).has_tensor(ckpt.LOG_KEY)
             checkpoint = self.checkpoint if has_figures else self.checkpoint_without_figures
-            checkpoint.restore(prefix).assert_consumed()
+            ckpt.restore(checkpoint, prefix)
             if has_figures:
                 self.log.recover(self.figures.numpy().decode())
         self.saved_step = int(self.step.numpy())
@@ -631,6 +631,7 @@ def train(args):
     run = open_run(args, dist.chief)
     config = make_config(args, run.saved_config)
     text = read_text(config, dist)
+    ckpt.check_training(config, (VALID_ROWS, VALID_CHUNK) if text.valid_x is not None else None)
     create_folders(run, dist.chief)
     model, optimizer = make_model(config, dist)
     log_runs = ["training", "validation"] if text.valid_x is not None else ["training"]

@@ -221,6 +221,8 @@ def bad_input_cases(tmp):
         ("not a number", [*data, "--cell-size", "big"], "--cell-size"),
         ("negative seed", [*data, "--seed", "-1"], "--seed"),
         ("seed beyond 32 bits", [*data, "--seed", str(2**32)], "--seed"),
+        ("beyond this machine's memory", [*data, "--cell-size", "1000000"], "of memory"),
+        ("too many layers", [*data, "--layers", "100000"], "of memory"),
         ("nothing to resume", ["--resume"], "nothing to resume"),
         ("resume a run that is not there", ["--resume", "nosuchrun"], "nothing to resume"),
         ("other architecture", ["--resume", "tiny", "--cell-size", "64"], "--cell-size 32"),
