@@ -174,10 +174,10 @@ def add_recipe_flags(p):
     p.add_argument(
         "--mixed-precision",
         action=argparse.BooleanOptionalAction,
-        help="compute the matmuls of training in 16 bits (bfloat16, or float16 on "
-        "GPUs older than Ampere); weights, softmax and loss stay float32 "
-        "(default: on where bfloat16 runs in hardware: CPUs with AVX512-BF16 "
-        "or AMX, GPUs from Ampere on)",
+        help="compute the matmuls of training in 16 bits (bfloat16 on a CPU, float16 "
+        "with dynamic loss scaling on a GPU); weights, softmax and loss stay float32 "
+        "(default: on only on CPUs whose hardware runs bfloat16, AVX512-BF16 or AMX; "
+        "off on GPUs)",
     )
     p.add_argument(
         "--deterministic",
