@@ -43,6 +43,19 @@ def logged_steps(folder, tag="loss"):
     return [e.step for e in acc.Tensors(tag)] if tag in acc.Tags()["tensors"] else []
 
 
+def partial_saves_since(run_dir, t_ns):
+    """Whether a save begun at or after t_ns (time.time_ns) is in run_dir, unfinished.
+    The pieces of a save killed earlier are no such thing: a restart deletes them, and
+    a save of the same step may then recreate the same folder name."""
+    for partial in glob.glob(str(run_dir / "ckpt-*_temp")):
+        try:
+            if os.stat(partial).st_mtime_ns >= t_ns:
+                return True
+        except FileNotFoundError:  # deleted as we looked
+            pass
+    return False
+
+
 def step_of(prefix):
     return int(prefix.rsplit("-", 1)[1])
 
@@ -81,6 +94,7 @@ def test_kill_9_at_random_moments(tmp_path):
     while kills < 20:
         newest = ckpt.newest_in(str(run_dir))
         args = ["--resume", "r", *dirs] if newest else first
+        started = time.time_ns()
         proc = subprocess.Popen(
             [*TRAIN, *args],
             stdout=subprocess.PIPE,
@@ -93,7 +107,7 @@ def test_kill_9_at_random_moments(tmp_path):
             while (
                 time.monotonic() < deadline
                 and proc.poll() is None
-                and not glob.glob(str(run_dir / "ckpt-*_temp"))
+                and not partial_saves_since(run_dir, started)
             ):
                 time.sleep(0.0005)
         else:
@@ -103,7 +117,7 @@ def test_kill_9_at_random_moments(tmp_path):
         proc.kill()
         out, _ = proc.communicate()
         kills += 1
-        during_save += bool(glob.glob(str(run_dir / "ckpt-*_temp")))
+        during_save += partial_saves_since(run_dir, started)
         # no checkpoint is ever unreadable
         for prefix in ckpt.all_in(str(run_dir)):
             ckpt.verify(prefix)
