@@ -1,5 +1,6 @@
-"""Measure what a user waits for, in one process: training speed against this
-machine's own matmul limit, generation and scoring speed, and peak memory.
+"""Measure what a user waits for: training speed against this machine's own matmul
+limit, generation and scoring speed, and peak memory, timed in one process; then the
+peak memory of a real rnn_train.py run, validation included, in a child process.
 
     python bench.py                    # the table (make bench)
     python bench.py --json bench.json  # and the same figures as JSON
@@ -15,6 +16,8 @@ import argparse
 import json
 import os
 import platform
+import resource
+import subprocess
 import sys
 import tempfile
 import time
@@ -186,6 +189,40 @@ def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_ch
     return gen_1, gen_256, score, gen_rss
 
 
+def real_run_memory_mb(config, steps, folder):
+    """The peak resident memory, MB, of a real `rnn_train.py` run: `steps` steps of
+    config's model on a text of random characters written into folder, then a
+    validation pass over 256 rows of 1,100 characters, a sample and a checkpoint. The
+    step's own figure leaves out what the program adds around it (validation above
+    all: whole rows once held 2 GB more), so the program is measured too."""
+    rng = np.random.default_rng(0)
+    B, T = config["batch_size"], config["seqlen"]
+    train_chars, valid_chars = B * T * (steps + 2), rnn_train.VALID_ROWS * 1100
+    paths = []
+    for name, chars in (("train.txt", train_chars), ("valid.txt", valid_chars)):
+        paths.append(os.path.join(folder, name))
+        with open(paths[-1], "w") as f:
+            f.write(txtutils.decode(rng.integers(1, config["alphasize"], size=chars)))
+    flags = {
+        "--data": paths[0],
+        "--validation": paths[1],
+        "--layers": config["layers"],
+        "--cell-size": config["cell_size"],
+        "--batch-size": B,
+        "--seqlen": T,
+        "--max-steps": steps,
+        "--checkpoint-dir": os.path.join(folder, "checkpoints"),
+        "--log-dir": os.path.join(folder, "log"),
+    }
+    program = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rnn_train.py")
+    argv = [sys.executable, program, *(str(a) for kv in flags.items() for a in kv)]
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"rnn_train.py failed: {result.stderr.strip()[-500:]}")
+    # the largest peak of the children waited for: this one, the only child
+    return max_rss_mb(resource.RUSAGE_CHILDREN)
+
+
 def reset_peak_memory():
     """Linux: start counting the peak resident memory again from now."""
     try:
@@ -204,9 +241,12 @@ def peak_memory_mb():
                     return int(line.split()[1]) / 1024
     except OSError:
         pass
-    import resource  # not Linux: the peak since the process started
+    return max_rss_mb(resource.RUSAGE_SELF)  # not Linux: the peak since the start
 
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+def max_rss_mb(who):
+    """getrusage's peak resident memory in MB: it counts kilobytes, bytes on macOS."""
+    return resource.getrusage(who).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def cpu_name():
@@ -231,6 +271,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     config = QUICK if args.quick else DEFAULT
     steps, warmup, repeats = (5, 2, 3) if args.quick else (30, 5, 20)
+    run_steps = 3 if args.quick else 20
     one_stream_chars, many_stream_chars = (128, 64) if args.quick else (2048, 256)
     score_chars = 2000 if args.quick else 5 * rnn_play.SCORE_CHUNK
 
@@ -249,6 +290,8 @@ def main(argv=None):
     reset_peak_memory()
     speeds = training_speeds(config, steps, warmup)
     train_rss = peak_memory_mb()
+    with tempfile.TemporaryDirectory() as tmp:
+        run_rss = real_run_memory_mb(config, run_steps, tmp)
 
     figures = {
         "matmul_gflops": round(gflops, 1),
@@ -260,6 +303,7 @@ def main(argv=None):
         "score_chars_per_s": round(score),
         "train_peak_rss_mb": round(train_rss),
         "generate_peak_rss_mb": round(gen_rss),
+        "train_run_peak_rss_mb": round(run_rss),
     }
     shape = f"{config['layers']}x{config['cell_size']} GRU"
     shape += f", batch {config['batch_size']} x {config['seqlen']}"
@@ -281,7 +325,8 @@ def main(argv=None):
         ("generation, 1 stream", f"{gen_1:,.0f} chars/s"),
         ("generation, 256 streams", f"{gen_256:,.0f} chars/s in all"),
         ("scoring (rnn_play.py --score)", f"{score:,.0f} chars/s = {score / gen_1:.1f}x 1 stream"),
-        ("peak memory, training", f"{train_rss:,.0f} MB"),
+        ("peak memory, training step", f"{train_rss:,.0f} MB"),
+        ("peak memory, rnn_train.py run (validation on)", f"{run_rss:,.0f} MB"),
         ("peak memory, generation", f"{gen_rss:,.0f} MB"),
     ]
     width = max(len(r[0]) for r in rows)

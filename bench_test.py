@@ -14,6 +14,7 @@ KEYS = {
     "score_chars_per_s",
     "train_peak_rss_mb",
     "generate_peak_rss_mb",
+    "train_run_peak_rss_mb",
 }
 
 
@@ -33,7 +34,8 @@ def test_quick_bench_prints_and_writes_every_figure(tmp_path):
         "generation, 1 stream",
         "generation, 256 streams",
         "scoring (rnn_play.py --score)",
-        "peak memory, training",
+        "peak memory, training step",
+        "peak memory, rnn_train.py run (validation on)",
         "peak memory, generation",
     ):
         assert row in result.stdout
