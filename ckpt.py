@@ -90,16 +90,48 @@ def _file_globs(v):
     return type(v) is list and all(type(g) is str for g in v)
 
 
+def _alphabet(chars):
+    """Whether chars can be an alphabet: the talk's 98 symbols first, no character
+    twice, and none of the lone surrogates that stand for bytes that are not UTF-8."""
+    return (
+        chars.startswith(txtutils.ALPHABET)
+        and len(set(chars)) == len(chars)
+        and not any(0xD800 <= ord(c) <= 0xDFFF for c in chars)
+    )
+
+
+def _fingerprint(v):
+    def files(k):
+        entries = v.get(k)
+        return type(entries) is list and all(
+            type(e) is list
+            and len(e) == 3
+            and type(e[0]) is str
+            and _whole(e[1])
+            and type(e[2]) is str
+            for e in entries
+        )
+
+    return type(v) is dict and files("train") and files("valid")
+
+
+MAX_ALPHASIZE = 0x110000  # one symbol per Unicode code point at most
 _POSITIVE = (lambda v: _whole(v) and v >= 1, "a whole number above 0")
 _FRACTION = (lambda v: _number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1")
 # key: (test, what the value must be). The same ranges as rnn_train.py's flags; keys
 # not listed are left alone (a later version may add some).
 CONFIG_RULES = {
     "alphasize": (
-        lambda v: _whole(v) and v == txtutils.ALPHASIZE,
-        f"{txtutils.ALPHASIZE}, the size of this version's alphabet",
+        lambda v: _whole(v) and txtutils.ALPHASIZE <= v <= MAX_ALPHASIZE,
+        f"a whole number from {txtutils.ALPHASIZE} to {MAX_ALPHASIZE}",
     ),
-    "alphabet": (lambda v: v == txtutils.ALPHABET, "this version's alphabet"),
+    "alphabet": (
+        lambda v: type(v) is str and _alphabet(v),
+        "the 98 symbols of the talk's alphabet and other characters, each once",
+    ),
+    "min_char_count": _POSITIVE,
+    "parent": (lambda v: v is None or type(v) is str, "a checkpoint's path, or null"),
+    "data_fingerprint": (_fingerprint, "the files read, as [path, bytes, sha256] lists"),
     "cell_size": _POSITIVE,
     "layers": _POSITIVE,
     "seqlen": _POSITIVE,
@@ -147,6 +179,17 @@ def check_config(config, where):
             shown = json.dumps(config[key])
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
             raise CheckpointError(f"{where}: {key} is {shown} in its config; it must be {must_be}")
+    alphabet = config.get("alphabet", txtutils.ALPHABET)  # (checkpoints have always held it)
+    if len(alphabet) != config["alphasize"]:
+        raise CheckpointError(
+            f"{where}: its alphabet has {len(alphabet)} symbols, and its alphasize is "
+            f"{config['alphasize']}"
+        )
+
+
+def alphabet_of(config):
+    """The Alphabet of a checked config."""
+    return txtutils.Alphabet(config.get("alphabet", txtutils.ALPHABET))
 
 
 def weight_shapes(config):
@@ -473,6 +516,27 @@ def resolve(what, checkpoint_dir, warn):
             f"from {checkpoint_dir}/ or a checkpoint like RUN/ckpt-100"
         )
     raise CheckpointError(f"no run or checkpoint named {what}: see the runs in {checkpoint_dir}/")
+
+
+def load_parent_weights(model, prefix, parent_config):
+    """Fine-tuning: give model the weights of the checkpoint at prefix, whose alphabet
+    the model's begins with. Every weight of the parent is kept as it is; the input
+    kernel's rows and the logits layer's columns of the symbols the parent lacks keep
+    the values a new model starts from. Shapes are read_config's (checked)."""
+    reader = tf.train.load_checkpoint(prefix)
+    keys = saved_variables(reader, f"checkpoint {prefix}")
+    known = parent_config["alphasize"]
+    for layer, weights in model.named_weights().items():
+        for name, variable in weights.items():
+            value = reader.get_tensor(keys[f"{layer}/{name}"])
+            if value.shape != tuple(variable.shape):  # gru0/kernel, softmax/kernel and bias
+                grown = variable.numpy()
+                if layer == "softmax":
+                    grown[..., :known] = value  # [CELL, ALPHASIZE], [ALPHASIZE]
+                else:
+                    grown[:known] = value  # [ALPHASIZE, 3*CELL]
+                value = grown
+            variable.assign(value)
 
 
 def load_model(path):

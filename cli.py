@@ -7,6 +7,7 @@ screenshot_tensorboard.py) start quickly.
 import argparse
 import contextlib
 import math
+import os
 import socket
 import sys
 
@@ -33,6 +34,24 @@ def fail(prog, message):
     """Report bad input the user can fix (error) and exit with status 2."""
     error(prog, message)
     sys.exit(2)
+
+
+def utf8_output():
+    """Write stdout and stderr in UTF-8 whatever the locale (LANG=C included): the text
+    of a model may be in any language. A lone surrogate (bytes that were not UTF-8,
+    from a file name, say) is shown as '?' on stdout, escaped on stderr."""
+    sys.stdout.reconfigure(encoding="utf-8", errors="replace")
+    sys.stderr.reconfigure(encoding="utf-8", errors="backslashreplace")
+
+
+def utf8_text(value):
+    """An argument read as the UTF-8 its bytes are, whatever the locale: in the C locale
+    Python decodes arguments as ASCII, keeping every other byte as a lone surrogate
+    (an argparse type)."""
+    try:
+        return os.fsencode(value).decode("utf-8", errors="surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that stands for no byte: leave it as it is
+        return value
 
 
 def warn(message):

@@ -2,16 +2,19 @@
 
 The promise: the encoder and the command-line programs never crash with a traceback;
 a corpus file that is not text (one holding a NUL byte, e.g. a PNG) is refused with a
-one-line error and exit status 2; any other bytes are decoded as UTF-8 with
-replacement, and characters outside the alphabet become symbol 0 ("unknown").
+one-line error and exit status 2; any other bytes are decoded as UTF-8, each byte that
+is not UTF-8 counted and read as one unknown character, and characters outside the
+alphabet become symbol 0 ("unknown"). The alphabet of a training text is the talk's 98
+symbols and then its characters seen twice or more, surrogates and U+FFFD never.
 
 The expected outcome of every example is worked out here from that specification
-(an independent per-character encoder, UTF-8 decoding with replacement, the hidden-file
-rule), not from the code under test.
+(an independent per-character encoder, UTF-8 decoding with surrogateescape, the
+hidden-file rule), not from the code under test.
 """
 
 import binascii
 import os
+import pathlib
 import re
 import struct
 import tempfile
@@ -112,8 +115,23 @@ def expected_codes(text):
 
 
 def expected_file_codes(data):
-    """What a text file (no NUL byte) reads as: UTF-8 with replacement, then the alphabet."""
-    return expected_codes(data.decode("utf-8", errors="replace"))
+    """What a text file (no NUL byte) reads as in the talk's alphabet: UTF-8, a byte
+    that is not UTF-8 one unknown character."""
+    return expected_codes(data.decode("utf-8", errors="surrogateescape"))
+
+
+def expected_alphabet(texts):
+    """The talk's 98 symbols, then every other character of texts (CRLF read as LF)
+    seen at least twice, by code point; never U+FFFD nor a surrogate."""
+    counts = {}
+    for c in "".join(t.replace("\r\n", "\n") for t in texts):
+        counts[c] = counts.get(c, 0) + 1
+    extra = [
+        c
+        for c, n in counts.items()
+        if n >= 2 and c not in txtutils.ALPHABET and not 0xD800 <= ord(c) <= 0xDFFF
+    ]
+    return txtutils.ALPHABET + "".join(sorted(extra))
 
 
 def one_error_line(err, prog):
@@ -173,10 +191,13 @@ def test_read_file_refuses_exactly_the_files_holding_nul_and_decodes_the_rest(da
             assert path in str(info.value)
             assert "\n" not in str(info.value)
         else:
-            codes = txtutils.read_file(path)
+            read = txtutils.read_file(path)
+            codes = txtutils.encode(read.text)
             assert codes.dtype == np.uint8
-            assert ((codes >= 0) & (codes < txtutils.ALPHASIZE)).all()
             np.testing.assert_array_equal(codes.astype(np.int64), expected_file_codes(data))
+            escaped = data.decode("utf-8", errors="surrogateescape")
+            assert read.not_utf8 == sum(0xDC80 <= ord(c) <= 0xDCFF for c in escaped)
+            assert read.size == len(data)
 
 
 # ---------------------------------------------------------------------------
@@ -222,7 +243,8 @@ def test_read_corpus_takes_any_file_names_and_fails_only_with_corpus_error(
         total = sum(len(expected_file_codes(d)) for _, d in visible if b"\0" not in d)
 
         try:
-            train, valid, train_files, valid_files = txtutils.read_corpus(data_patterns, validation)
+            corpus = txtutils.read_corpus(data_patterns, validation)
+            train, valid, train_files, valid_files = corpus[:4]
         except txtutils.CorpusError as e:
             message = str(e)
             event(
@@ -257,8 +279,18 @@ def test_read_corpus_takes_any_file_names_and_fails_only_with_corpus_error(
         assert len(train) + len(valid) == total
         if validation == []:
             assert valid_files == []
-        for codes in (train, valid):
-            assert ((codes >= 0) & (codes < txtutils.ALPHASIZE)).all()
+        texts = {
+            os.fsencode(p): pathlib.Path(p).read_bytes().decode("utf-8", "surrogateescape")
+            for p in train_files + valid_files
+        }
+        alphabet = expected_alphabet(texts[os.fsencode(p)] for p in train_files)
+        assert corpus.alphabet.chars == alphabet
+        event(f"alphabet grown: {len(alphabet) > txtutils.ALPHASIZE}")
+        for codes, paths in ((train, train_files), (valid, valid_files)):
+            text = "".join(texts[os.fsencode(p)].replace("\r\n", "\n") for p in paths)
+            assert corpus.alphabet.decode(codes) == "".join(
+                c if c in alphabet[1:] else "\ufffd" for c in text
+            )
 
 
 # ---------------------------------------------------------------------------
@@ -427,7 +459,12 @@ def test_play_prints_any_prime_then_exactly_the_asked_length(tiny_run, capfd, pr
         return
     event("generated")
     assert status == 0, err
-    assert err == ""
+    unknown = int((expected_codes(prime) == 0).sum())
+    warning = (
+        f"warning: {unknown} of the prime's {len(expected_codes(prime))} characters are not "
+        "in the model's alphabet: the model reads them as unknown\n"
+    )
+    assert err == (warning if unknown else "")
     # stdout is written with errors="replace": a character it cannot encode (a lone
     # surrogate) is printed as "?"; everything else goes out as given, CR included
     shown = prime.encode("utf-8", errors="replace").decode("utf-8")
@@ -459,7 +496,8 @@ def test_play_takes_two_dashes_as_the_prime(tiny_run, capfd):
 
 SCORE_LINE = re.compile(
     r": ([\d.]+) bits/char \(([\d.]+) nats/char\), accuracy ([\d.]+), "
-    r"over ([\d,]+) characters\n\Z"
+    r"over ([\d,]+) characters(?:; ([\d.]+)% of them not in the model's alphabet \(unknown\))?"
+    r"\n\Z"
 )
 
 
@@ -503,6 +541,8 @@ def test_score_scores_or_refuses_in_one_line_on_any_bytes(tiny_run, capfd, data)
     assert np.isfinite(nats) and nats >= 0
     assert abs(bits - nats / np.log(2)) < 2e-3
     assert 0 <= accuracy <= 1
+    unknown = (expected_file_codes(data) == 0).mean()  # of every character of the file
+    assert (float(m[5]) if m[5] else 0.0) == pytest.approx(100 * unknown, abs=0.005)
 
 
 # ---------------------------------------------------------------------------
@@ -547,7 +587,10 @@ def test_play_process_takes_a_prime_that_is_not_utf8(tiny_run):
     )
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
-    assert result.stderr == ""
+    assert result.stderr == (
+        "warning: 2 of the prime's 5 characters are not in the model's alphabet: "
+        "the model reads them as unknown\n"
+    )
     # the two bytes reach Python as lone surrogates, which stdout prints as "?"
     assert result.stdout.startswith("??abc")
     assert len(result.stdout) == len("??abc") + length + 1

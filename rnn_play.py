@@ -52,6 +52,7 @@ def parse_args(argv):
     )
     p.add_argument(
         "--prime",
+        type=cli.utf8_text,
         default="\n",
         help="text fed to the model first and printed as the start (default: a newline)",
     )
@@ -106,24 +107,28 @@ class ScoringStopped(KeyboardInterrupt):
     """Ctrl-C while scoring; the message says how far it got."""
 
 
-def score(scorer, path, piece_bytes=SCORE_PIECE):
-    """(nats per character, accuracy, characters) of the scorer's model on a text file,
-    one state carried from its first character to its last. The file is read twice,
-    a piece at a time: first to count its characters (and refuse a binary file before
-    any scoring), then to score them."""
-    total = sum(len(codes) for codes in txtutils.read_pieces(path, piece_bytes))
+def score(scorer, path, piece_bytes=SCORE_PIECE, alphabet=txtutils.DEFAULT):
+    """(nats per character, accuracy, characters, unknown share) of the scorer's model
+    on a text file, one state carried from its first character to its last; the share
+    is that of the file's characters not in the model's alphabet. The file is read
+    twice, a piece at a time: first to count its characters (and refuse a binary file
+    before any scoring), then to score them."""
+    total = unknown = 0
+    for codes in txtutils.read_pieces(path, piece_bytes, alphabet):
+        total += len(codes)
+        unknown += int(np.count_nonzero(codes == txtutils.UNKNOWN))
     if total < 2:
         raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
     progress = Progress(total - 1) if sys.stderr.isatty() else None
     scorer.start()
     try:
-        for codes in txtutils.read_pieces(path, piece_bytes):
+        for codes in txtutils.read_pieces(path, piece_bytes, alphabet):
             # a chunk at a time, so that the progress line moves every compiled call
             for i in range(0, len(codes), scorer.chunk):
                 scorer.feed(codes[i : i + scorer.chunk])
                 if progress:
                     progress.show(scorer.characters)
-        return scorer.finish()
+        return (*scorer.finish(), unknown / total)
     except KeyboardInterrupt:
         raise ScoringStopped(
             f"scoring of {path} stopped (Ctrl-C) after {scorer.characters:,} "
@@ -171,19 +176,29 @@ def play(args):
     prefix = ckpt.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
     if not args.score:
         check_streams_memory(ckpt.read_config(prefix), args)
-    model, _ = ckpt.load_model(prefix)
+    model, config = ckpt.load_model(prefix)
+    alphabet = ckpt.alphabet_of(config)
     if args.score:
-        nats, accuracy, n = score(Scorer(model, SCORE_CHUNK), args.score)
+        scorer = Scorer(model, SCORE_CHUNK)
+        nats, accuracy, n, unknown = score(scorer, args.score, alphabet=alphabet)
         print(
             f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "
             f"accuracy {accuracy:.3f}, over {n:,} characters"
+            + (f"; {unknown:.2%} of them not in the model's alphabet (unknown)" if unknown else "")
         )
         return 0
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     generator = Generator(model, topn=args.topn, temperature=args.temperature)
-    generator.start([txtutils.encode(args.prime)] * args.streams, seed)
+    prime = alphabet.encode(args.prime)
+    unknown = int(np.count_nonzero(prime == txtutils.UNKNOWN))
+    if unknown:
+        cli.warn(
+            f"warning: {unknown} of the prime's {len(prime)} characters are not in the "
+            "model's alphabet: the model reads them as unknown"
+        )
+    generator.start([prime] * args.streams, seed)
     if args.streams == 1 and not args.out_dir:
-        stream(generator, args.prime, args.length)
+        stream(generator, alphabet, args.prime, args.length)
         return 0
     codes = np.concatenate(
         [
@@ -192,7 +207,7 @@ def play(args):
         ],
         axis=1,
     )[:, : args.length]
-    samples = [args.prime + txtutils.decode(row) for row in codes]
+    samples = [args.prime + alphabet.decode(row) for row in codes]
     if args.out_dir:
         write_samples(samples, args.out_dir)
     else:
@@ -227,7 +242,7 @@ def check_streams_memory(config, args):
     )
 
 
-def stream(generator, prime, length):
+def stream(generator, alphabet, prime, length):
     """Print as it comes: the prime, then chunks of characters until the length."""
     out = sys.stdout
     out.write(prime)
@@ -236,7 +251,7 @@ def stream(generator, prime, length):
         codes = generator.next(CHUNK)[0]
         if length:
             codes = codes[: length - n]
-        out.write(txtutils.decode(codes))
+        out.write(alphabet.decode(codes))
         out.flush()
         n += len(codes)
     out.write("\n")
@@ -259,7 +274,7 @@ def write_samples(samples, out_dir):
 
 def main(argv=None):
     args = parse_args(argv)
-    sys.stdout.reconfigure(errors="replace")  # a console that cannot show a character gets '?'
+    cli.utf8_output()
     try:
         return play(args)
     except (ckpt.CheckpointError, txtutils.CorpusError) as e:

@@ -70,13 +70,13 @@ def test_score_prints_bits_per_character(tiny_run, tmp_path):
     )
     bits, nats, accuracy, n = float(m[1]), float(m[2]), float(m[3]), int(m[4].replace(",", ""))
     assert abs(bits - nats / np.log(2)) < 2e-3
-    assert n == len(txtutils.read_file(text)) - 1
+    assert n == len(txtutils.encode(txtutils.read_file(text).text)) - 1
     assert 0 < accuracy <= 1
     # better than a uniform guess over 98 symbols, as the training run's validation showed
     assert nats < np.log(98) - 1
     # the same figure as running the whole text in one call with the state carried
     model, _ = ckpt.load_model(ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print))
-    codes = txtutils.read_file(text).astype(np.int32)
+    codes = txtutils.encode(txtutils.read_file(text).text).astype(np.int32)
     logits, _ = model.infer(codes[None, :-1], model.zero_state(1))
     expected, _ = loss_and_accuracy(logits, codes[None, 1:])
     assert abs(nats - float(expected)) < 2e-3
@@ -187,7 +187,7 @@ def mixed_bytes(n, seed=0):
 def test_reading_in_pieces_gives_the_codes_of_the_whole_file(tmp_path):
     path = tmp_path / "mixed.txt"
     path.write_bytes(mixed_bytes(3000))
-    whole = txtutils.read_file(str(path))
+    whole = txtutils.encode(txtutils.read_file(str(path)).text)
     for size in (1, 2, 3, 5, 64, 1000, 1 << 20):
         pieces = list(txtutils.read_pieces(str(path), size))
         np.testing.assert_array_equal(np.concatenate(pieces), whole, err_msg=f"size {size}")
@@ -202,7 +202,7 @@ def test_reading_in_pieces_gives_the_codes_of_the_whole_file(tmp_path):
 def old_score(model, path):
     """--score as it was before streaming (git show 0d68509:rnn_play.py): the whole
     file read at once, 1000 characters per call of model.infer, the state carried."""
-    codes = txtutils.read_file(path).astype(np.int32)
+    codes = txtutils.encode(txtutils.read_file(path).text).astype(np.int32)
     x, y = codes[:-1], codes[1:]
     pieces = ((x[None, i : i + 1000], y[None, i : i + 1000]) for i in range(0, len(x), 1000))
     return mean_loss_and_accuracy(model, pieces, carry_state=True)

@@ -13,6 +13,7 @@ train() - the loop - and the reports at its end.
 import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import argparse
+import json
 import math
 import os
 import signal
@@ -59,6 +60,7 @@ EVAL_EVERY = 100  # validation loss and accuracy
 SAMPLE_EVERY = 500  # a generated sample on the console and in TensorBoard
 SAVE_EVERY = 200  # a checkpoint; the TensorBoard log is written out with it
 KEEP = 5  # checkpoints kept per run, newest first
+MIN_CHAR_COUNT = 2  # a rarer character of the text stays "unknown": once is too few to learn
 # float16 only (--mixed-precision on a GPU): the loss scale to start from; Keras'
 # LossScaleOptimizer halves it at each overflow (skipping that step), doubles it
 # after 2,000 steps without one. Not in checkpoints: a resumed run starts here again.
@@ -69,6 +71,7 @@ SAMPLE_TOPN = 10  # sample among the 10 likeliest characters: early models need 
 VALID_SEQLEN = 1024  # validation rows start from a zero state, so make them long
 VALID_ROWS = 256  # validation rows per compiled call...
 VALID_CHUNK = 128  # ...and characters of each: the state carries over, memory stays small
+# (fewer for an alphabet of over 1,024 symbols: the logits grow with it)
 
 # --recipe talk: the talk's recipe, one flag away whatever the defaults above say.
 TALK_RECIPE = {
@@ -83,6 +86,8 @@ TALK_RECIPE = {
 # A resumed run must keep these: the weights' shapes and the layout of the data
 # and of the RNN state depend on them.
 ARCHITECTURE = ("alphasize", "cell_size", "layers", "batch_size", "seqlen")
+# What --init-from takes from the parent run: the shapes of its weights.
+INHERITED = ("cell_size", "layers")
 
 
 def parse_args(argv):
@@ -123,6 +128,14 @@ def add_data_and_model_flags(p):
         "--cell-size", type=cli.positive_int, help=f"GRU units per layer (default {CELL_SIZE})"
     )
     p.add_argument("--layers", type=cli.positive_int, help=f"stacked GRU layers (default {LAYERS})")
+    p.add_argument(
+        "--min-char-count",
+        type=cli.positive_int,
+        metavar="N",
+        help="a character of the training text joins the alphabet (after the talk's 98 "
+        f"symbols) if it occurs at least N times; rarer ones are read as unknown "
+        f"(default {MIN_CHAR_COUNT})",
+    )
 
 
 def add_recipe_flags(p):
@@ -215,6 +228,12 @@ def add_run_flags(p):
         help="continue the newest run, or the one named, where it stopped",
     )
     p.add_argument(
+        "--init-from",
+        metavar="RUN_OR_CHECKPOINT",
+        help="fine-tune: a new run that starts from the weights of another run's newest "
+        "checkpoint (or of the one given), its architecture and alphabet, on this --data",
+    )
+    p.add_argument(
         "--checkpoint-dir",
         default="checkpoints",
         help="where runs keep checkpoints (default checkpoints)",
@@ -235,13 +254,17 @@ def add_run_flags(p):
     )
 
 
-def make_config(args, saved=None):
+def make_config(args, saved=None, parent=None):
     """The run's settings: flags given, else the checkpoint's (when resuming), else
-    the defaults above. Raises UsageError if a flag contradicts the architecture of
-    the checkpoint being resumed."""
+    the defaults above; fine-tuning (parent: the config of the checkpoint it starts
+    from) takes the parent's architecture. Raises UsageError if a flag contradicts
+    the architecture of the checkpoint being resumed or fine-tuned. The alphabet and
+    the data's fingerprint are read_text's."""
     defaults = {
         "alphasize": txtutils.ALPHASIZE,
         "alphabet": txtutils.ALPHABET,
+        "min_char_count": MIN_CHAR_COUNT,
+        "parent": None,
         "data": ["shakespeare/*.txt"],
         "validation": None,
         "seqlen": SEQLEN,
@@ -267,6 +290,8 @@ def make_config(args, saved=None):
         "keep": KEEP,
     }
     config = dict(defaults, **(saved or {}))
+    if parent:
+        config.update({key: parent[key] for key in INHERITED})
     if getattr(args, "recipe", None) == "talk":
         config.update(TALK_RECIPE)
     for key in defaults:
@@ -275,15 +300,18 @@ def make_config(args, saved=None):
             continue
         if key == "validation" and [v.lower() for v in given] == ["none"]:
             given = []
+        flag = "--" + key.replace("_", "-")
         if saved and key in ARCHITECTURE and given != saved[key]:
-            flag = "--" + key.replace("_", "-")
             raise UsageError(
                 f"the run being resumed was trained with {flag} {saved[key]}, "
                 f"not {given}: drop {flag} to resume it, or start a new run"
             )
+        if parent and key in INHERITED and given != parent[key]:
+            raise UsageError(
+                f"--init-from {args.init_from} has {flag} {parent[key]}, not {given}: "
+                f"fine-tuning keeps the parent's architecture, so drop {flag}"
+            )
         config[key] = given
-    if saved and saved["alphabet"] != txtutils.ALPHABET:
-        raise UsageError("the run being resumed uses another alphabet than this version")
     return config
 
 
@@ -303,7 +331,16 @@ def open_run(args, chief):
         lock=None,  # held until the process ends
         resume_from=None,
         saved_config=None,
+        parent=None,  # fine-tuning: the checkpoint it starts from, and its config
+        parent_config=None,
     )
+    if args.init_from is not None:
+        if resuming:
+            raise UsageError(
+                "--init-from starts a new run and --resume continues one: give one of them"
+            )
+        run.parent = ckpt.resolve(args.init_from, args.checkpoint_dir, cli.warn)
+        run.parent_config = ckpt.read_config(run.parent)
     if resuming:
         if chief:
             run.lock = ckpt.RunLock(run.dir)
@@ -357,11 +394,32 @@ def create_folders(run, chief):
         ) from None
 
 
-def read_text(config, dist):
+def read_text(config, run, dist):
     """The training text, how many steps the run has, and the validation rows
-    (validation is the chief's: it involves no other worker)."""
-    train, valid, train_files, valid_files = txtutils.read_corpus(
-        config["data"], config["validation"]
+    (validation is the chief's: it involves no other worker). Sets the config's
+    alphabet: a resumed run's own; a new run's grown from the talk's (or from the
+    parent's, fine-tuning) by the characters of its training text. A resumed run
+    must find the text it was trained on (UsageError)."""
+    if run.resume_from:
+        start, min_count = ckpt.alphabet_of(config), None
+    else:
+        start = ckpt.alphabet_of(run.parent_config) if run.parent else txtutils.DEFAULT
+        min_count = config["min_char_count"]
+    corpus = txtutils.read_corpus(config["data"], config["validation"], start, min_count)
+    train, valid = corpus.train, corpus.valid
+    train_files, valid_files = corpus.train_files, corpus.valid_files
+    saved_fingerprint = config.get("data_fingerprint") if run.resume_from else None
+    changed = saved_fingerprint and txtutils.changes(saved_fingerprint, corpus.fingerprint)
+    if changed:
+        raise UsageError(
+            f"the text of run {run.name} has changed ({changed}): resume it on the text "
+            f"it was trained on, or train on this text in a new run with --init-from {run.name}"
+        )
+    config.update(
+        alphabet=corpus.alphabet.chars,
+        alphasize=corpus.alphabet.size,
+        data_fingerprint=corpus.fingerprint,
+        parent=run.parent if run.parent else config["parent"],
     )
     dist.check_batch_size(config["batch_size"])
     batches = txtutils.batches_per_epoch(len(train), config["batch_size"], config["seqlen"])
@@ -372,6 +430,9 @@ def read_text(config, dist):
     if len(valid) >= 2 and dist.chief:
         valid_x, valid_y = txtutils.validation_rows(valid, VALID_SEQLEN)  # [ROWS, VALID_SEQLEN]
     return SimpleNamespace(
+        alphabet=corpus.alphabet,
+        not_utf8=corpus.not_utf8,
+        unknown=(txtutils.unknown_share(train), txtutils.unknown_share(valid)),
         train=train,
         valid_chars=len(valid),
         train_files=train_files,
@@ -409,7 +470,7 @@ class Saver:
     writing those figures to the log."""
 
     def __init__(self, run_dir, model, optimizer, config, log, dist):
-        self.model, self.log, self.dist = model, log, dist
+        self.model, self.log, self.dist, self.config = model, log, dist, config
         self.step = tf.Variable(0, dtype=tf.int64)
         self.state = tf.Variable(model.zero_state(config["batch_size"]))  # [BATCH, LAYERS*CELL]
         self.figures = tf.Variable("[]")  # the log's figures up to the step, as JSON
@@ -429,6 +490,9 @@ class Saver:
             has_figures = tf.train.load_checkpoint(prefix).has_tensor(ckpt.LOG_KEY)
             checkpoint = self.checkpoint if has_figures else self.checkpoint_without_figures
             ckpt.restore(checkpoint, prefix)
+            # the saves to come hold this run's settings, not the checkpoint's: a longer
+            # --max-steps, say, or the fingerprint a checkpoint of an older version lacks
+            self.checkpoint.config.assign(json.dumps(self.config))
             if has_figures:
                 self.log.recover(self.figures.numpy().decode())
         self.saved_step = int(self.step.numpy())
@@ -629,11 +693,14 @@ def train(args):
     dist = Distribution.from_flags(args)
     say = print if dist.chief else lambda *a, **k: None  # one voice: the chief's
     run = open_run(args, dist.chief)
-    config = make_config(args, run.saved_config)
-    text = read_text(config, dist)
-    ckpt.check_training(config, (VALID_ROWS, VALID_CHUNK) if text.valid_x is not None else None)
+    config = make_config(args, run.saved_config, run.parent_config)
+    text = read_text(config, run, dist)
+    validation = (VALID_ROWS, valid_chunk(config["alphasize"]))
+    ckpt.check_training(config, validation if text.valid_x is not None else None)
     create_folders(run, dist.chief)
     model, optimizer = make_model(config, dist)
+    if run.parent:  # a new run fine-tuned from another: its weights, grown to this alphabet
+        ckpt.load_parent_weights(model, run.parent, run.parent_config)
     log_runs = ["training", "validation"] if text.valid_x is not None else ["training"]
     log = HeldBackLog(run.log_dir if dist.chief else None, log_runs)
     saver = Saver(run.dir, model, optimizer, config, log, dist)
@@ -686,7 +753,7 @@ def train(args):
                 if text.valid_x is not None and (step % config["eval_every"] == 0 or last):
                     validate(model, text, log, step)
                 if dist.chief and (step % config["sample_every"] == 0 or last):
-                    sample(sampler, log, step, config["seed"])
+                    sample(sampler, text.alphabet, log, step, config["seed"])
                 if step % config["save_every"] == 0:
                     saver.save(step, state, x, y)  # on failure, training goes on: the next retries
                 if reason:
@@ -706,8 +773,12 @@ def train(args):
 def say_start(say, run, config, text, model, dist, step):
     params = sum(math.prod(v.shape) for v in model.trainable_variables)
     replicas = f", {dist.replicas} replicas" if dist.strategy else ""
+    if run.resume_from:
+        started = f"resuming at step {step}"
+    else:
+        started = f"new, fine-tuning {run.parent}" if run.parent else "new"
     say(
-        f"run {run.name}: {f'resuming at step {step}' if run.resume_from else 'new'}; "
+        f"run {run.name}: {started}; "
         f"{config['layers']} x {config['cell_size']} GRU, {params:,} parameters, "
         f"{model.train_dtype.name} matmuls in training{replicas}"
     )
@@ -716,11 +787,32 @@ def say_start(say, run, config, text, model, dist, step):
         f"training on {len(text.train):,} characters ({len(text.train_files)} files), "
         f"validating on {text.valid_chars:,} ({valid_names})"
     )
+    say(describe_alphabet(text.alphabet, text.unknown))
+    for path, count in text.not_utf8.items() if dist.chief else ():
+        cli.warn(
+            f"warning: {path}: {count:,} bytes are not UTF-8 and are read as unknown "
+            "characters; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        )
     say(
         f"{text.batches_per_epoch:,} batches of {config['batch_size']} x {config['seqlen']} "
         f"per epoch; checkpoints in {run.dir}, TensorBoard logs in {run.log_dir} "
         "(make tensorboard)",
         flush=True,
+    )
+
+
+def describe_alphabet(alphabet, unknown):
+    """One line: the alphabet's size, the symbols that came from the text (a few shown),
+    and the shares of unknown characters (not in the alphabet) in the training and
+    validation text."""
+    extra = alphabet.chars[txtutils.ALPHASIZE :]
+    shown = " ".join(c if c.isprintable() else repr(c)[1:-1] for c in extra[:10])
+    if len(extra) > 10:
+        shown += " ..."
+    origin = f"the talk's 98 + {len(extra):,} from the text: {shown}" if extra else "the talk's"
+    return (
+        f"alphabet: {alphabet.size:,} symbols ({origin}); unknown characters: "
+        f"{unknown[0]:.2%} of the training text, {unknown[1]:.2%} of the validation text"
     )
 
 
@@ -740,17 +832,25 @@ def log_progress(say, log, window, step, epoch, config, total, left, learning_ra
     log.scalar("training", "learning_rate", learning_rate, step)
 
 
+def valid_chunk(alphasize):
+    """Characters per validation call: VALID_CHUNK, fewer with an alphabet of over
+    1,024 symbols, so that its logits [VALID_ROWS, CHUNK, ALPHASIZE] stay within
+    128 MB (a 5,000-symbol alphabet: 26 characters)."""
+    return max(1, VALID_CHUNK * min(1024, alphasize) // alphasize)
+
+
 def validate(model, text, log, step):
     """Loss and accuracy on the validation rows, each from a zero state, no dropout.
     Computed VALID_ROWS rows by VALID_CHUNK characters at a time, the state carried
     along each row: the same figures as whole rows at once, in a fraction of the
     memory (whole rows of 256 x 1024 characters took ~2 GB)."""
     x, y = text.valid_x, text.valid_y  # [ROWS, VALID_SEQLEN]
+    chunk = valid_chunk(text.alphabet.size)
     totals, chars = np.zeros(2), 0
     for i in range(0, len(x), VALID_ROWS):
         pieces = (
-            (x[i : i + VALID_ROWS, j : j + VALID_CHUNK], y[i : i + VALID_ROWS, j : j + VALID_CHUNK])
-            for j in range(0, x.shape[1], VALID_CHUNK)
+            (x[i : i + VALID_ROWS, j : j + chunk], y[i : i + VALID_ROWS, j : j + chunk])
+            for j in range(0, x.shape[1], chunk)
         )
         loss, accuracy, n = mean_loss_and_accuracy(model, pieces, carry_state=True)
         totals += n * np.array([loss, accuracy])
@@ -761,10 +861,10 @@ def validate(model, text, log, step):
     log.scalar("validation", "accuracy", accuracy, step, log.ACCURACY)
 
 
-def sample(sampler, log, step, seed):
+def sample(sampler, alphabet, log, step, seed):
     """A sample of the model's text, after a line feed, on the console and in the log."""
-    sampler.start([txtutils.encode("\n")], seed=seed + step)
-    text = txtutils.decode(sampler.next(SAMPLE_LENGTH)[0])
+    sampler.start([alphabet.encode("\n")], seed=seed + step)
+    text = alphabet.decode(sampler.next(SAMPLE_LENGTH)[0])
     print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
     log.text("training", "sample", text, step)
 
@@ -820,6 +920,7 @@ def report_end(say, run, step, total, reason, clock, saver):
 
 def main(argv=None):
     args = parse_args(argv)
+    cli.utf8_output()
     try:
         return train(args)
     except (txtutils.CorpusError, ckpt.CheckpointError, UsageError) as e:

@@ -31,6 +31,7 @@ from conftest import (
     write_corpus,
 )
 from model import build_model, mean_loss_and_accuracy
+from txtutils_test import UNICODE_TEXTS, cjk_text
 
 
 def read_events(folder):
@@ -204,6 +205,7 @@ def bad_input_cases(tmp):
     small.mkdir()
     (small / "a.txt").write_text("too short for one batch")
     data = ["--data", os.path.join(corpus, "*.txt")]
+    other = write_corpus(str(tmp / "other"), seed=1)  # not the text the tiny run read
     return [
         ("glob matches nothing", ["--data", str(tmp / "nothing" / "*.txt")], "matches no file"),
         ("empty files", ["--data", str(empty)], "holds no text"),
@@ -227,6 +229,17 @@ def bad_input_cases(tmp):
         ("resume a run that is not there", ["--resume", "nosuchrun"], "nothing to resume"),
         ("other architecture", ["--resume", "tiny", "--cell-size", "64"], "--cell-size 32"),
         ("run exists", [*data, "--run", "tiny"], "exists already"),
+        (
+            "resume on other text",
+            ["--resume", "tiny", "--data", os.path.join(other, "*.txt")],
+            "the text of run tiny has changed (read from",
+        ),
+        (
+            "fine-tune with another architecture",
+            [*data, "--init-from", "tiny", "--run", "ft", "--cell-size", "64"],
+            "--init-from tiny has --cell-size 32, not 64",
+        ),
+        ("fine-tune and resume", ["--init-from", "tiny", "--resume", "tiny"], "give one of them"),
     ]
 
 
@@ -511,3 +524,168 @@ def test_validation_in_chunks_gives_the_figures_of_whole_rows():
     log = Log()
     rnn_train.validate(model, types.SimpleNamespace(valid_x=x, valid_y=y), log, step=1)
     np.testing.assert_allclose([log.figures["loss"], log.figures["accuracy"]], whole, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Any language: alphabets grown from the text, fine-tuning, a resume that knows its text
+
+# The C locale, without the UTF-8 mode Python turns on by itself in it: where Python
+# would write ASCII and die of UnicodeEncodeError on the first Cyrillic character.
+C_LOCALE = dict(os.environ, LANG="C", LC_ALL="C", PYTHONUTF8="0")
+C_LOCALE.pop("PYTHONIOENCODING", None)
+
+
+def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_path):
+    """Cyrillic, Greek, accented Latin, combining accents, emoji beyond the BMP, CRLF and
+    5,000 CJK characters: the alphabet holds them all after the talk's 98; the start
+    line says so with the unknown share; training, samples, generation (a prime with a
+    character never seen) and scoring work and print UTF-8 in the C locale."""
+    texts = {k: v for k, v in UNICODE_TEXTS.items() if k != "cjk"}
+    train_text = "".join(texts.values()) * 8 + cjk_text(5000)
+    valid_text = "Мороз и солнце ∰ день чудесный\n" * 20  # ∰: never in training
+    (tmp_path / "train.txt").write_bytes(train_text.encode())
+    (tmp_path / "valid.txt").write_bytes(valid_text.encode())
+    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    train = run_cli(
+        "rnn_train.py",
+        *["--data", str(tmp_path / "train.txt"), "--validation", str(tmp_path / "valid.txt")],
+        *["--run", "u", *TINY, "--max-steps", "20", "--sample-every", "20", *dirs],
+        env=C_LOCALE,
+    )
+    assert train.returncode == 0, train.stderr
+    expected = txtutils.DEFAULT.grown(*txtutils.count_chars(train_text))
+    assert expected.size > 98 + 5000
+    config = ckpt.read_config(ckpt.newest_in(str(tmp_path / "ck" / "u")))
+    assert config["alphabet"] == expected.chars and config["alphasize"] == expected.size
+    unknown = valid_text.count("∰") / len(valid_text)
+    assert (
+        f"alphabet: {expected.size:,} symbols (the talk's 98 + {expected.size - 98:,} from the "
+        f"text: " in train.stdout
+    )
+    assert f"0.00% of the training text, {unknown:.2%} of the validation text" in train.stdout
+    sample = train.stdout.split("---- sample at step 20 ----\n")[1].split("\n----")[0]
+    assert len(sample) == rnn_train.SAMPLE_LENGTH and set(sample) <= set(expected.chars)
+
+    play, score = run_clis(
+        (
+            "rnn_play.py",
+            "u",
+            "--prime",
+            "Мороз ∰",
+            "--length",
+            "300",
+            "--seed",
+            "1",
+            *dirs[:2],
+            {"env": C_LOCALE},
+        ),
+        ("rnn_play.py", "u", "--score", str(tmp_path / "valid.txt"), *dirs[:2], {"env": C_LOCALE}),
+    )
+    assert play.returncode == 0, play.stderr
+    assert play.stdout.startswith("Мороз ∰") and len(play.stdout) == len("Мороз ∰") + 300 + 1
+    assert set(play.stdout[7:-1]) <= set(expected.chars)
+    assert "1 of the prime's 7 characters are not in the model's alphabet" in play.stderr
+    assert score.returncode == 0, score.stderr
+    assert f"{unknown:.2%} of them not in the model's alphabet" in score.stdout
+
+
+def test_a_checkpoint_of_the_fixed_alphabet_still_plays_scores_and_resumes(tmp_path):
+    """testdata/2026-11-checkpoint: saved before alphabets grew and runs knew their
+    text. It generates and scores as before, and resumes (its text unchecked: it has
+    no fingerprint), keeping the talk's alphabet; the resumed run's checkpoint then
+    records its text."""
+    shutil.copytree(os.path.join(HERE, "testdata", "2026-11-checkpoint"), tmp_path / "old")
+    dirs = ["--checkpoint-dir", "runs"]
+    play, score = run_clis(
+        ("rnn_play.py", "v1", "--length", "100", "--seed", "1", *dirs, {"cwd": tmp_path / "old"}),
+        ("rnn_play.py", "v1", "--score", "corpus.txt", *dirs, {"cwd": tmp_path / "old"}),
+    )
+    assert play.returncode == 0 and len(play.stdout) == 1 + 100 + 1, play.stderr
+    assert score.returncode == 0 and "bits/char" in score.stdout, score.stderr
+    resume = run_cli(
+        "rnn_train.py",
+        "--resume",
+        "v1",
+        "--max-steps",
+        "9",
+        *dirs,
+        "--log-dir",
+        "log",
+        cwd=tmp_path / "old",
+    )
+    assert resume.returncode == 0, resume.stderr
+    assert "resuming at step 6" in resume.stdout and "done: step 9" in resume.stdout
+    config = ckpt.read_config(str(tmp_path / "old" / "runs" / "v1" / "ckpt-9"))
+    assert config["alphabet"] == txtutils.ALPHABET
+    assert [os.path.basename(p) for p, _, _ in config["data_fingerprint"]["train"]] == [
+        "corpus.txt"
+    ]
+
+
+def test_init_from_keeps_every_weight_of_the_parent_and_adds_rows_for_new_symbols(tiny_run):
+    """The fine-tuned model before its first step: every weight of the parent bit for
+    bit, and for the symbols the parent lacked, the input kernel's rows and the logits
+    layer's columns a new model starts from."""
+    parent = ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    parent_config = ckpt.read_config(parent)
+    alphabet = ckpt.alphabet_of(parent_config).grown(*txtutils.count_chars("жжщщ"))
+    config = dict(parent_config, alphabet=alphabet.chars, alphasize=alphabet.size)
+    keras.utils.set_random_seed(0)
+    model = build_model(config)
+    fresh = {
+        (layer, n): v.numpy() for layer, ws in model.named_weights().items() for n, v in ws.items()
+    }
+    ckpt.load_parent_weights(model, parent, parent_config)
+    reader = tf.train.load_checkpoint(parent)
+    keys = ckpt.saved_variables(reader, parent)
+    grown = 0
+    for layer, weights in model.named_weights().items():
+        for name, variable in weights.items():
+            saved, now = reader.get_tensor(keys[f"{layer}/{name}"]), variable.numpy()
+            if saved.shape == now.shape:
+                np.testing.assert_array_equal(now, saved)
+                continue
+            grown += 1
+            axis = -1 if layer == "softmax" else 0  # the alphabet's: [CELL, A], [A]; [A, 3*CELL]
+            known = saved.shape[axis]
+            new = np.arange(known, alphabet.size)
+            np.testing.assert_array_equal(np.take(now, np.arange(known), axis), saved)
+            np.testing.assert_array_equal(
+                np.take(now, new, axis), np.take(fresh[layer, name], new, axis)
+            )
+    assert grown == 3  # gru0/kernel, softmax/kernel, softmax/bias
+
+
+def test_init_from_starts_a_new_run_on_other_text_and_its_resume_knows_that_text(
+    tiny_run, tmp_path
+):
+    """--init-from: a new run from the tiny run's weights, on Cyrillic text: the start
+    line names the parent, the checkpoint records it, the alphabet is the parent's
+    grown by the new text. Then that text changes: --resume refuses, saying what
+    changed and pointing to --init-from."""
+    corpus = tmp_path / "ru"
+    corpus.mkdir()
+    (corpus / "ru.txt").write_text(UNICODE_TEXTS["cyrillic"] * 30)
+    parent = ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    ft = run_cli(
+        "rnn_train.py",
+        *["--init-from", str(tiny_run["checkpoints"] / "tiny"), "--data", str(corpus)],
+        *["--validation", "none", "--run", "ft", *TINY[4:], "--max-steps", "3", *dirs],
+    )
+    assert ft.returncode == 0, ft.stderr
+    assert f"run ft: new, fine-tuning {parent}; 2 x 32 GRU" in ft.stdout
+    config = ckpt.read_config(ckpt.newest_in(str(tmp_path / "ck" / "ft")))
+    assert config["parent"] == parent
+    assert config["alphabet"] == txtutils.ALPHABET + "".join(
+        sorted(set(UNICODE_TEXTS["cyrillic"]) - set(txtutils.ALPHABET))
+    )
+    with open(corpus / "ru.txt", "a") as f:
+        f.write("ещё строка\n")
+    resume = run_cli("rnn_train.py", "--resume", "ft", *dirs)
+    assert resume.returncode == 2
+    assert resume.stderr.strip() == (
+        "rnn_train.py: error: the text of run ft has changed (training files edited: "
+        "ru.txt): resume it on the text it was trained on, or train on this text in a new "
+        "run with --init-from ft"
+    )

@@ -3,43 +3,99 @@
 Nothing here imports TensorFlow: it is all NumPy, so it is quick to test.
 """
 
+import codecs
 import glob
+import hashlib
 import os
+import re
+from typing import NamedTuple
 
 import numpy as np
 
-# The alphabet (98 symbols) does not depend on the corpus, so any checkpoint can
-# read any text:
+# The talk's alphabet, 98 symbols, comes first in every alphabet, with the same codes:
 #   0 = unknown, 1 = tab, 2..96 = printable ASCII 32..126 (code - 30), 97 = line feed
+# so a model of ASCII text is what it always was, and checkpoints made before
+# alphabets grew load unchanged. Every other character of the training text that
+# occurs at least MIN_COUNT times follows, in code point order (Alphabet.grown).
 ALPHASIZE = 98
 UNKNOWN = 0
 # ALPHABET[i] is the character that code i stands for ("\ufffd" for unknown).
 ALPHABET = "\ufffd\t" + "".join(chr(c) for c in range(32, 127)) + "\n"
+MIN_COUNT = 2  # a character seen once cannot be learnt: it stays "unknown"
 
-_ENCODE = np.zeros(128, dtype=np.uint8)  # ASCII code point -> symbol; the rest -> 0
-_ENCODE[9] = 1
-_ENCODE[10] = 97
-_ENCODE[32:127] = np.arange(2, 97)
-_DECODE = np.array(list(ALPHABET))
+
+class Alphabet:
+    """The symbols of a model: chars[i] is the character code i stands for, chars[0]
+    ("\ufffd") the unknown character that every character not in chars becomes."""
+
+    def __init__(self, chars=ALPHABET):
+        if not chars.startswith(ALPHABET):
+            raise ValueError("an alphabet starts with the 98 symbols of ALPHABET")
+        self.chars, self.size = chars, len(chars)
+        points = np.array([ord(c) for c in chars[1:]], dtype=np.int64)
+        self._code_of = np.zeros(points.max() + 1, dtype=np.int32)  # code point -> code
+        self._code_of[points] = np.arange(1, self.size, dtype=np.int32)
+        self._char_of = np.array(list(chars))  # code -> character
+        # the smallest integers that hold every code: a corpus costs a byte a character
+        # in the talk's alphabet, two in most others
+        self.dtype = np.uint8 if self.size <= 256 else np.uint16 if self.size <= 65536 else np.int32
+
+    def __eq__(self, other):
+        return isinstance(other, Alphabet) and other.chars == self.chars
+
+    def __hash__(self):
+        return hash(self.chars)
+
+    def encode(self, text):
+        """str -> array of codes. CRLF becomes LF; characters not in the alphabet
+        become UNKNOWN."""
+        points = code_points(text.replace("\r\n", "\n"))
+        inside = points < len(self._code_of)
+        return np.where(inside, self._code_of[np.where(inside, points, 0)], UNKNOWN).astype(
+            self.dtype
+        )
+
+    def decode(self, codes):
+        """Sequence of codes -> str."""
+        return "".join(self._char_of[np.asarray(codes, dtype=np.int64)])
+
+    def grown(self, points, counts, min_count=MIN_COUNT):
+        """This alphabet followed by the characters (code points, with how often each
+        occurs: np.unique's two arrays) seen at least min_count times and not in it
+        yet, in code point order. Never added: U+FFFD, which is the unknown symbol,
+        and the lone surrogates that stand for bytes that are not UTF-8."""
+        known = {ord(c) for c in self.chars}
+        new = [
+            int(p)
+            for p, n in zip(points, counts, strict=True)
+            if n >= min_count and int(p) not in known and not 0xD800 <= p <= 0xDFFF
+        ]
+        return Alphabet(self.chars + "".join(chr(p) for p in sorted(new)))
 
 
 class CorpusError(Exception):
     """Bad input that the user can fix; the message says how."""
 
 
-def encode(text):
-    """str -> uint8 array of symbol codes. CRLF becomes LF; unknown characters become 0."""
-    text = text.replace("\r\n", "\n")
-    # surrogatepass: a command-line argument holding bytes that are not UTF-8 reaches
-    # Python as lone surrogates; they are unknown characters, not an error
-    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    ascii_ = points < 128
-    return np.where(ascii_, _ENCODE[np.where(ascii_, points, 0)], UNKNOWN).astype(np.uint8)
+DEFAULT = Alphabet()
+encode, decode = DEFAULT.encode, DEFAULT.decode  # in the talk's alphabet
 
 
-def decode(codes):
-    """Sequence of symbol codes -> str."""
-    return "".join(_DECODE[np.asarray(codes, dtype=np.int64)])
+def code_points(text):
+    """str -> uint32 array of its code points. surrogatepass: bytes that are not UTF-8
+    reach Python as lone surrogates (a command-line argument, a file read with
+    surrogateescape); they are unknown characters, not an error."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+def count_chars(text):
+    """(code points, counts) of the characters of text, CRLF counted as LF."""
+    return np.unique(code_points(text.replace("\r\n", "\n")), return_counts=True)
+
+
+def unknown_share(codes):
+    """The fraction of codes that are UNKNOWN (0 for no text)."""
+    return float(np.mean(codes == UNKNOWN)) if len(codes) else 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -62,8 +118,15 @@ def find_files(patterns):
     return sorted(os.path.abspath(p) for p in found)
 
 
+class TextFile(NamedTuple):
+    text: str  # a byte that is not UTF-8 as a lone surrogate (an unknown character)
+    not_utf8: int  # how many bytes were not UTF-8
+    size: int  # bytes in the file
+    sha256: str
+
+
 def read_file(path):
-    """Read one text file as symbol codes; refuse a binary file (one holding a NUL byte)."""
+    """Read one text file (TextFile); refuse a binary file (one holding a NUL byte)."""
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -74,7 +137,14 @@ def read_file(path):
             f"{path} is not a text file (it holds NUL bytes): "
             "narrow --data to text files, e.g. 'DIR/**/*.txt'"
         )
-    return encode(raw.decode("utf-8", errors="replace"))
+    # surrogateescape: each byte that is not UTF-8 stays one character, counted and
+    # then read as unknown, where "replace" would hide it as a U+FFFD of the text
+    text = raw.decode("utf-8", errors="surrogateescape")
+    not_utf8 = len(_NOT_UTF8.findall(text))
+    return TextFile(text, not_utf8, len(raw), hashlib.sha256(raw).hexdigest())
+
+
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 def default_validation_count(sizes):
@@ -97,15 +167,26 @@ def default_validation_count(sizes):
     return n if sum(sizes[len(sizes) - n :]) * 5 <= total else 0
 
 
-def read_corpus(data_patterns, validation_patterns=None):
-    """Read the training and validation text.
+class Corpus(NamedTuple):
+    train: np.ndarray  # codes of the training text, files one after the other
+    valid: np.ndarray  # codes of the validation text
+    train_files: list
+    valid_files: list
+    alphabet: Alphabet
+    not_utf8: dict  # {path: bytes that are not UTF-8}, for the files that have some
+    fingerprint: dict  # {"train"|"valid": [[path, bytes, sha256], ...]}: see changes()
+
+
+def read_corpus(data_patterns, validation_patterns=None, alphabet=DEFAULT, min_count=MIN_COUNT):
+    """Read the training and validation text (Corpus).
 
     validation_patterns: None picks the last files of the sorted list
     (default_validation_count); [] means no validation; otherwise globs of the
     files to hold out. Validation files are never trained on, even when
     data_patterns also match them.
 
-    Returns (train_codes, valid_codes, train_files, valid_files)."""
+    alphabet: the alphabet to start from, grown by the characters of the training
+    text seen at least min_count times (min_count None: not grown, as when resuming)."""
     files = find_files(data_patterns)
     if not files:
         raise CorpusError(
@@ -114,7 +195,9 @@ def read_corpus(data_patterns, validation_patterns=None):
         )
     texts = {path: read_file(path) for path in files}
     if validation_patterns is None:
-        n = default_validation_count([len(texts[p]) for p in files])
+        n = default_validation_count(
+            [len(texts[p].text) - texts[p].text.count("\r\n") for p in files]
+        )
         train_files, valid_files = files[: len(files) - n], files[len(files) - n :]
     else:
         valid_files = find_files(validation_patterns) if validation_patterns else []
@@ -128,20 +211,67 @@ def read_corpus(data_patterns, validation_patterns=None):
                 texts[path] = read_file(path)
         held_out = set(valid_files)
         train_files = [p for p in files if p not in held_out]
-    train = _concat([texts[p] for p in train_files])
-    valid = _concat([texts[p] for p in valid_files])
-    if len(train) == 0:
-        if valid_files and any(len(texts[p]) for p in files):
+    if not any(texts[p].text for p in train_files):
+        if valid_files and any(texts[p].text for p in files):
             raise CorpusError(
                 "the validation files take all of the training text: "
                 "pass --validation with fewer files, or --validation none"
             )
         raise CorpusError(f"--data {' '.join(data_patterns)} holds no text (the files are empty)")
-    return train, valid, train_files, valid_files
+    if min_count is not None:
+        points = np.concatenate([code_points(texts[p].text) for p in train_files])
+        alphabet = alphabet.grown(*np.unique(points, return_counts=True), min_count)
+        del points
+
+    def codes(paths):  # file by file: a CR ending one file is no CRLF with the next
+        return _concat([alphabet.encode(texts[p].text) for p in paths], alphabet.dtype)
+
+    def fingerprint(paths):
+        return [[p, texts[p].size, texts[p].sha256] for p in paths]
+
+    return Corpus(
+        train=codes(train_files),
+        valid=codes(valid_files),
+        train_files=train_files,
+        valid_files=valid_files,
+        alphabet=alphabet,
+        not_utf8={p: texts[p].not_utf8 for p in texts if texts[p].not_utf8},
+        fingerprint={"train": fingerprint(train_files), "valid": fingerprint(valid_files)},
+    )
 
 
-def _concat(arrays):
-    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.uint8)
+def changes(old, new):
+    """What differs between two corpus fingerprints (Corpus.fingerprint), in a few
+    words, or None if they are the same text. The same files, byte for byte, in
+    another directory are the same text."""
+
+    def named(fingerprint):
+        return [(os.path.basename(p), size, sha) for p, size, sha in fingerprint]
+
+    if all(named(old[k]) == named(new[k]) for k in ("train", "valid")):
+        return None
+    said = []
+    for k, what in (("train", "training"), ("valid", "validation")):
+        before = {p: sha for p, _, sha in old[k]}
+        after = {p: sha for p, _, sha in new[k]}
+        for verb, paths in (
+            ("added", [p for p in after if p not in before]),
+            ("removed", [p for p in before if p not in after]),
+            ("edited", [p for p in after if p in before and after[p] != before[p]]),
+        ):
+            if paths:
+                shown = ", ".join(os.path.basename(p) for p in paths[:3])
+                more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
+                said.append(f"{what} files {verb}: {shown}{more}")
+    old_dirs = sorted({os.path.dirname(p) for k in old for p, _, _ in old[k]})
+    new_dirs = sorted({os.path.dirname(p) for k in new for p, _, _ in new[k]})
+    if old_dirs != new_dirs:
+        said.insert(0, f"read from {', '.join(new_dirs)} (was {', '.join(old_dirs)})")
+    return "; ".join(said) or "the files are ordered or split otherwise"
+
+
+def _concat(arrays, dtype):
+    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
 
 
 # ---------------------------------------------------------------------------
@@ -205,15 +335,13 @@ def validation_rows(codes, seqlen):
 # Reading a file in pieces
 
 
-def read_pieces(path, size=1 << 20):
-    """Yield a text file's symbol codes (uint8 arrays) piece by piece, reading at most
-    size bytes at a time, so that a file of any size costs a piece's memory. The
-    pieces put together are exactly read_file(path): a UTF-8 sequence or a CRLF cut
-    by a piece boundary reads as if it were not. Refuses a binary file (a NUL byte)
-    when it reaches it, as read_file does."""
-    import codecs  # here, not at the top: this section was added apart from the rest
-
-    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
+    """Yield a text file's codes in alphabet piece by piece, reading at most size
+    bytes at a time, so that a file of any size costs a piece's memory. The pieces
+    put together are exactly alphabet.encode(read_file(path).text): a UTF-8 sequence
+    or a CRLF cut by a piece boundary reads as if it were not. Refuses a binary file
+    (a NUL byte) when it reaches it, as read_file does."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     held = ""  # a CR that ends a piece: CRLF if the next piece starts with LF
     try:
         with open(path, "rb") as f:
@@ -226,7 +354,7 @@ def read_pieces(path, size=1 << 20):
                     )
                 text = held + decoder.decode(raw, final=not raw)
                 held = text[-1:] if raw and text.endswith("\r") else ""
-                yield encode(text[: len(text) - len(held)])
+                yield alphabet.encode(text[: len(text) - len(held)])
                 if not raw:
                     return
     except OSError as e:

@@ -202,6 +202,137 @@ def test_a_text_shorter_than_seqlen_gives_one_shorter_row(n):
 # Reading a corpus
 
 
+# ---------------------------------------------------------------------------
+# Alphabets grown from the text
+
+
+def cjk_text(distinct=3200, seed=0):
+    """A CJK text of `distinct` different characters (ideographs from U+4E00), each
+    at least twice, in lines."""
+    rng = np.random.default_rng(seed)
+    chars = [chr(0x4E00 + i) for i in range(distinct)] * 2
+    rng.shuffle(chars)
+    return "\n".join("".join(chars[i : i + 40]) for i in range(0, len(chars), 40)) + "\n"
+
+
+# Texts in other scripts, as corpora and primes for the tests of every program.
+UNICODE_TEXTS = {
+    "cyrillic": "Мороз и солнце; день чудесный!\nЕщё ты дремлешь, друг прелестный.\n" * 3,
+    "greek": "Ἄνδρα μοι ἔννεπε, Μοῦσα, πολύτροπον, ὃς μάλα πολλὰ\n" * 3,
+    "accented latin": "Où est la forêt? Ça, c'est l'été. Über Größe, Müßiggang; año.\n" * 3,
+    "combining accents": "e\u0301te\u0301, n\u0303o, a\u0308\u0304\n" * 3,
+    "emoji beyond the BMP": "🙂 good 🚀 launch 𝄞 music 😀😀\n" * 3,
+    "crlf": "first line\r\nsecond line, déjà\r\n" * 3,
+    "cjk": cjk_text(),
+}
+
+
+def grown(text, min_count=txtutils.MIN_COUNT):
+    return txtutils.DEFAULT.grown(*txtutils.count_chars(text), min_count)
+
+
+@pytest.mark.parametrize("name", UNICODE_TEXTS)
+def test_a_text_in_any_script_round_trips_through_its_own_alphabet(name):
+    text = UNICODE_TEXTS[name]
+    alphabet = grown(text)
+    assert alphabet.chars[: txtutils.ALPHASIZE] == txtutils.ALPHABET  # the talk's 98 first
+    extra = alphabet.chars[txtutils.ALPHASIZE :]
+    assert list(extra) == sorted(set(extra))  # each once, in code point order
+    assert set(extra) == set(text.replace("\r\n", "\n")) - set(txtutils.ALPHABET)
+    codes = alphabet.encode(text)
+    assert txtutils.UNKNOWN not in codes
+    assert alphabet.decode(codes) == text.replace("\r\n", "\n")
+    assert len(codes) == len(text.replace("\r\n", "\n"))  # one code per code point
+
+
+def test_a_cjk_alphabet_of_thousands_of_symbols_holds_in_two_bytes_a_character():
+    alphabet = grown(UNICODE_TEXTS["cjk"])
+    assert alphabet.size == 98 + 3200
+    assert alphabet.encode(UNICODE_TEXTS["cjk"]).dtype == np.uint16
+    assert txtutils.DEFAULT.encode("abc").dtype == np.uint8
+
+
+def test_ascii_text_gives_exactly_the_talks_alphabet():
+    assert grown(PRINTABLE * 3 + "\t\n" * 3) == txtutils.DEFAULT
+
+
+def test_the_alphabet_is_the_same_whatever_the_order_of_the_text():
+    text = UNICODE_TEXTS["greek"] + UNICODE_TEXTS["cyrillic"]
+    shuffled = "".join(np.random.default_rng(0).permutation(list(text)))
+    assert grown(text).chars == grown(shuffled).chars
+
+
+def test_characters_rarer_than_min_count_stay_unknown():
+    text = "жжж ё щщ"  # ж 3 times, щ twice, ё once
+    assert grown(text).chars[98:] == "жщ"
+    assert grown(text, min_count=3).chars[98:] == "ж"
+    assert grown(text, min_count=1).chars[98:] == "жщё"  # U+0436, U+0449, U+0451
+    codes = grown(text).encode(text)
+    assert grown(text).decode(codes) == "жжж \ufffd щщ"
+
+
+def test_a_grown_alphabet_keeps_the_codes_it_had():
+    parent = grown("жжщщ")
+    child = parent.grown(*txtutils.count_chars("ääжж"))
+    assert child.chars == parent.chars + "ä"
+    assert child.encode("жщä").tolist() == [*parent.encode("жщ").tolist(), parent.size]
+
+
+def test_u_fffd_and_bytes_that_are_not_utf8_never_join_the_alphabet():
+    text = "\ufffd\ufffd\udcff\udcff ok"
+    assert grown(text) == txtutils.DEFAULT
+    assert grown(text).encode(text).tolist()[:4] == [txtutils.UNKNOWN] * 4
+
+
+def test_the_alphabet_comes_from_the_training_text_only(tmp_path):
+    files_of(tmp_path, {"a.txt": "жжж ччч", "b.txt": "ююю жжж"})
+    corpus = txtutils.read_corpus([str(tmp_path)], [str(tmp_path / "b.txt")])
+    assert corpus.alphabet.chars[98:] == "жч"
+    assert corpus.alphabet.decode(corpus.valid) == "\ufffd" * 3 + " жжж"
+    assert txtutils.unknown_share(corpus.valid) == 3 / 7
+
+
+def test_bytes_that_are_not_utf8_are_counted_per_file(tmp_path):
+    (tmp_path / "latin1.txt").write_bytes("café, naïve, été".encode("latin-1"))
+    (tmp_path / "utf8.txt").write_bytes("café".encode())
+    corpus = txtutils.read_corpus([str(tmp_path)], [])
+    assert corpus.not_utf8 == {str(tmp_path / "latin1.txt"): 4}
+    assert corpus.alphabet.decode(corpus.train).startswith("caf\ufffd, na\ufffdve")
+
+
+def fingerprint_of(folder, validation=None):
+    return txtutils.read_corpus([str(folder)], validation).fingerprint
+
+
+def test_a_fingerprint_names_what_changed_in_the_text(tmp_path):
+    files_of(tmp_path / "a", {"1.txt": "one", "2.txt": "two", "3.txt": "three"})
+    before = fingerprint_of(tmp_path / "a", [])
+    assert [size for _, size, _ in before["train"]] == [3, 3, 5]
+    assert txtutils.changes(before, fingerprint_of(tmp_path / "a", [])) is None
+    write(tmp_path / "a" / "2.txt", "TWO")
+    assert txtutils.changes(before, fingerprint_of(tmp_path / "a", [])) == (
+        "training files edited: 2.txt"
+    )
+    write(tmp_path / "a" / "4.txt", "four")
+    (tmp_path / "a" / "1.txt").unlink()
+    assert txtutils.changes(before, fingerprint_of(tmp_path / "a", [])) == (
+        "training files added: 4.txt; training files removed: 1.txt; training files edited: 2.txt"
+    )
+    held_out = fingerprint_of(tmp_path / "a", [str(tmp_path / "a" / "4.txt")])
+    assert "validation files added: 4.txt" in txtutils.changes(before, held_out)
+
+
+def test_the_same_files_in_another_directory_are_the_same_text(tmp_path):
+    texts = {"1.txt": "one", "2.txt": "two"}
+    files_of(tmp_path / "a", texts)
+    files_of(tmp_path / "b", texts)
+    before = fingerprint_of(tmp_path / "a", [])
+    assert txtutils.changes(before, fingerprint_of(tmp_path / "b", [])) is None
+    write(tmp_path / "b" / "2.txt", "TWO")
+    changed = txtutils.changes(before, fingerprint_of(tmp_path / "b", []))
+    assert changed.startswith(f"read from {tmp_path / 'b'} (was {tmp_path / 'a'})")
+
+
 def write(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
@@ -227,7 +358,7 @@ def test_files_are_read_sorted_whatever_order_they_were_made_in(tmp_path):
         for name in order:
             write(tmp_path / folder / name, contents[name])
         results.append(txtutils.read_corpus([str(tmp_path / folder / "*.txt")], []))
-    for train, _, train_files, _ in results:
+    for train, _, train_files, *_ in results:
         assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
         assert txtutils.decode(train) == "A" * 10 + "B" * 10 + "C" * 10
 
@@ -243,7 +374,9 @@ def make_tree(root):
 
 def test_a_directory_is_read_recursively_skipping_hidden_files_and_folders(tmp_path):
     make_tree(tmp_path / "corpus")
-    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path / "corpus")], [])
+    train, valid, train_files, valid_files, *_ = txtutils.read_corpus(
+        [str(tmp_path / "corpus")], []
+    )
     assert train_files == sorted(
         str(tmp_path / "corpus" / p) for p in ["a.txt", "sub/b.txt", "sub/deeper/c.txt"]
     )
@@ -258,7 +391,7 @@ def test_a_recursive_glob_is_accepted_and_overlapping_patterns_read_a_file_once(
     overlapping = txtutils.read_corpus(
         [str(root / "**" / "*.txt"), str(root), str(root / "a.txt")], []
     )
-    for train, _, train_files, _ in [by_glob, overlapping]:
+    for train, _, train_files, *_ in [by_glob, overlapping]:
         assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
         assert txtutils.decode(train) == "abc"
 
@@ -289,7 +422,7 @@ def test_by_default_the_last_sorted_files_are_held_out_for_validation(tmp_path):
     letters = "ABCDEFGHIJ"
     texts = {f"{i:02d}.txt": letters[i] * 100 for i in range(10)}
     files_of(tmp_path, dict(reversed(list(texts.items()))))
-    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path)])
+    train, valid, train_files, valid_files, *_ = txtutils.read_corpus([str(tmp_path)])
     assert txtutils.default_validation_count([100] * 10) == 2
     assert names(train_files) == [f"{i:02d}.txt" for i in range(8)]
     assert names(valid_files) == ["08.txt", "09.txt"]
@@ -299,7 +432,7 @@ def test_by_default_the_last_sorted_files_are_held_out_for_validation(tmp_path):
 
 def test_by_default_4_files_give_no_validation(tmp_path):
     files_of(tmp_path, {f"{c}.txt": c * 1000 for c in "abcd"})
-    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path)])
+    train, valid, train_files, valid_files, *_ = txtutils.read_corpus([str(tmp_path)])
     assert len(train_files) == 4 and valid_files == []
     assert len(train) == 4000
     assert len(valid) == 0 and valid.dtype == np.uint8
@@ -309,14 +442,14 @@ def test_the_default_split_counts_characters_not_bytes(tmp_path):
     """The last file has 60 characters in 120 bytes: in bytes it alone would hold over
     10% of the text (120 > 102); in characters (60 <= 96) it takes two files."""
     files_of(tmp_path, {**{f"{i}.txt": "a" * 100 for i in range(9)}, "9.txt": "é" * 60})
-    _, valid, _, valid_files = txtutils.read_corpus([str(tmp_path)])
+    _, valid, _, valid_files, *_ = txtutils.read_corpus([str(tmp_path)])
     assert names(valid_files) == ["8.txt", "9.txt"]
     assert len(valid) == 160
 
 
 def test_explicit_validation_files_are_never_trained_on(tmp_path):
     files_of(tmp_path, {f"{c}.txt": c * 50 for c in "abcdef"})
-    train, valid, train_files, valid_files = txtutils.read_corpus(
+    train, valid, train_files, valid_files, *_ = txtutils.read_corpus(
         [str(tmp_path / "*.txt"), str(tmp_path / "c.txt")], [str(tmp_path / "[ce].txt")]
     )
     assert names(valid_files) == ["c.txt", "e.txt"]
@@ -328,7 +461,7 @@ def test_explicit_validation_files_are_never_trained_on(tmp_path):
 def test_a_relative_validation_path_is_held_out_from_absolute_data_paths(tmp_path, monkeypatch):
     files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
     monkeypatch.chdir(tmp_path)
-    train, valid, _, valid_files = txtutils.read_corpus([str(tmp_path)], ["./b.txt"])
+    train, valid, _, valid_files, *_ = txtutils.read_corpus([str(tmp_path)], ["./b.txt"])
     assert txtutils.decode(train) == "aaa"
     assert txtutils.decode(valid) == "bbb"
     assert valid_files == [str(tmp_path / "b.txt")]
@@ -337,7 +470,7 @@ def test_a_relative_validation_path_is_held_out_from_absolute_data_paths(tmp_pat
 def test_validation_files_outside_the_data_are_read_too(tmp_path):
     files_of(tmp_path / "data", {"a.txt": "aaa", "b.txt": "bbb"})
     write(tmp_path / "held" / "v.txt", "vvvv")
-    train, valid, _, valid_files = txtutils.read_corpus(
+    train, valid, _, valid_files, *_ = txtutils.read_corpus(
         [str(tmp_path / "data")], [str(tmp_path / "held" / "v.txt")]
     )
     assert txtutils.decode(train) == "aaabbb"
@@ -347,7 +480,7 @@ def test_validation_files_outside_the_data_are_read_too(tmp_path):
 
 def test_an_empty_validation_list_means_no_validation(tmp_path):
     files_of(tmp_path, {f"{i:02d}.txt": "x" * 100 for i in range(10)})
-    train, valid, train_files, valid_files = txtutils.read_corpus([str(tmp_path)], [])
+    train, valid, train_files, valid_files, *_ = txtutils.read_corpus([str(tmp_path)], [])
     assert len(train_files) == 10 and len(train) == 1000
     assert valid_files == [] and len(valid) == 0
 
