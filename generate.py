@@ -9,13 +9,41 @@ import tensorflow as tf
 
 def sample_logits(logits, seed, topn, temperature):
     """Draw one symbol per row of logits [STREAMS, ALPHASIZE]: divide by the
-    temperature, keep the topn likeliest (0 = all), renormalise, draw. [STREAMS]"""
+    temperature, keep the topn likeliest (0 = all), renormalise, draw. [STREAMS]
+    topn: a Python int, or an int32 tensor [] that is a cut (0 < topn < ALPHASIZE,
+    checked by the caller: a graph that takes topn as an input must choose its
+    branch before it knows the value)."""
     logits = logits / temperature
-    if 0 < topn < logits.shape[-1]:
+    if tf.is_tensor(topn) or 0 < topn < logits.shape[-1]:
         top, index = tf.math.top_k(logits, topn)  # [STREAMS, TOPN]
         pick = tf.random.stateless_categorical(top, 1, seed, dtype=tf.int32)[:, 0]
         return tf.gather(index, pick, batch_dims=1)
     return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
+
+
+def chunk_function(model):
+    """The generation loop of model, XLA-compiled: chunk(logits, state, seed, n, topn,
+    temperature) samples n characters per stream from logits [STREAMS, ALPHASIZE],
+    feeding each back, and returns their codes [n, STREAMS], the last logits and the
+    state. topn as in sample_logits; temperature: float32 []. Generator and the
+    exported SavedModel (rnn_export.py) both run this one graph, so that the same
+    prime, seed and settings give the same text through either."""
+
+    def chunk(logits, state, seed, n, topn, temperature):
+        def body(i, logits, state, out):
+            code = sample_logits(
+                logits, tf.random.experimental.stateless_fold_in(seed, i), topn, temperature
+            )  # [STREAMS]
+            logits, state = model.step(code, state)
+            return i + 1, logits, state, out.write(i, code)
+
+        out = tf.TensorArray(tf.int32, size=n)
+        _, logits, state, out = tf.while_loop(
+            lambda i, *_: i < n, body, (tf.constant(0), logits, state, out)
+        )
+        return out.stack(), logits, state  # [n, STREAMS]
+
+    return tf.function(chunk, jit_compile=True, autograph=False)
 
 
 class Generator:
@@ -30,9 +58,12 @@ class Generator:
     of the same size."""
 
     def __init__(self, model, topn=0, temperature=1.0):
-        self.model, self.topn = model, topn
+        self.model = model
+        # a tensor when it cuts (see sample_logits), so that the compiled loop is
+        # chunk_function's whatever the value
+        self.topn = tf.constant(topn, tf.int32) if 0 < topn < model.alphasize else 0
         self.temperature = tf.constant(temperature, tf.float32)
-        self._chunk = tf.function(self._chunk_graph, jit_compile=True, autograph=False)
+        self._chunk = chunk_function(model)
 
     def start(self, prime, seed):
         prime = np.asarray(prime, dtype=np.int32)  # [STREAMS, LENGTH]
@@ -44,25 +75,10 @@ class Generator:
     def next(self, n):
         seed = tf.random.experimental.stateless_fold_in(self.seed, self.calls)
         self.calls += 1
-        codes, self.logits, self.state = self._chunk(self.logits, self.state, seed, n)
-        return codes.numpy().T  # [STREAMS, n]
-
-    def _chunk_graph(self, logits, state, seed, n):
-        def body(i, logits, state, out):
-            code = sample_logits(
-                logits,
-                tf.random.experimental.stateless_fold_in(seed, i),
-                self.topn,
-                self.temperature,
-            )  # [STREAMS]
-            logits, state = self.model.step(code, state)
-            return i + 1, logits, state, out.write(i, code)
-
-        out = tf.TensorArray(tf.int32, size=n)
-        _, logits, state, out = tf.while_loop(
-            lambda i, *_: i < n, body, (tf.constant(0), logits, state, out)
+        codes, self.logits, self.state = self._chunk(
+            self.logits, self.state, seed, n, self.topn, self.temperature
         )
-        return out.stack(), logits, state  # [n, STREAMS]
+        return codes.numpy().T  # [STREAMS, n]
 
 
 class Scorer:
