@@ -1,12 +1,13 @@
 # Each target sets up what it needs: the virtual env, the requirements, the corpus.
-#   make train [ARGS="--flags"]   make play [ARGS="..."]   make tensorboard   make test   make bench
+#   make train [ARGS="--flags"]   make play [ARGS="..."]   make export ARGS="RUN DIR"
+#   make tensorboard   make test   make bench   make bench-export ARGS="RUN TEXT DIR"
 #   make gpu-check   (after installing TensorFlow's CUDA build: README, "GPU")
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv corpus train play tensorboard test bench gpu-check
+.PHONY: venv corpus train play export tensorboard test bench bench-export gpu-check
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -24,6 +25,9 @@ train: corpus
 play: venv
 	$(PY) rnn_play.py $(ARGS)
 
+export: venv
+	$(PY) rnn_export.py $(ARGS)
+
 tensorboard: venv
 	$(VENV)/bin/tensorboard --logdir log --host 127.0.0.1 --port 6006
 
@@ -34,6 +38,9 @@ test: venv
 
 bench: venv
 	$(PY) bench.py $(ARGS)
+
+bench-export: venv
+	$(PY) bench_export.py $(ARGS)
 
 gpu-check: venv
 	$(PY) gpu_check.py $(ARGS)
