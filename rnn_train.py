@@ -845,7 +845,7 @@ def validate(model, text, log, step):
     along each row: the same figures as whole rows at once, in a fraction of the
     memory (whole rows of 256 x 1024 characters took ~2 GB)."""
     x, y = text.valid_x, text.valid_y  # [ROWS, VALID_SEQLEN]
-    chunk = valid_chunk(text.alphabet.size)
+    chunk = valid_chunk(model.alphasize)
     totals, chars = np.zeros(2), 0
     for i in range(0, len(x), VALID_ROWS):
         pieces = (

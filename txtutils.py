@@ -219,7 +219,8 @@ def read_corpus(data_patterns, validation_patterns=None, alphabet=DEFAULT, min_c
             )
         raise CorpusError(f"--data {' '.join(data_patterns)} holds no text (the files are empty)")
     if min_count is not None:
-        points = np.concatenate([code_points(texts[p].text) for p in train_files])
+        crlf_as_lf = (texts[p].text.replace("\r\n", "\n") for p in train_files)
+        points = np.concatenate([code_points(text) for text in crlf_as_lf])
         alphabet = alphabet.grown(*np.unique(points, return_counts=True), min_count)
         del points
 
