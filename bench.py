@@ -12,7 +12,6 @@ machine, and compare figures only within one run.
 
 import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
-import argparse
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import cli
 import rnn_play
 import rnn_train
 import txtutils
@@ -261,41 +261,40 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
+def parse_args(argv):
+    p = cli.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
     p.add_argument(
         "--quick",
         action="store_true",
         help="a tiny model and few repeats: checks that the bench runs, in seconds",
     )
-    args = p.parse_args(argv)
-    config = QUICK if args.quick else DEFAULT
-    steps, warmup, repeats = (5, 2, 3) if args.quick else (30, 5, 20)
-    run_steps = 3 if args.quick else 20
-    one_stream_chars, many_stream_chars = (128, 64) if args.quick else (2048, 256)
-    score_chars = 2000 if args.quick else 5 * rnn_play.SCORE_CHUNK
+    return p.parse_args(argv)
 
-    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
-    print(
-        f"{cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__} on the {device}"
-        f"{' (--quick: a tiny model)' if args.quick else ''}",
-        flush=True,
-    )
-    (m, k, n), gflops, flops, limit = training_limit(config, repeats)
 
+def measure(config, quick):
+    """Every figure, in an order that keeps each peak memory figure its own:
+    a dict of the JSON's figures, and the training limit's (shape, FLOPs per char,
+    chars/s) for the table."""
+    steps, warmup, repeats = (5, 2, 3) if quick else (30, 5, 20)
+    run_steps = 3 if quick else 20
+    one_stream_chars, many_stream_chars = (128, 64) if quick else (2048, 256)
+    score_chars = 2000 if quick else 5 * rnn_play.SCORE_CHUNK
+
+    # First, while this process is small: getrusage's peak for children is the larger of
+    # the child's own and this process's size when it forked the child
+    with tempfile.TemporaryDirectory() as tmp:
+        run_rss = real_run_memory_mb(config, run_steps, tmp)
+    shape, gflops, flops, limit = training_limit(config, repeats)
     gen_1, gen_256, score, gen_rss = generation_and_scoring(
         config, one_stream_chars, many_stream_chars, score_chars
     )
-
     reset_peak_memory()
     speeds = training_speeds(config, steps, warmup)
     train_rss = peak_memory_mb()
     # a CJK corpus: thousands of symbols widen the input kernel and the logits
     big = dict(config, alphasize=BIG_ALPHABET)
     (big_speed,) = training_speeds(big, steps, warmup, precisions=(False,)).values()
-    with tempfile.TemporaryDirectory() as tmp:
-        run_rss = real_run_memory_mb(config, run_steps, tmp)
 
     figures = {
         "matmul_gflops": round(gflops, 1),
@@ -310,37 +309,57 @@ def main(argv=None):
         "generate_peak_rss_mb": round(gen_rss),
         "train_run_peak_rss_mb": round(run_rss),
     }
-    shape = f"{config['layers']}x{config['cell_size']} GRU"
-    shape += f", batch {config['batch_size']} x {config['seqlen']}"
-    rows = [
-        (f"fp32 matmul [{m}x{k}] x [{k}x{n}]", f"{gflops:.0f} GFLOP/s"),
+    return figures, (shape, flops, limit)
+
+
+def table(figures, config, shape, flops, limit):
+    """The figures as rows of (what, how much), read from the JSON's figures so that
+    both show the same, with the ratio of each to the figure it is compared with."""
+    m, k, n = shape
+    f = figures
+    fp32, bf16 = f["train_chars_per_s"], f["train_bf16_chars_per_s"]
+    big = f["train_5000_symbols_chars_per_s"]
+    gen_1, score = f["generate_1_chars_per_s"], f["score_chars_per_s"]
+    model = f"{config['layers']}x{config['cell_size']} GRU"
+    model += f", batch {config['batch_size']} x {config['seqlen']}"
+    return [
+        (f"fp32 matmul [{m}x{k}] x [{k}x{n}]", f"{f['matmul_gflops']:.0f} GFLOP/s"),
         (
             "= training limit at the fixed FLOP count",
             f"{limit:,.0f} chars/s ({flops / 1e6:.1f} MFLOP/char)",
         ),
         (
-            f"training, float32 ({shape})",
-            # the JSON's figure, rounded to 0.001 first, so that both show the same
-            f"{speeds[False]:,.0f} chars/s = {figures['train_fraction_of_limit']:.2f} of the limit",
+            f"training, float32 ({model})",
+            f"{fp32:,.0f} chars/s = {f['train_fraction_of_limit']:.2f} of the limit",
         ),
-        (
-            "training, --mixed-precision",
-            f"{speeds[True]:,.0f} chars/s = {speeds[True] / speeds[False]:.2f}x float32",
-        ),
+        ("training, --mixed-precision", f"{bf16:,.0f} chars/s = {bf16 / fp32:.2f}x float32"),
         (
             f"training, float32, {BIG_ALPHABET:,}-symbol alphabet",
-            f"{big_speed:,.0f} chars/s = {big_speed / speeds[False]:.2f}x 98 symbols",
+            f"{big:,.0f} chars/s = {big / fp32:.2f}x 98 symbols",
         ),
         ("generation, 1 stream", f"{gen_1:,.0f} chars/s"),
-        ("generation, 256 streams", f"{gen_256:,.0f} chars/s in all"),
+        ("generation, 256 streams", f"{f['generate_256_chars_per_s']:,.0f} chars/s in all"),
         ("scoring (rnn_play.py --score)", f"{score:,.0f} chars/s = {score / gen_1:.1f}x 1 stream"),
-        ("peak memory, training step", f"{train_rss:,.0f} MB"),
-        ("peak memory, rnn_train.py run (validation on)", f"{run_rss:,.0f} MB"),
-        ("peak memory, generation", f"{gen_rss:,.0f} MB"),
+        ("peak memory, training step", f"{f['train_peak_rss_mb']:,.0f} MB"),
+        ("peak memory, rnn_train.py run (validation on)", f"{f['train_run_peak_rss_mb']:,.0f} MB"),
+        ("peak memory, generation", f"{f['generate_peak_rss_mb']:,.0f} MB"),
     ]
-    width = max(len(r[0]) for r in rows)
-    for name, value in rows:
-        print(f"{name:<{width}}  {value}")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    config = QUICK if args.quick else DEFAULT
+    device = "GPU" if tf.config.list_physical_devices("GPU") else "CPU"
+    print(
+        f"{cpu_name()}, {os.cpu_count()} cores; TensorFlow {tf.__version__} on the {device}"
+        f"{' (--quick: a tiny model)' if args.quick else ''}",
+        flush=True,
+    )
+    figures, (shape, flops, limit) = measure(config, args.quick)
+    rows = table(figures, config, shape, flops, limit)
+    width = max(len(what) for what, _ in rows)
+    for what, value in rows:
+        print(f"{what:<{width}}  {value}")
     if args.json:
         figures.update(
             cpu=cpu_name(), tensorflow=tf.__version__, quick=args.quick, train_flops_per_char=flops

@@ -27,35 +27,14 @@ from ai_edge_litert.interpreter import Interpreter
 import ckpt
 import rnn_export
 import rnn_play
-from generate import Generator
+import txtutils
+from bench import cpu_name, generation_run, median_time, speeds_in_turn
 
 
 def size(path):
     if os.path.isfile(path):
         return os.path.getsize(path)
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
-
-
-def generator_run(model, streams, chars):
-    generator = Generator(model, topn=rnn_play.TOPN)
-    generator.start(np.full([streams, 1], 97, np.int32), seed=0)  # a newline
-    generator.next(rnn_play.CHUNK)  # compiles
-    calls = -(-chars // rnn_play.CHUNK)
-
-    def run():
-        for _ in range(calls):
-            generator.next(rnn_play.CHUNK)
-
-    return run, streams * calls * rnn_play.CHUNK
 
 
 def saved_run(saved, streams, chars):
@@ -73,14 +52,6 @@ def saved_run(saved, streams, chars):
         generate(length=tf.constant(length), **args)["text"].numpy()
 
     return run, streams * length
-
-
-def in_turn(runs, repeats):
-    times = [[] for _ in runs]
-    for _ in range(repeats):
-        for (run, _), timed in zip(runs, times, strict=True):
-            timed.append(median_time(run, 1))
-    return [chars / float(np.median(t)) for (_, chars), t in zip(runs, times, strict=True)]
 
 
 def litert_speed(path, threads, chars):
@@ -114,16 +85,21 @@ def litert_loss(path, codes):
     return nats / (len(codes) - 1)
 
 
-def main():  # a measuring tool: bad arguments may end in a traceback
-    if len(sys.argv) < 4:
+def main(argv=None):  # a measuring tool: bad arguments may end in a traceback
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) < 3:
         sys.exit(__doc__)
-    what, held_out, out = sys.argv[1:4]
+    what, held_out, out = argv[:3]
     prefix = ckpt.resolve(what, "checkpoints", print)  # a run name, directory or checkpoint
-    chars = int(sys.argv[4]) if len(sys.argv) > 4 else 20_000
+    chars = int(argv[3]) if len(argv) > 3 else 20_000
     model, config = ckpt.load_model(prefix)
     t0 = time.perf_counter()
     rnn_export.export(model, config["alphabet"], out)
-    figures = {"cpu": cpu(), "machine": platform.machine(), "export_s": time.perf_counter() - t0}
+    figures = {
+        "cpu": cpu_name(),
+        "machine": platform.machine(),
+        "export_s": time.perf_counter() - t0,
+    }
     figures["sizes"] = {
         name: size(os.path.join(out, name))
         for name in ["saved_model", "saved_model/variables", "saved_model/saved_model.pb"]
@@ -131,8 +107,8 @@ def main():  # a measuring tool: bad arguments may end in a traceback
     }
     saved = tf.saved_model.load(os.path.join(out, "saved_model"))
     # 1 stream then 256, each way timed in turn with the other
-    one = in_turn([generator_run(model, 1, 1024), saved_run(saved, 1, 1024)], 5)
-    many = in_turn([generator_run(model, 256, 512), saved_run(saved, 256, 512)], 3)
+    one = speeds_in_turn([generation_run(model, 1, 1024), saved_run(saved, 1, 1024)], 5)
+    many = speeds_in_turn([generation_run(model, 256, 512), saved_run(saved, 256, 512)], 3)
     figures["generation_chars_per_s"] = {
         "rnn_play (Generator), 1 stream": one[0],
         "SavedModel generate, 1 stream": one[1],
@@ -146,8 +122,7 @@ def main():  # a measuring tool: bad arguments may end in a traceback
     }
     with open(held_out, encoding="utf-8") as f:
         text = f.read(chars)
-    index = {c: i for i, c in enumerate(config["alphabet"])}
-    codes = [index.get(c, 0) for c in text.replace("\r\n", "\n")]
+    codes = txtutils.Alphabet(config["alphabet"]).encode(text).tolist()
     scored = saved.signatures["score"](text=tf.constant([text]))
     figures["held_out"] = {
         "file": held_out,
@@ -157,14 +132,6 @@ def main():  # a measuring tool: bad arguments may end in a traceback
         "LiteRT int8, nats/char": litert_loss(os.path.join(out, "step_int8.tflite"), codes),
     }
     print(json.dumps(figures, indent=1))
-
-
-def cpu():
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 if __name__ == "__main__":

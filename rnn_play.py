@@ -31,11 +31,12 @@ CHUNK = 256  # characters per compiled call: ~30 ms for one stream, still smooth
 # than one stream, or --out-dir): each chunk's codes and their concatenation, int32,
 # and the decoded text
 KEPT_BYTES = 9
+PROG = "rnn_play.py"
 
 
 def parse_args(argv):
     p = cli.ArgumentParser(
-        prog="rnn_play.py", description="Generate text from a checkpoint of rnn_train.py."
+        prog=PROG, description="Generate text from a checkpoint of rnn_train.py."
     )
     p.add_argument(
         "checkpoint",
@@ -278,11 +279,11 @@ def main(argv=None):
     try:
         return play(args)
     except (ckpt.CheckpointError, txtutils.CorpusError) as e:
-        cli.fail("rnn_play.py", e)
+        cli.fail(PROG, e)
     except KeyboardInterrupt as e:
         if args.score:  # an unfinished score is no figure: say so, and fail as Ctrl-C does
             message = str(e) or f"scoring of {args.score} stopped (Ctrl-C)"
-            print(f"rnn_play.py: {message}".replace("\n", "\\n"), file=sys.stderr)
+            print(f"{PROG}: {message}".replace("\n", "\\n"), file=sys.stderr)
             return 130
         print()  # generation was asked to run until Ctrl-C: a quiet stop
         return 0
