@@ -31,10 +31,12 @@ export: venv
 tensorboard: venv
 	$(VENV)/bin/tensorboard --logdir log --host 127.0.0.1 --port 6006
 
+# pytest on 2 workers (pytest-xdist): the machines have 2 cores, and most tests wait
+# on one process at a time (ARGS="-n 0" runs them in one)
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
 
 bench: venv
 	$(PY) bench.py $(ARGS)

@@ -14,8 +14,11 @@ import tensorflow as tf
 import ckpt
 import rnn_train
 import txtutils
-from conftest import run_cli
+from conftest import run_cli, run_clis
 from model import build_model
+
+# one pytest-xdist worker runs this file's tests: its module fixture is made once
+pytestmark = pytest.mark.xdist_group("ckpt")
 
 
 @pytest.fixture(scope="module")
@@ -216,24 +219,27 @@ def test_the_programs_refuse_a_crafted_checkpoint_in_one_line(real, tmp_path):
     os.makedirs(run_dir)
     prefix = craft(run_dir / "ckpt", dict(config, cell_size=10**6), weights_of(model))
     files = {name: (run_dir / name).read_bytes() for name in os.listdir(run_dir)}
-    played = run_cli("rnn_play.py", prefix)
-    assert "cell_size 1000000" in one_error_line(played, "rnn_play.py")
     # a config that is not even a string
     number = tf.train.Checkpoint(weights=model.named_weights(), config=tf.Variable(3.0))
-    played = run_cli("rnn_play.py", number.save(str(tmp_path / "number" / "ckpt")))
-    assert "not float32" in one_error_line(played, "rnn_play.py")
+    number_prefix = number.save(str(tmp_path / "number" / "ckpt"))
     corpus = txtutils.__file__  # any text: the checkpoint is refused before it is read
-    resumed = run_cli(
-        "rnn_train.py",
-        "--resume",
-        "crafted",
-        "--data",
-        corpus,
-        "--checkpoint-dir",
-        str(tmp_path / "checkpoints"),
-        "--log-dir",
-        str(tmp_path / "log"),
+    played, played_number, resumed = run_clis(
+        ("rnn_play.py", prefix),
+        ("rnn_play.py", number_prefix),
+        (
+            "rnn_train.py",
+            "--resume",
+            "crafted",
+            "--data",
+            corpus,
+            "--checkpoint-dir",
+            str(tmp_path / "checkpoints"),
+            "--log-dir",
+            str(tmp_path / "log"),
+        ),
     )
+    assert "cell_size 1000000" in one_error_line(played, "rnn_play.py")
+    assert "not float32" in one_error_line(played_number, "rnn_play.py")
     assert "cell_size 1000000" in one_error_line(resumed, "rnn_train.py")
     # nothing lost: the checkpoint is as it was
     assert {name: (run_dir / name).read_bytes() for name in files} == files

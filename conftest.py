@@ -3,7 +3,10 @@ real rnn_train.py that several test files read, and run_cli/run_clis, which star
 programs as a user would, with a compilation cache shared by the session."""
 
 import concurrent.futures
+import fcntl
+import json
 import os
+import pathlib
 import random
 import re
 import subprocess
@@ -31,11 +34,20 @@ CACHE_NOISE = re.compile(
 )
 
 
+def shared_folder(tmp_path_factory):
+    """The pytest folder of the whole test run: the session's, or under pytest-xdist,
+    the one that holds each worker's."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session", autouse=True)
 def xla_cache(tmp_path_factory):
-    """The folder of the session's XLA compilation cache (see cache_env)."""
+    """The folder of the session's XLA compilation cache (see cache_env), shared by
+    the workers of pytest-xdist too."""
     _session["factory"] = tmp_path_factory
-    _session["xla_cache"] = tmp_path_factory.mktemp("xla-cache")
+    _session["xla_cache"] = shared_folder(tmp_path_factory) / "xla-cache"
+    _session["xla_cache"].mkdir(exist_ok=True)
     return _session["xla_cache"]
 
 
@@ -143,31 +155,40 @@ def run_clis(*calls, at_once=2):
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
-    """Train the tiny model for 120 steps through the real CLI. Returns a dict of paths
-    and the CompletedProcess."""
-    root = tmp_path_factory.mktemp("tiny")
-    corpus = write_corpus(str(root / "corpus"))
-    result = run_cli(
-        "rnn_train.py",
-        "--data",
-        os.path.join(corpus, "*.txt"),
-        "--validation",
-        os.path.join(corpus, "part2.txt"),
-        "--max-steps",
-        "120",
-        "--run",
-        "tiny",
-        *TINY,
-        "--checkpoint-dir",
-        str(root / "checkpoints"),
-        "--log-dir",
-        str(root / "log"),
-    )
-    assert result.returncode == 0, result.stderr
+    """Train the tiny model for 120 steps through the real CLI, once for the whole test
+    run (under pytest-xdist, the first worker that needs it trains it while the others
+    wait for it). Returns a dict of paths and the CompletedProcess."""
+    shared = shared_folder(tmp_path_factory)
+    with open(shared / "tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / "tiny.json"
+        if not done.exists():
+            root = tmp_path_factory.mktemp("tiny")
+            corpus = write_corpus(str(root / "corpus"))
+            result = run_cli(
+                "rnn_train.py",
+                "--data",
+                os.path.join(corpus, "*.txt"),
+                "--validation",
+                os.path.join(corpus, "part2.txt"),
+                "--max-steps",
+                "120",
+                "--run",
+                "tiny",
+                *TINY,
+                "--checkpoint-dir",
+                str(root / "checkpoints"),
+                "--log-dir",
+                str(root / "log"),
+            )
+            assert result.returncode == 0, result.stderr
+            done.write_text(json.dumps([str(root), result.args, result.stdout, result.stderr]))
+    root, args, stdout, stderr = json.loads(done.read_text())
+    root = pathlib.Path(root)
     return {
         "root": root,
-        "corpus": corpus,
+        "corpus": str(root / "corpus"),
         "checkpoints": root / "checkpoints",
         "log": root / "log",
-        "result": result,
+        "result": subprocess.CompletedProcess(args, 0, stdout, stderr),
     }

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -56,8 +57,50 @@ def partial_saves_since(run_dir, t_ns):
     return False
 
 
+def wait_for_partial_save(proc, run_dir, t_ns, shows=True):
+    """Poll, every half millisecond (a save lasts tens of them), until
+    partial_saves_since(run_dir, t_ns) is `shows`, proc has ended, or 20 s have passed."""
+    deadline = time.monotonic() + 20
+    while (
+        partial_saves_since(run_dir, t_ns) != shows
+        and proc.poll() is None
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.0005)
+
+
 def step_of(prefix):
     return int(prefix.rsplit("-", 1)[1])
+
+
+class Output:
+    """A process's stdout read as it comes, in a thread: its lines, when the first came
+    (time.monotonic), and events set at its first line and at its first progress line
+    (both also at its end)."""
+
+    def __init__(self, proc):
+        self.lines, self.first_at = [], None
+        self.first, self.training = threading.Event(), threading.Event()
+        self.stdout = proc.stdout
+        self.reader = threading.Thread(target=self.read)
+        self.reader.start()
+
+    def read(self):
+        for line in self.stdout:
+            if not self.lines:
+                self.first_at = time.monotonic()
+                self.first.set()
+            self.lines.append(line)
+            if line.startswith("step"):
+                self.training.set()
+        self.first.set()
+        self.training.set()
+
+    def text(self):
+        """All of it, once the process has ended."""
+        self.reader.join()
+        self.stdout.close()
+        return "".join(self.lines)
 
 
 def test_kill_9_at_random_moments(tmp_path):
@@ -90,11 +133,17 @@ def test_kill_9_at_random_moments(tmp_path):
         str(total),
         *dirs,
     ]
+    # Random kills fall anywhere in a restart's life up to 2 s past its first line (by
+    # then it holds the lock and has restored the checkpoint; compiling follows). Before
+    # that line they are timed from the start, the last restart's start-up taken as its
+    # length; after it, from the line itself: as many land after it on a slow or busy
+    # machine as on a fast one.
+    startup = 4.0  # seconds to the first line, until a restart shows it here
     kills = during_save = resumes_checked = 0
     while kills < 20:
         newest = ckpt.newest_in(str(run_dir))
         args = ["--resume", "r", *dirs] if newest else first
-        started = time.time_ns()
+        started, started_ns = time.monotonic(), time.time_ns()
         proc = subprocess.Popen(
             [*TRAIN, *args],
             stdout=subprocess.PIPE,
@@ -102,22 +151,30 @@ def test_kill_9_at_random_moments(tmp_path):
             text=True,
             env=cache_env(),
         )
-        if kills % 3 == 2:  # aim at a save: kill as soon as a partial one shows
-            deadline = time.monotonic() + 20
-            while (
-                time.monotonic() < deadline
-                and proc.poll() is None
-                and not partial_saves_since(run_dir, started)
-            ):
-                time.sleep(0.0005)
+        output = Output(proc)
+        if kills % 3 == 2:  # aim at a save: kill as soon as a partial one shows...
+            # ...after the first save of the restart has completed, so that the run goes
+            # on. A save follows a progress line (both every 3 steps): polling before the
+            # first would only slow the program down.
+            output.training.wait(timeout=120)
+            for shows in (True, False, True):  # a save, its end, the next save
+                wait_for_partial_save(proc, run_dir, started_ns, shows)
         else:
-            time.sleep(rng.uniform(0.5, 6.0))
+            moment = rng.uniform(0.5, startup + 2)
+            if moment > startup:
+                output.first.wait(timeout=120)
+                time.sleep(moment - startup)
+            else:
+                time.sleep(max(0, started + moment - time.monotonic()))
         if proc.poll() is not None:  # finished before the kill: too few steps asked
             break
         proc.kill()
-        out, _ = proc.communicate()
+        proc.wait()
+        out = output.text()
         kills += 1
-        during_save += partial_saves_since(run_dir, started)
+        if output.first_at:
+            startup = output.first_at - started
+        during_save += partial_saves_since(run_dir, started_ns)
         # no checkpoint is ever unreadable
         for prefix in ckpt.all_in(str(run_dir)):
             ckpt.verify(prefix)
@@ -251,7 +308,9 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
         (empty, ".index"),
         (scribble, ".index"),
     ]
-    plays = []  # each damage in a copy of the run of its own, so they can run together
+    # Each case in a copy of the run of its own, so that all run together: rnn_play.py
+    # with each damage, --resume with the last, and both with every checkpoint damaged.
+    plays = []
     for i, (damage, suffix) in enumerate(damages):
         copy = tmp_path / f"damaged-{i}"
         shutil.copytree(run_dir, copy / "r")
@@ -259,25 +318,31 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
         plays.append(
             ("rnn_play.py", "r", "--length", "20", "--seed", "1", "--checkpoint-dir", copy)
         )
-    for (damage, suffix), played in zip(damages, run_clis(*plays), strict=True):
-        assert played.returncode == 0, (damage.__name__, suffix, played.stderr)
-        assert "ckpt-20 is damaged" in played.stderr, (damage.__name__, suffix, played.stderr)
-        assert "falling back" in played.stderr
-        assert len(played.stdout) == 1 + 20 + 1
-    # resuming falls back too, and goes on from the checkpoint before
     damage, suffix = damages[-1]
     damage(str(run_dir / ("ckpt-20" + suffix)))
-    resumed = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "30", *dirs)
+    ruined = ["--checkpoint-dir", str(tmp_path / "ruined"), "--log-dir", str(tmp_path / "log2")]
+    shutil.copytree(run_dir, tmp_path / "ruined" / "r")
+    shutil.copytree(tmp_path / "log", tmp_path / "log2")
+    for prefix in ckpt.all_in(str(tmp_path / "ruined" / "r")):
+        truncate(prefix + ".data-00000-of-00001")
+    resumed, *played, ruined_play, ruined_resume = run_clis(
+        ("rnn_train.py", "--resume", "r", "--max-steps", "30", *dirs),  # the longest first
+        *plays,
+        ("rnn_play.py", "r", *ruined[:2]),
+        ("rnn_train.py", "--resume", "r", *ruined),
+    )
+    for (damage, suffix), result in zip(damages, played, strict=True):
+        assert result.returncode == 0, (damage.__name__, suffix, result.stderr)
+        assert "ckpt-20 is damaged" in result.stderr, (damage.__name__, suffix, result.stderr)
+        assert "falling back" in result.stderr
+        assert len(result.stdout) == 1 + 20 + 1
+    # resuming falls back too, and goes on from the checkpoint before
     assert resumed.returncode == 0, resumed.stderr
     assert "ckpt-20 is damaged" in resumed.stderr
     assert "resuming at step 10" in resumed.stdout
     ckpt.verify(str(run_dir / "ckpt-30"))
     # with every checkpoint damaged: one clear line
-    for prefix in ckpt.all_in(str(run_dir)):
-        truncate(prefix + ".data-00000-of-00001")
-    for result in run_clis(
-        ("rnn_play.py", "r", *dirs[:2]), ("rnn_train.py", "--resume", "r", *dirs)
-    ):
+    for result in (ruined_play, ruined_resume):
         errors = [line for line in result.stderr.splitlines() if not line.startswith("warning")]
         assert result.returncode == 2, result.stderr
         assert len(errors) == 1 and "every checkpoint in" in errors[0], result.stderr
@@ -328,9 +393,8 @@ def test_one_writer_per_run_and_no_stuck_lock(tmp_path):
         env=cache_env(),
     )
     try:
-        for line in first.stdout:
-            if line.startswith("step"):
-                break
+        # its first line comes once it holds the run's lock (the first thing it takes)
+        assert "resuming at step 20" in first.stdout.readline()
         second = run_cli("rnn_train.py", "--resume", "r", *dirs)
         lines = second.stderr.strip().splitlines()
         assert second.returncode == 2
@@ -381,7 +445,23 @@ def test_divergence_saves_nothing_that_gives_an_infinite_loss(tmp_path):
     run_dir, dirs = trained_run(tmp_path, steps=20)
     corpus = str(tmp_path / "corpus")
     blow_up = ["--learning-rate", "1e38", "--warmup", "0", "--save-every", "1"]
-    resumed = run_cli("rnn_train.py", "--resume", "r", "--max-steps", "40", *blow_up, *dirs)
+    # in the middle of the run, and from the start of another (at the same time: its
+    # own folders)
+    resumed, fresh = run_clis(
+        ("rnn_train.py", "--resume", "r", "--max-steps", "40", *blow_up, *dirs),
+        (
+            "rnn_train.py",
+            "--data",
+            corpus,
+            "--validation",
+            "none",
+            "--run",
+            "fresh",
+            *TINY,
+            *blow_up,
+            *dirs,
+        ),
+    )
     lines = resumed.stderr.strip().splitlines()
     assert resumed.returncode == 1
     assert len(lines) == 1 and "diverged" in lines[0] and "--learning-rate" in lines[0], lines
@@ -390,18 +470,6 @@ def test_divergence_saves_nothing_that_gives_an_infinite_loss(tmp_path):
     assert step_of(newest) == 20
     assert np.isfinite(loss_on_a_batch(newest, corpus))
 
-    fresh = run_cli(
-        "rnn_train.py",
-        "--data",
-        corpus,
-        "--validation",
-        "none",
-        "--run",
-        "fresh",
-        *TINY,
-        *blow_up,
-        *dirs,
-    )
     lines = fresh.stderr.strip().splitlines()
     assert fresh.returncode == 1
     assert len(lines) == 1 and "diverged before any checkpoint" in lines[0], lines
