@@ -16,7 +16,7 @@ import pytest
 import ckpt
 import rnn_play
 import txtutils
-from conftest import HERE, run_cli
+from conftest import HERE, run_cli, run_clis
 from generate import Scorer
 from model import loss_and_accuracy, mean_loss_and_accuracy
 
@@ -124,8 +124,8 @@ def test_bad_checkpoints_get_one_line(tiny_run, tmp_path):
         (["--streams", "4", "--length", "0"], "--length"),
         (["--streams", "0"], "--streams"),
     ]
-    for args, expected in cases:
-        result = run_cli("rnn_play.py", *args)
+    results = run_clis(*(("rnn_play.py", *args) for args, _ in cases))
+    for (args, expected), result in zip(cases, results, strict=True):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("rnn_play.py: error:"), (args, lines)
