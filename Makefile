@@ -32,11 +32,12 @@ tensorboard: venv
 	$(VENV)/bin/tensorboard --logdir log --host 127.0.0.1 --port 6006
 
 # pytest on 2 workers (pytest-xdist): the machines have 2 cores, and most tests wait
-# on one process at a time (ARGS="-n 0" runs them in one)
+# on one process at a time. A test file runs on one worker, so that its module
+# fixtures are made once. ARGS="-n 0" runs every test in one process.
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest -n 2 --dist loadgroup $(ARGS)
+	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
 bench: venv
 	$(PY) bench.py $(ARGS)

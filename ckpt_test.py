@@ -17,9 +17,6 @@ import txtutils
 from conftest import run_cli, run_clis
 from model import build_model
 
-# one pytest-xdist worker runs this file's tests: its module fixture is made once
-pytestmark = pytest.mark.xdist_group("ckpt")
-
 
 @pytest.fixture(scope="module")
 def real(tiny_run):

@@ -26,8 +26,7 @@ from conftest import (
     write_corpus,
 )
 
-# one pytest-xdist worker runs this file's tests: its module fixture is made once
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("distribute")]
+pytestmark = pytest.mark.slow
 
 # float32 (bfloat16 rounds differently for different batch shapes), dropout and
 # clipping on: the masks and the clipped gradient must be the whole batch's

@@ -24,9 +24,6 @@ from conftest import HERE, cache_env, run_clis
 from generate import Generator, Scorer
 from model import build_model
 
-# one pytest-xdist worker runs this file's tests: its module fixture is made once
-pytestmark = pytest.mark.xdist_group("export")
-
 PRIME = "ROMEO:"
 LENGTH = 300  # more than one of rnn_play.py's chunks (256), so the second one counts
 # (seed, top_n, temperature): a cut to the likeliest, and the whole alphabet at another
