@@ -20,6 +20,8 @@ import cli
 import txtutils
 from generate import Generator, Scorer
 
+PROG = "rnn_play.py"
+
 LENGTH = 1000  # characters to generate
 TOPN = 2  # the original's choice for a trained model: likely, still varied
 # characters per compiled call when scoring: long enough that a call's overhead is
@@ -31,7 +33,6 @@ CHUNK = 256  # characters per compiled call: ~30 ms for one stream, still smooth
 # than one stream, or --out-dir): each chunk's codes and their concatenation, int32,
 # and the decoded text
 KEPT_BYTES = 9
-PROG = "rnn_play.py"
 
 
 def parse_args(argv):
