@@ -141,6 +141,27 @@ def test_mirrored_over_two_cpu_devices_equals_one_process(plain):
         )
 
 
+def test_fine_tuning_under_mirrored_equals_one_process(plain, tmp_path):
+    """--init-from under --strategy: the parent's weights, grown to the new text's
+    alphabet, reach every replica, and the fine-tuning trains as in one process."""
+    corpus = tmp_path / "ru"
+    corpus.mkdir()
+    english = (plain["root"] / "corpus" / "part0.txt").read_text()
+    (corpus / "a.txt").write_text(english + "ДЖУЛЬЕТТА: луна.\n" * 40)
+    parent = str(plain["ck"] / "plain")
+    common = ["--data", str(corpus), "--validation", "none", *EXACT, "--init-from", parent]
+    common += ["--max-steps", "10", *dirs(tmp_path)]
+    one, mirrored = run_clis(
+        ("rnn_train.py", *common, "--run", "one"),
+        ("rnn_train.py", *common, "--run", "two", "--strategy", "mirrored", "--cpu-replicas", "2"),
+    )
+    assert one.returncode == 0, one.stderr
+    assert mirrored.returncode == 0, mirrored.stderr
+    assert f"new, fine-tuning {parent}" in mirrored.stdout and "2 replicas" in mirrored.stdout
+    assert "the talk's 98 + 12 from the text" in mirrored.stdout, mirrored.stdout
+    assert_same_checkpoint(tmp_path / "ck" / "one" / "ckpt-10", tmp_path / "ck" / "two" / "ckpt-10")
+
+
 def test_two_workers_equal_one_process_and_only_the_chief_writes(plain):
     args = [*plain["common"], "--run", "multi", "--max-steps", "30"]
     (out0, err0, rc0), (out1, err1, rc1) = finish(workers(args))
