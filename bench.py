@@ -14,7 +14,6 @@ import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before 
 
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -26,19 +25,17 @@ import numpy as np
 import tensorflow as tf
 
 import cli
-import rnn_play
-import rnn_train
+import settings
+import training
 import txtutils
-from generate import Generator, Scorer
+from generate import SCORE_CHUNK, Scorer, score
+from hardware import cpu_name
 from model import build_model
+from timing import generation_run, median_time, speeds_in_turn
 
 DEFAULT = {
     "alphasize": 98,
-    "cell_size": rnn_train.CELL_SIZE,
-    "layers": rnn_train.LAYERS,
-    "dropout": rnn_train.DROPOUT,
-    "batch_size": rnn_train.BATCH_SIZE,
-    "seqlen": rnn_train.SEQLEN,
+    **{k: settings.DEFAULTS[k] for k in ("cell_size", "layers", "dropout", "batch_size", "seqlen")},
 }
 QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
 BIG_ALPHABET = 5000  # symbols: a Chinese or Japanese corpus has thousands
@@ -55,15 +52,6 @@ def train_flops_per_char(config):
     forward = sum(3 * ((alphasize if i == 0 else cell) + cell) * cell * 2 for i in range(layers))
     forward += cell * alphasize * 2
     return 3 * forward
-
-
-def median_time(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def matmul_gflops(m, k, n, repeats):
@@ -92,7 +80,7 @@ def training_limit(config, repeats):
 
 
 def training_speeds(config, steps, warmup, precisions=(False, True)):
-    """Characters per second of the real training step (rnn_train.make_train_step),
+    """Characters per second of the real training step (training.make_train_step),
     float32 and mixed precision, timed in alternating blocks so that both see the
     same machine load. Returns {mixed_precision: median chars/s}."""
     B, T = config["batch_size"], config["seqlen"]
@@ -105,9 +93,9 @@ def training_speeds(config, steps, warmup, precisions=(False, True)):
         model = build_model(config, mixed_precision=mixed)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
-        step_config = dict(config, seed=0, clip_norm=rnn_train.CLIP_NORM)
+        step_config = dict(config, seed=0, clip_norm=settings.DEFAULTS["clip_norm"])
         runs[mixed] = {
-            "step": rnn_train.make_train_step(model, optimizer, step_config),
+            "step": training.make_train_step(model, optimizer, step_config),
             "state": model.zero_state(B),
             "times": [],
         }
@@ -133,22 +121,6 @@ def training_speeds(config, steps, warmup, precisions=(False, True)):
     return {mixed: B * T / float(np.median(run["times"])) for mixed, run in runs.items()}
 
 
-def generation_run(model, streams, chars):
-    """rnn_play.py's generation (sampling included, the console not), compiled: a
-    function that generates `streams` independent samples of at least `chars`
-    characters, and the characters it generates in all."""
-    generator = Generator(model, topn=rnn_play.TOPN)
-    generator.start(np.zeros([streams, 1], np.int32), seed=0)
-    generator.next(rnn_play.CHUNK)  # compiles
-    calls = -(-chars // rnn_play.CHUNK)
-
-    def generate():
-        for _ in range(calls):
-            generator.next(rnn_play.CHUNK)
-
-    return generate, streams * calls * rnn_play.CHUNK
-
-
 def scoring_run(model, folder, chars):
     """rnn_play.py --score (reading the file included, loading the model not),
     compiled: a function that scores a file of `chars` random characters of the
@@ -160,19 +132,9 @@ def scoring_run(model, folder, chars):
     with open(path, "w") as f, open(first, "w") as g:
         f.write(text)
         g.write(text[:2])
-    scorer = Scorer(model, rnn_play.SCORE_CHUNK)
-    rnn_play.score(scorer, first)  # compiles
-    return lambda: rnn_play.score(scorer, path), chars - 1
-
-
-def speeds_in_turn(runs, repeats):
-    """Characters per second of each (function, characters) of runs: medians of timings
-    taken in turn, one of each per round, so that all see the same machine load."""
-    times = [[] for _ in runs]
-    for _ in range(repeats):
-        for (run, _), timed in zip(runs, times, strict=True):
-            timed.append(median_time(run, 1))
-    return [chars / float(np.median(t)) for (_, chars), t in zip(runs, times, strict=True)]
+    scorer = Scorer(model)
+    score(scorer, first)  # compiles
+    return lambda: score(scorer, path), chars - 1
 
 
 def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_chars):
@@ -193,12 +155,12 @@ def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_ch
 def real_run_memory_mb(config, steps, folder):
     """The peak resident memory, MB, of a real `rnn_train.py` run: `steps` steps of
     config's model on a text of random characters written into folder, then a
-    validation pass over 256 rows of 1,100 characters, a sample and a checkpoint. The
+    validation pass over 256 rows of 1,024 characters, a sample and a checkpoint. The
     step's own figure leaves out what the program adds around it (validation above
     all: whole rows once held 2 GB more), so the program is measured too."""
     rng = np.random.default_rng(0)
     B, T = config["batch_size"], config["seqlen"]
-    train_chars, valid_chars = B * T * (steps + 2), rnn_train.VALID_ROWS * 1100
+    train_chars, valid_chars = B * T * (steps + 2), training.VALID_ROWS * 1100
     paths = []
     for name, chars in (("train.txt", train_chars), ("valid.txt", valid_chars)):
         paths.append(os.path.join(folder, name))
@@ -250,17 +212,6 @@ def max_rss_mb(who):
     return resource.getrusage(who).ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def parse_args(argv):
     p = cli.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", metavar="FILE", help="also write the figures to FILE as JSON")
@@ -279,7 +230,7 @@ def measure(config, quick):
     steps, warmup, repeats = (5, 2, 3) if quick else (30, 5, 20)
     run_steps = 3 if quick else 20
     one_stream_chars, many_stream_chars = (128, 64) if quick else (2048, 256)
-    score_chars = 2000 if quick else 5 * rnn_play.SCORE_CHUNK
+    score_chars = 2000 if quick else 5 * SCORE_CHUNK
 
     # First, while this process is small: getrusage's peak for children is the larger of
     # the child's own and this process's size when it forked the child

@@ -1,4 +1,4 @@
-"""The Deploy section's figures, in one process: export a checkpoint (rnn_export.export),
+"""The Deploy section's figures, in one process: export a checkpoint (export.export),
 the sizes of what is written, generation speed through the SavedModel next to
 rnn_play.py's own path (generate.Generator), 1 stream and 256, timed in turn; LiteRT's
 one-stream speed (the step and a numpy top-2 draw in a Python loop); and the held-out
@@ -13,22 +13,22 @@ only within one run.
 
 import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
-import os
-import sys
-
 import json
+import os
 import platform
+import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
 
-import ckpt
-import rnn_export
-import rnn_play
+import runs
 import txtutils
-from bench import cpu_name, generation_run, median_time, speeds_in_turn
+from export import export
+from generate import CHUNK, TOPN
+from hardware import cpu_name
+from timing import generation_run, median_time, speeds_in_turn
 
 
 def size(path):
@@ -42,11 +42,11 @@ def saved_run(saved, streams, chars):
     args = dict(
         prime=tf.constant(["\n"] * streams),
         temperature=tf.constant(1.0),
-        top_n=tf.constant(rnn_play.TOPN),
+        top_n=tf.constant(TOPN),
         seed=tf.constant(0, tf.int64),
     )
-    generate(length=tf.constant(rnn_play.CHUNK), **args)  # compiles
-    length = -(-chars // rnn_play.CHUNK) * rnn_play.CHUNK
+    generate(length=tf.constant(CHUNK), **args)  # compiles
+    length = -(-chars // CHUNK) * CHUNK
 
     def run():
         generate(length=tf.constant(length), **args)["text"].numpy()
@@ -90,11 +90,11 @@ def main(argv=None):  # a measuring tool: bad arguments may end in a traceback
     if len(argv) < 3:
         sys.exit(__doc__)
     what, held_out, out = argv[:3]
-    prefix = ckpt.resolve(what, "checkpoints", print)  # a run name, directory or checkpoint
+    prefix = runs.resolve(what, "checkpoints", print)  # a run name, directory or checkpoint
     chars = int(argv[3]) if len(argv) > 3 else 20_000
-    model, config = ckpt.load_model(prefix)
+    model, config = runs.load_model(prefix)
     t0 = time.perf_counter()
-    rnn_export.export(model, config["alphabet"], out)
+    export(model, config["alphabet"], out)
     figures = {
         "cpu": cpu_name(),
         "machine": platform.machine(),

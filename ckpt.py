@@ -1,31 +1,30 @@
-"""Self-describing checkpoints: where they live, how to find them, what they hold.
+"""Self-describing checkpoints: what they hold, and the checks before one is used.
+(Where they live and how the newest good one is found: runs.py.)
 
-    checkpoints/<run>/ckpt-<step>.index, .data-*   TensorFlow checkpoint (no pickle)
-    checkpoints/<run>/checkpoint                    which of them is newest
-
-A checkpoint holds the model's weights, and for resuming the optimizer, the step
-and the RNN state of every batch row - plus `config`, a JSON string with the
-hyperparameters and the alphabet, so rnn_play.py needs no flags repeated.
+A checkpoint (TensorFlow's format, no pickle) holds the model's weights, named
+explicitly; for resuming, Adam's state, the step, the RNN state of every batch row
+and the TensorBoard figures that it covers and the log may not hold yet; and
+`config`, a JSON string: the run's settings (settings.py) with its alphabet, the
+fingerprint of the files it was trained on and the checkpoint it was fine-tuned
+from - so rnn_play.py needs no flag repeated.
 
 A checkpoint is input like any other: before a model is built from one, its config
-is checked (keys, types, ranges), every weight's shape in the file is checked
-against the config, and the memory the model needs against what this machine has.
+is checked (keys, types, ranges: check_config) and every weight's shape in the file
+against the config (check_shapes); memory.py then checks the memory the model needs.
+A restore must match every object on both sides (restore). Fine-tuning grows a
+parent's weights to a larger alphabet (load_parent_weights).
 """
 
-import fcntl
-import glob
 import json
-import math
-import os
 import re
-import shutil
 
 import tensorflow as tf
 from google.protobuf.message import DecodeError
 from tensorflow.core.protobuf import trackable_object_graph_pb2
 
+import settings
 import txtutils
-from model import build_model
+from model import weight_shapes
 
 CONFIG_KEY = "config/.ATTRIBUTES/VARIABLE_VALUE"
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -78,18 +77,6 @@ def read_config(path):
 # What a config may hold: checked before a model is built from it
 
 
-def _whole(v):
-    return type(v) is int  # JSON's true and 1.0 are not whole numbers of layers
-
-
-def _number(v):
-    return _whole(v) or (type(v) is float and math.isfinite(v))
-
-
-def _file_globs(v):
-    return type(v) is list and all(type(g) is str for g in v)
-
-
 def _alphabet(chars):
     """Whether chars can be an alphabet: the talk's 98 symbols first, no character
     twice, and none of the lone surrogates that stand for bytes that are not UTF-8."""
@@ -107,7 +94,7 @@ def _fingerprint(v):
             type(e) is list
             and len(e) == 3
             and type(e[0]) is str
-            and _whole(e[1])
+            and type(e[1]) is int
             and type(e[2]) is str
             for e in entries
         )
@@ -116,52 +103,21 @@ def _fingerprint(v):
 
 
 MAX_ALPHASIZE = 0x110000  # one symbol per Unicode code point at most
-_POSITIVE = (lambda v: _whole(v) and v >= 1, "a whole number above 0")
-_FRACTION = (lambda v: _number(v) and 0 <= v < 1, "a number from 0 up to (not including) 1")
-# key: (test, what the value must be). The same ranges as rnn_train.py's flags; keys
-# not listed are left alone (a later version may add some).
+# key: (test, what the value must be). The settings' come from settings.py's table, the
+# same ranges as their flags; the rest is what the run read from its text. Keys not
+# listed are left alone (a later version may add some).
 CONFIG_RULES = {
     "alphasize": (
-        lambda v: _whole(v) and txtutils.ALPHASIZE <= v <= MAX_ALPHASIZE,
+        lambda v: type(v) is int and txtutils.ALPHASIZE <= v <= MAX_ALPHASIZE,
         f"a whole number from {txtutils.ALPHASIZE} to {MAX_ALPHASIZE}",
     ),
     "alphabet": (
         lambda v: type(v) is str and _alphabet(v),
         "the 98 symbols of the talk's alphabet and other characters, each once",
     ),
-    "min_char_count": _POSITIVE,
     "parent": (lambda v: v is None or type(v) is str, "a checkpoint's path, or null"),
     "data_fingerprint": (_fingerprint, "the files read, as [path, bytes, sha256] lists"),
-    "cell_size": _POSITIVE,
-    "layers": _POSITIVE,
-    "seqlen": _POSITIVE,
-    "batch_size": _POSITIVE,
-    "dropout": _FRACTION,
-    "dropout_from": _FRACTION,
-    "min_lr": _FRACTION,
-    "learning_rate": (lambda v: _number(v) and v > 0, "a number above 0"),
-    "clip_norm": (lambda v: _number(v) and v >= 0, "a number, 0 or more"),
-    "warmup": (lambda v: _whole(v) and v >= 0, "a whole number, 0 or more"),
-    "schedule": (lambda v: v in ("constant", "cosine"), '"constant" or "cosine"'),
-    "epochs": _POSITIVE,
-    "max_steps": (lambda v: v is None or _POSITIVE[0](v), "a whole number above 0, or null"),
-    "seed": (lambda v: _whole(v) and 0 <= v < 2**32, "a whole number from 0 to 2**32-1"),
-    "mixed_precision": (
-        lambda v: type(v) is bool or v in ("auto", "float16", "bfloat16", "float32"),
-        'true, false or "auto"',
-    ),
-    "deterministic": (lambda v: type(v) is bool, "true or false"),
-    "data": (lambda v: _file_globs(v) and len(v) > 0, "a list of file names or globs"),
-    "validation": (
-        lambda v: v is None or _file_globs(v),
-        "a list of file names or globs, or null",
-    ),
-    "log_every": _POSITIVE,
-    "eval_every": _POSITIVE,
-    "sample_every": _POSITIVE,
-    "save_every": _POSITIVE,
-    "keep": _POSITIVE,
-}
+} | {s.name: (s.accepts, s.must_be()) for s in settings.SAVED}
 REQUIRED = ("alphasize", "cell_size", "layers", "dropout")  # what a model is built from
 
 
@@ -190,19 +146,6 @@ def check_config(config, where):
 def alphabet_of(config):
     """The Alphabet of a checked config."""
     return txtutils.Alphabet(config.get("alphabet", txtutils.ALPHABET))
-
-
-def weight_shapes(config):
-    """(name, shape) of every weight the model of config has, in checkpoint terms
-    ("gru0/kernel", [ALPHASIZE, 3*CELL]): a generator, so a config of 100,000 layers
-    costs nothing until its layers are compared."""
-    a, c = config["alphasize"], config["cell_size"]
-    for i in range(config["layers"]):
-        yield f"gru{i}/kernel", [a if i == 0 else c, 3 * c]  # z, r and h side by side
-        yield f"gru{i}/recurrent_kernel", [c, 3 * c]
-        yield f"gru{i}/bias", [2, 3 * c]  # input and recurrent biases (reset_after)
-    yield "softmax/kernel", [c, a]
-    yield "softmax/bias", [a]
 
 
 def saved_variables(reader, where):
@@ -267,114 +210,6 @@ def check_shapes(reader, config, where):
             )
 
 
-# ---------------------------------------------------------------------------
-# Memory: refuse what this machine cannot hold before allocating any of it
-
-FLOAT = 4  # bytes: weights, states and activations are float32
-# Keras' objects of one GRU layer, besides its weights: 130-180 KB measured (TF 2.21,
-# build_model with 100 and 400 layers of 1 unit), which is what 100,000 layers run out of
-LAYER_BYTES = 128 * 1024
-
-
-def parameters(config):
-    """The number of weights of the model of config."""
-    return sum(math.prod(shape) for _, shape in weight_shapes(config))
-
-
-def memory_needed(config, rows, length, training=False):
-    """Bytes the model of config needs at least, to run rows sequences of length
-    characters at once (a batch of BATCH x SEQLEN; STREAMS x 1 for generation, or its
-    prime's length) - a floor, as TensorFlow needs more besides (its own workspace,
-    copies), so that what is refused beyond it could not have run here:
-
-    - the weights, float32, and each layer's Keras objects (LAYER_BYTES);
-    - in training, also the gradients and Adam's two moments (3 more copies of the
-      weights), and what the backward pass keeps of every character: 6 x CELL per
-      layer (the state before the step, 4 gate values, the output) and the logits
-      and their gradient;
-    - in inference, one layer at a time: its input products (3 x CELL), outputs
-      (CELL) and the outputs of the layer below (CELL), and the logits; plus the
-      states in and out, LAYERS x CELL a row each.
-
-    config needs alphasize, cell_size and layers (check_config's types): Python's
-    integers, so 10**6 units or 10**5 layers give a number of bytes, not an overflow."""
-    a, c, layers = config["alphasize"], config["cell_size"], config["layers"]
-    copies = 4 if training else 1
-    kept = 6 * c * layers if training else 5 * c  # per character
-    per_character = kept + (2 * a if training else a)
-    states = 2 * rows * layers * c
-    activations = FLOAT * (rows * length * per_character + states)
-    return FLOAT * copies * parameters(config) + LAYER_BYTES * layers + activations
-
-
-def available_memory():
-    """Bytes this process can still allocate: the kernel's MemAvailable (or MemTotal,
-    from a kernel older than 3.14), less if a cgroup (a container) limits it more; None
-    where /proc/meminfo is not there (not Linux), and no check is made."""
-    try:
-        with open("/proc/meminfo") as f:
-            fields = dict(line.split(":", 1) for line in f if ":" in line)
-        field = fields.get("MemAvailable") or fields["MemTotal"]
-        available = int(field.split()[0]) * 1024  # given in kB
-    except (OSError, KeyError, ValueError, IndexError):
-        return None
-    limits = [  # cgroup v2, then v1: the limit and what is used of it
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ]
-    for limit_file, usage_file in limits:
-        try:
-            with open(limit_file) as f, open(usage_file) as g:
-                limit, used = f.read().strip(), int(g.read())
-            if limit.isdigit():  # "max" (v2): no limit
-                available = min(available, max(int(limit) - used, 0))
-        except (OSError, ValueError):
-            continue
-    return available
-
-
-def size(n):
-    """Bytes for people: '350 kB', '512 MB', '3.2 GB', '194 GB'."""
-    if n < 10**6:
-        return f"{n / 10**3:,.0f} kB"
-    if n < 10**9:
-        return f"{n / 10**6:,.0f} MB"
-    return f"{n / 10**9:,.1f} GB" if n < 10**11 else f"{n / 10**9:,.0f} GB"
-
-
-def check_memory(needed, what, fix):
-    """Raise CheckpointError if needed bytes exceed what this machine has available,
-    in one line: '{what} needs at least N GB of memory, and this machine has M GB
-    available: {fix}'. Where the memory available is unknown, check nothing."""
-    available = available_memory()
-    if available is not None and needed > available:
-        raise CheckpointError(
-            f"{what} needs at least {size(needed)} of memory, and this machine has "
-            f"{size(available)} available: {fix}"
-        )
-
-
-def check_training(config, validation=None):
-    """For rnn_train.py, on the config of every run (new or resumed) before anything
-    is built: its settings within check_config's rules, and the memory training needs
-    on this machine - a step of BATCH x SEQLEN, or a validation call of validation =
-    (rows, characters) if that needs more. Raises CheckpointError."""
-    check_config(config, "the run's settings")
-    rows, length = config["batch_size"], config["seqlen"]
-    needed = memory_needed(config, rows, length, training=True)
-    if validation:
-        needed = max(needed, memory_needed(config, *validation))
-    shape = f"{config['layers']} x {config['cell_size']} GRU"
-    check_memory(
-        needed,
-        f"training a {shape} on batches of {rows} x {length}",
-        "choose a smaller --cell-size, --layers or --batch-size",
-    )
-
-
 def restore(checkpoint, prefix):
     """checkpoint.restore(prefix) with every object of the checkpoint and of the file
     matched (what a resume needs: weights, Adam's state, step, RNN state), or
@@ -393,39 +228,12 @@ def restore(checkpoint, prefix):
     return status
 
 
-def _step_of(prefix):
-    return int(prefix.rsplit("-", 1)[1])
-
-
-def all_in(run_dir):
-    """Prefixes of the complete checkpoints in a run directory, newest first. Found by
-    their .index files, which TensorFlow renames into place last, rather than by the
-    `checkpoint` state file, which may itself be damaged."""
-    found = glob.glob(os.path.join(glob.escape(run_dir), "ckpt-*.index"))
-    prefixes = [f.removesuffix(".index") for f in found]
-    prefixes = [p for p in prefixes if p.rsplit("-", 1)[1].isdigit()]
-    return sorted(prefixes, key=_step_of, reverse=True)
-
-
-def newest_in(run_dir):
-    """Prefix of the newest checkpoint in a run directory, or None."""
-    prefixes = all_in(run_dir) if os.path.isdir(run_dir) else []
-    return prefixes[0] if prefixes else None
-
-
 def short_reason(error):
     """The gist of a TensorFlow or OS error, without TensorFlow's function-node noise:
     '{{function_node ...}} /path/...; File too large [Op:SaveV2]' -> 'File too large'."""
     text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", str(error)).strip()
     lines = text.splitlines() or [type(error).__name__]
     return lines[0].split("; ")[-1].strip()[:200]
-
-
-def remove_partial_saves(run_dir):
-    """Delete the ckpt-N_temp folders a save leaves when it is killed or fails: never
-    a checkpoint, only the pieces of one. Call it holding the run's lock."""
-    for partial in glob.glob(os.path.join(glob.escape(run_dir), "ckpt-*_temp")):
-        shutil.rmtree(partial, ignore_errors=True)
 
 
 def verify(path):
@@ -440,82 +248,6 @@ def verify(path):
     # that is no string (TypeError) or nested too deep (RecursionError, a RuntimeError)
     except (tf.errors.OpError, ValueError, KeyError, IndexError, RuntimeError, TypeError) as e:
         raise CheckpointError(f"checkpoint {path} is damaged ({short_reason(e)})") from None
-
-
-def newest_good(run_dir, warn):
-    """The newest checkpoint of a run that reads back whole. Damaged newer ones are
-    skipped, each with a warning that names it; none is deleted."""
-    for prefix in all_in(run_dir):
-        try:
-            verify(prefix)
-            return prefix
-        except CheckpointError as e:
-            warn(f"warning: {e}; falling back to the one before")
-    return None
-
-
-def newest_run(checkpoint_dir):
-    """Name of the run whose newest checkpoint was written last, or None."""
-    best, best_time = None, None
-    if os.path.isdir(checkpoint_dir):
-        for name in os.listdir(checkpoint_dir):
-            prefix = newest_in(os.path.join(checkpoint_dir, name))
-            if prefix:
-                mtime = os.path.getmtime(prefix + ".index")
-                if best_time is None or mtime > best_time:
-                    best, best_time = name, mtime
-    return best
-
-
-class RunLock:
-    """One writer per run: an exclusive flock on RUN/lock, held while training. The
-    kernel releases it when the process ends, however it ends, so a crash never
-    leaves it stuck."""
-
-    def __init__(self, run_dir):
-        self.file = open(os.path.join(run_dir, "lock"), "a+")  # noqa: SIM115 (held open)
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            pid = self.file.read().strip() or "?"
-            self.file.close()
-            raise CheckpointError(
-                f"{run_dir} is being trained by another process (pid {pid}): "
-                "wait for it to finish, or stop it first"
-            ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
-
-
-def resolve(what, checkpoint_dir, warn):
-    """Find a checkpoint prefix from what a user typed: None (the newest run), a run
-    name under checkpoint_dir, a run directory (its newest good checkpoint), or a
-    checkpoint prefix."""
-    if what is None:
-        what = newest_run(checkpoint_dir)
-        if what is None:
-            raise CheckpointError(
-                f"no checkpoint in {checkpoint_dir}/: train one first "
-                "(make train, or python rnn_train.py), or name one"
-            )
-    if os.path.isfile(what + ".index"):
-        verify(what)
-        return what
-    for run_dir in (what, os.path.join(checkpoint_dir, what)):
-        if newest_in(run_dir):
-            prefix = newest_good(run_dir, warn)
-            if prefix is None:
-                raise CheckpointError(f"every checkpoint in {run_dir} is damaged")
-            return prefix
-    if os.path.isdir(what) or os.path.isdir(os.path.join(checkpoint_dir, what)):
-        raise CheckpointError(
-            f"{what} holds no checkpoint: name a run directory "
-            f"from {checkpoint_dir}/ or a checkpoint like RUN/ckpt-100"
-        )
-    raise CheckpointError(f"no run or checkpoint named {what}: see the runs in {checkpoint_dir}/")
 
 
 def load_parent_weights(model, prefix, parent_config):
@@ -537,23 +269,3 @@ def load_parent_weights(model, prefix, parent_config):
                     grown[:known] = value  # [ALPHASIZE, 3*CELL]
                 value = grown
             variable.assign(value)
-
-
-def load_model(path):
-    """The model stored at checkpoint path, rebuilt from its own config: (model, config).
-    The config and the shapes of the weights are checked (read_config), and the memory
-    the model needs, before anything is built."""
-    config = read_config(path)
-    shape = f"{config['layers']} x {config['cell_size']} GRU"
-    check_memory(
-        memory_needed(config, rows=1, length=1),
-        f"the model of {path} ({shape}, {parameters(config):,} weights)",
-        "load it on a machine with more memory",
-    )
-    model = build_model(config)
-    status = checkpoint_object(model, config).restore(path).expect_partial()
-    try:
-        status.assert_existing_objects_matched()
-    except AssertionError:
-        raise CheckpointError(f"{path} does not hold the weights its config describes") from None
-    return model, config

@@ -12,7 +12,11 @@ import pytest
 import tensorflow as tf
 
 import ckpt
+import memory
 import rnn_train
+import runs
+import settings
+import training
 import txtutils
 from conftest import run_cli, run_clis
 from model import build_model
@@ -21,8 +25,8 @@ from model import build_model
 @pytest.fixture(scope="module")
 def real(tiny_run):
     """The tiny run's newest checkpoint: (prefix, model, config)."""
-    prefix = ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print)
-    model, config = ckpt.load_model(prefix)
+    prefix = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    model, config = runs.load_model(prefix)
     return prefix, model, config
 
 
@@ -40,11 +44,11 @@ def weights_of(model):
 
 
 def refusal(path):
-    """The message of the CheckpointError that loading path raises, and how long it
-    took to come."""
+    """The message of the CheckpointError (or OutOfMemory) that loading path raises,
+    and how long it took to come."""
     start = time.monotonic()
-    with pytest.raises(ckpt.CheckpointError) as e:
-        ckpt.load_model(path)
+    with pytest.raises((ckpt.CheckpointError, memory.OutOfMemory)) as e:
+        runs.load_model(path)
     message = str(e.value)
     assert "\n" not in message
     return message, time.monotonic() - start
@@ -86,7 +90,7 @@ BAD_CONFIGS = [
 )
 def test_a_crafted_config_is_refused_in_one_line(real, tmp_path, edit, words):
     _, model, config = real
-    ckpt.load_model(craft(tmp_path / "unedited", config, weights_of(model)))  # the control
+    runs.load_model(craft(tmp_path / "unedited", config, weights_of(model)))  # the control
     message, _ = refusal(craft(tmp_path / "c", edit(config), weights_of(model)))
     for word in words:
         assert word in message, message
@@ -127,7 +131,7 @@ def test_weights_that_do_not_match_the_config_are_refused(real, tmp_path):
         message, _ = refusal(craft(tmp_path / f"c{i}", config, weights))
         for word in words:
             assert word in message, message
-    ckpt.load_model(prefix)  # the real one still loads
+    runs.load_model(prefix)  # the real one still loads
 
 
 def test_an_rnn_state_of_another_batch_size_is_refused(real, tmp_path):
@@ -145,50 +149,50 @@ def test_an_rnn_state_of_another_batch_size_is_refused(real, tmp_path):
 
 def test_a_model_beyond_this_machine_s_memory_is_refused(real, monkeypatch):
     prefix, _, config = real
-    needed = ckpt.memory_needed(config, rows=1, length=1)
-    monkeypatch.setattr(ckpt, "available_memory", lambda: needed - 1)
+    needed = memory.needed(config, rows=1, length=1)
+    monkeypatch.setattr(memory, "available", lambda: needed - 1)
     message, _ = refusal(prefix)
     assert "needs at least" in message and "available" in message, message
-    monkeypatch.setattr(ckpt, "available_memory", lambda: needed)
-    ckpt.load_model(prefix)
+    monkeypatch.setattr(memory, "available", lambda: needed)
+    runs.load_model(prefix)
 
 
 def test_the_estimate_counts_the_model_s_real_weights(real):
     _, model, config = real
-    assert ckpt.parameters(config) == sum(int(np.prod(v.shape)) for v in model.weights)
+    assert memory.parameters(config) == sum(int(np.prod(v.shape)) for v in model.weights)
     bigger = dict(config, batch_size=2 * config["batch_size"])
-    training = ckpt.memory_needed(config, config["batch_size"], config["seqlen"], training=True)
-    assert training > ckpt.memory_needed(config, config["batch_size"], config["seqlen"])
-    assert training < ckpt.memory_needed(bigger, 2 * config["batch_size"], 8, training=True)
+    training = memory.needed(config, config["batch_size"], config["seqlen"], training=True)
+    assert training > memory.needed(config, config["batch_size"], config["seqlen"])
+    assert training < memory.needed(bigger, 2 * config["batch_size"], 8, training=True)
 
 
 def the_default_run():
     """The config of a default `make train`, as rnn_train.py makes it."""
-    args = rnn_train.parse_args([])
-    return rnn_train.make_config(args)
+    config = settings.resolve(rnn_train.parse_args([]))
+    return dict(config, alphabet=txtutils.ALPHABET, alphasize=txtutils.ALPHASIZE)
 
 
 def test_new_runs_beyond_memory_are_refused_and_the_default_run_is_not(monkeypatch):
     config = the_default_run()
-    validation = (rnn_train.VALID_ROWS, rnn_train.VALID_CHUNK)
+    validation = (training.VALID_ROWS, training.VALID_CHUNK)
     for edit, words in [
         ({"cell_size": 10**6}, ["1 x 1000000 GRU", "--cell-size"]),
         ({"layers": 100_000}, ["100000 x 512 GRU", "--layers"]),
     ]:
         edited = {**config, "layers": 1, **edit}
-        with pytest.raises(ckpt.CheckpointError, match="needs at least") as e:
-            ckpt.check_training(edited, validation)  # arithmetic only: nothing is built
+        with pytest.raises(memory.OutOfMemory, match="needs at least") as e:
+            memory.check_training(edited, validation)  # arithmetic only: nothing is built
         for word in words:
             assert word in str(e.value)
     # an 8 GB laptop with half of it free trains the default model
-    monkeypatch.setattr(ckpt, "available_memory", lambda: 4 * 10**9)
-    ckpt.check_training(config, validation)
+    monkeypatch.setattr(memory, "available", lambda: 4 * 10**9)
+    memory.check_training(config, validation)
 
 
 def test_restore_refuses_a_checkpoint_of_another_batch_or_without_an_optimizer(real, tmp_path):
     prefix, model, config = real
 
-    def run_objects(batch):  # what rnn_train.py's Saver restores
+    def run_objects(batch):  # what runs.Saver restores
         optimizer = keras.optimizers.Adam(0.01)
         optimizer.build(model.trainable_variables)
         step = tf.Variable(0, dtype=tf.int64)

@@ -70,25 +70,46 @@ def free_ports(n, host="127.0.0.1"):
         return [s.getsockname()[1] for s in sockets]
 
 
-def _checked(parse, name, ok, must_be):
-    """An argparse type: parse the text, refuse a value that is not ok. argparse
-    names the type by its __name__ in its messages ("invalid whole number value"),
-    so that is a name a user reads."""
+class Values:
+    """What an argument or setting may be: how a flag's text is read (argparse names
+    the type by `name` in its messages: "invalid whole number value"), and the test
+    every value passes, whether from a flag or from a checkpoint's JSON (where true is
+    no number and 1.0 no whole number). choices: the values there are, if few."""
 
-    def convert(text):
-        value = parse(text)
-        if not ok(value):
-            raise argparse.ArgumentTypeError(f"must be {must_be}, got {text}")
+    def __init__(self, name, read, ok, must_be, choices=None):
+        self.__name__, self.read, self.ok, self.must_be = name, read, ok, must_be
+        self.choices = choices
+
+    def __call__(self, text):
+        """An argparse type: parse the text, refuse a value that is not ok."""
+        value = self.read(text)
+        if not self.ok(value):
+            raise argparse.ArgumentTypeError(f"must be {self.must_be}, got {text}")
         return value
 
-    convert.__name__ = name
-    return convert
+
+def _whole(v):
+    return type(v) is int  # JSON's true and 1.0 are not whole numbers of layers
 
 
-positive_int = _checked(int, "whole number", lambda v: v > 0, "a whole number above 0")
-positive_float = _checked(float, "number", lambda v: 0 < v < math.inf, "a number above 0")
-non_negative_int = _checked(int, "whole number", lambda v: v >= 0, "a whole number, 0 or more")
-non_negative_float = _checked(float, "number", lambda v: 0 <= v < math.inf, "a number, 0 or more")
-fraction = _checked(float, "fraction", lambda v: 0 <= v < 1, "at least 0 and below 1")
+def _number(v):
+    return _whole(v) or (type(v) is float and math.isfinite(v))
+
+
+positive_int = Values("whole number", int, lambda v: _whole(v) and v > 0, "a whole number above 0")
+non_negative_int = Values(
+    "whole number", int, lambda v: _whole(v) and v >= 0, "a whole number, 0 or more"
+)
+positive_float = Values("number", float, lambda v: _number(v) and v > 0, "a number above 0")
+non_negative_float = Values("number", float, lambda v: _number(v) and v >= 0, "a number, 0 or more")
+fraction = Values("fraction", float, lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1")
 # np.random.seed (which Keras' set_random_seed calls) takes exactly this range
-seed = _checked(int, "whole number", lambda v: 0 <= v < 2**32, "a whole number from 0 to 2**32-1")
+seed = Values(
+    "whole number", int, lambda v: _whole(v) and 0 <= v < 2**32, "a whole number from 0 to 2**32-1"
+)
+
+
+def one_of(*choices):
+    return Values(
+        "choice", str, lambda v: v in choices, " or ".join(f'"{c}"' for c in choices), choices
+    )

@@ -107,6 +107,31 @@ TINY = [
 FIXED_SCHEDULE = ["--schedule", "constant", "--dropout-from", "0"]
 
 
+def where(root):
+    """The flags that keep a test's runs under root: checkpoints in root/ck, logs in
+    root/log."""
+    return ["--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
+
+
+def tiny_flags(root, data, validation="none"):
+    """rnn_train.py's flags for a tiny run on data (a folder: its *.txt), under root:
+    what most training tests share, so that each says only what differs."""
+    return ["--data", os.path.join(data, "*.txt"), "--validation", validation, *TINY, *where(root)]
+
+
+def run_main(main, *args, capsys):
+    """A program's main(args) in this process, as run_cli runs it in another (a
+    CompletedProcess): the same code without the seconds of importing TensorFlow,
+    where the process itself is not what is tested."""
+    capsys.readouterr()
+    try:
+        status = main(list(args))
+    except SystemExit as e:
+        status = e.code
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(list(args), status, out, err)
+
+
 def write_corpus(folder, files=3, lines=400, seed=0):
     """A few files of simple repetitive English: easy to learn, quick to train on."""
     rng = random.Random(seed)

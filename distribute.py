@@ -29,33 +29,6 @@ COLLECTIVE_TIMEOUT = 60  # seconds: multiworker, a worker silent this long is ta
 REASONS = 32  # reasons to stop are ints below this (signal numbers among them)
 
 
-def add_flags(parser):
-    parser.add_argument(
-        "--strategy",
-        choices=["none", "mirrored", "multiworker"],
-        default="none",
-        help="data-parallel training with tf.distribute: mirrored = the GPUs of this "
-        "machine, multiworker = several machines, as TF_CONFIG describes "
-        "(default none)",
-    )
-    parser.add_argument(
-        "--cpu-replicas",
-        type=cli.positive_int,
-        default=1,
-        metavar="N",
-        help="--strategy mirrored on a machine without GPUs: split the CPU into N "
-        "replicas (to try distribution out; no faster) (default 1)",
-    )
-    parser.add_argument(
-        "--collective-timeout",
-        type=cli.positive_float,
-        default=COLLECTIVE_TIMEOUT,
-        metavar="SECONDS",
-        help="--strategy multiworker: give up on a worker that has not answered "
-        f"for this long (default {COLLECTIVE_TIMEOUT})",
-    )
-
-
 class WorkerLost(Exception):
     """A collective operation failed: another worker died or cannot be reached."""
 

@@ -22,6 +22,7 @@ from conftest import (
     cache_env,
     run_cli,
     run_clis,
+    where,
     without_cache_noise,
     write_corpus,
 )
@@ -46,16 +47,11 @@ EXACT = [
 ]
 
 
-def dirs(root):
-    """A run's checkpoints and logs, under root."""
-    return ["--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
-
-
 def on_one_file(root, *flags, lines=400):
     """Write a one-file corpus under root; return rnn_train.py's flags to train on it
     with these flags, no validation, and the checkpoints and logs under root too."""
     corpus = write_corpus(str(root / "corpus"), files=1, lines=lines)
-    return ["--data", corpus, "--validation", "none", *flags, *dirs(root)]
+    return ["--data", corpus, "--validation", "none", *flags, *where(root)]
 
 
 def workers(args, n=2):
@@ -150,7 +146,7 @@ def test_fine_tuning_under_mirrored_equals_one_process(plain, tmp_path):
     (corpus / "a.txt").write_text(english + "ДЖУЛЬЕТТА: луна.\n" * 40)
     parent = str(plain["ck"] / "plain")
     common = ["--data", str(corpus), "--validation", "none", *EXACT, "--init-from", parent]
-    common += ["--max-steps", "10", *dirs(tmp_path)]
+    common += ["--max-steps", "10", *where(tmp_path)]
     one, mirrored = run_clis(
         ("rnn_train.py", *common, "--run", "one"),
         ("rnn_train.py", *common, "--run", "two", "--strategy", "mirrored", "--cpu-replicas", "2"),
@@ -200,13 +196,13 @@ def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
     saved = max(int(n[5:-6]) for n in os.listdir(ck) if n.endswith(".index"))
     assert f"checkpoint is at step {saved}" in last
     # the same two workers continue from there...
-    again = workers(["--resume", "k", "--max-steps", str(saved + 20), *dirs(tmp_path)])
+    again = workers(["--resume", "k", "--max-steps", str(saved + 20), *where(tmp_path)])
     (out0, err0, rc0), (_, err1, rc1) = finish(again)
     assert rc0 == rc1 == 0, err0 + err1
     assert f"resuming at step {saved}" in out0
     # ...and so does a plain process, one replica instead of two
     result = run_cli(
-        "rnn_train.py", "--resume", "k", "--max-steps", str(saved + 40), *dirs(tmp_path)
+        "rnn_train.py", "--resume", "k", "--max-steps", str(saved + 40), *where(tmp_path)
     )
     assert result.returncode == 0, result.stderr
     assert f"resuming at step {saved + 20}" in result.stdout

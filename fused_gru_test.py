@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-import rnn_train
+import training
 import txtutils
 from model_test import CONFIG, ROUNDOFF, forward_and_gradients, random_codes, twins
 
@@ -43,12 +43,12 @@ DRIFT_BOUND = {"float32": 100, "float16": 32, "bfloat16": 32}  # in u
 
 
 def train(model, steps, codes):
-    """steps of rnn_train.make_train_step (dropout and clipping on, as in training):
+    """steps of training.make_train_step (dropout and clipping on, as in training):
     the weights as one vector, before and after, and the losses."""
     optimizer = keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
     config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4}
-    train_step = rnn_train.make_train_step(model, optimizer, config)
+    train_step = training.make_train_step(model, optimizer, config)
     state, losses = model.zero_state(4), []
     batches = txtutils.minibatch_sequencer(codes, 4, 12, epochs=steps)
     start = np.concatenate([v.numpy().ravel() for v in model.trainable_variables])

@@ -33,9 +33,11 @@ import numpy as np
 import tensorflow as tf
 
 import cli
-import rnn_train
+import settings
+import training
 import txtutils
 from generate import Generator, Scorer
+from hardware import cpu_name
 from model import build_model, loss_and_accuracy, training_dtype
 
 PROG = "gpu_check.py"
@@ -43,10 +45,7 @@ STEPS = 50  # training steps compared between the two paths
 TIMED = 10  # training steps timed, after as many of warm-up
 DEFAULT = {
     "alphasize": txtutils.ALPHASIZE,
-    "cell_size": rnn_train.CELL_SIZE,
-    "layers": rnn_train.LAYERS,
-    "batch_size": rnn_train.BATCH_SIZE,
-    "seqlen": rnn_train.SEQLEN,
+    **{k: settings.DEFAULTS[k] for k in ("cell_size", "layers", "batch_size", "seqlen")},
 }
 QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
 QUICK_STEPS, QUICK_TIMED = 10, 3
@@ -66,7 +65,7 @@ LIMITS = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.6}
 GRADIENT_LIMITS = {"float32": 1e-4, "float16": 32 * 2.0**-11, "bfloat16": 32 * 2.0**-8}
 # the learning rate warms up over the steps compared (rnn_train's over its first
 # WARMUP), then stays: from the start, the peak rate makes the runs drift apart faster
-RECIPE = {"learning_rate": rnn_train.LEARNING_RATE, "schedule": "constant"}
+RECIPE = {"learning_rate": settings.DEFAULTS["learning_rate"], "schedule": "constant"}
 CUDNN_OPS = ("CudnnRNN", "CudnnRNNV2", "CudnnRNNV3")  # forward; and backward:
 CUDNN_GRAD_OPS = ("CudnnRNNBackprop", "CudnnRNNBackpropV2", "CudnnRNNBackpropV3")
 
@@ -123,17 +122,6 @@ def describe_machine(report):
     return bool(gpus)
 
 
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
 def graph_ops(function, *args):
     """The op types of a tf.function's graph traced for args, those of the functions
     it calls included (a loop's body, a gradient)."""
@@ -164,7 +152,7 @@ def twins(config, mixed_precision):
     """The same weights in a model trained through the fused path and in one trained
     through Keras' layers (cuDNN on a GPU)."""
     keras.utils.set_random_seed(0)
-    config = dict(config, dropout=rnn_train.DROPOUT)
+    config = dict(config, dropout=settings.DEFAULTS["dropout"])
     fused = build_model(config, fused=True, mixed_precision=mixed_precision)
     layers = build_model(config, fused=False, mixed_precision=mixed_precision)
     for a, b in zip(fused.weights, layers.weights, strict=True):
@@ -173,16 +161,16 @@ def twins(config, mixed_precision):
 
 
 class Trainer:
-    """A model with its optimizer and rnn_train.make_train_step, as training runs it:
+    """A model with its optimizer and training.make_train_step, as training runs it:
     dropout and clipping on, the learning rate warming up over `warmup` steps."""
 
     def __init__(self, model, config, text, warmup=1):
         self.model, self.config = model, config
         self.recipe = dict(RECIPE, warmup=warmup)
-        self.optimizer = keras.optimizers.Adam(rnn_train.LEARNING_RATE)
+        self.optimizer = keras.optimizers.Adam(settings.DEFAULTS["learning_rate"])
         self.optimizer.build(model.trainable_variables)
-        step_config = dict(config, seed=0, clip_norm=rnn_train.CLIP_NORM)
-        self.step = rnn_train.make_train_step(model, self.optimizer, step_config)
+        step_config = dict(config, seed=0, clip_norm=settings.DEFAULTS["clip_norm"])
+        self.step = training.make_train_step(model, self.optimizer, step_config)
         self.batches = txtutils.minibatch_sequencer(
             text, config["batch_size"], config["seqlen"], epochs=10**6
         )
@@ -192,7 +180,7 @@ class Trainer:
     def train(self, steps):
         for _ in range(steps):
             x, y, _ = next(self.batches)
-            rate = rnn_train.learning_rate_at(self.steps, 0.0, self.recipe)
+            rate = training.learning_rate_at(self.steps, 0.0, self.recipe)
             self.optimizer.learning_rate.assign(rate)
             loss, _, self.state = self.step(
                 x, y, self.state, tf.constant(self.steps, tf.int64), True

@@ -11,51 +11,24 @@ everything else - training on a CPU, and inference (validation, scoring, generat
 on every device - runs fused_gru.py, the same equations ~1.3x faster on a CPU. So
 the code that generates text on a GPU is the code the CPU tests run.
 
-Also here: what the hardware offers (a GPU, 16-bit types), and the loss and accuracy.
+Also here: the loss and accuracy.
 """
 
+import math
 import os
 
 import keras
 import tensorflow as tf
 
+import hardware
 from fused_gru import first_layer_products, gru_stack, gru_stack_inference, matmul
-
-# ---------------------------------------------------------------------------
-# The hardware
-
-
-def on_gpu():
-    return bool(tf.config.list_physical_devices("GPU"))
-
-
-def mixed_precision_dtype():
-    """The 16-bit type of --mixed-precision here: float16 on a GPU, where Keras' loss
-    scaling keeps its small gradients from rounding to 0 (whether cuDNN's GRU runs
-    bfloat16 at all is unverified); bfloat16 on a CPU, whose range is float32's."""
-    return tf.float16 if on_gpu() else tf.bfloat16
-
-
-def has_bfloat16():
-    """Whether this is a CPU with bfloat16 matmuls in hardware (AVX512-BF16 or AMX, as
-    Linux tells; elsewhere, assume not): where mixed precision is on by default.
-    False on a GPU, where float32 is the default (TF32 matmuls on Ampere and newer
-    are already fast) and float16 a choice (--mixed-precision)."""
-    if on_gpu():
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def training_dtype(mixed_precision):
     """The type of training's matmuls: float32; with mixed_precision True, this
     machine's 16-bit type; or the type named (tests try "float16" on a CPU)."""
     if mixed_precision is True:
-        return mixed_precision_dtype()
+        return hardware.mixed_precision_dtype()
     return tf.as_dtype(mixed_precision) if mixed_precision else tf.float32
 
 
@@ -91,7 +64,7 @@ class CharRNN(keras.Model):
         self.dropout_rate = dropout
         # Training: fused on a CPU, Keras' layers (cuDNN) on a GPU; tests choose.
         # Inference is fused whatever this says (see call).
-        self.fused = not on_gpu() if fused is None else fused
+        self.fused = not hardware.on_gpu() if fused is None else fused
         # Mixed precision: matmuls in 16 bits in training; weights, gates, logits and
         # loss stay float32; inference is float32. The fused path casts the matrices
         # itself; Keras' layers take the mixed policy, under which cuDNN's GRU gets
@@ -258,6 +231,19 @@ class CharRNN(keras.Model):
         return logits[:, 0], state
 
 
+def weight_shapes(config):
+    """(name, shape) of every weight the model of config has, in checkpoint terms
+    ("gru0/kernel", [ALPHASIZE, 3*CELL]): a generator, so a config of 100,000 layers
+    costs nothing until its layers are compared."""
+    a, c = config["alphasize"], config["cell_size"]
+    for i in range(config["layers"]):
+        yield f"gru{i}/kernel", [a if i == 0 else c, 3 * c]  # z, r and h side by side
+        yield f"gru{i}/recurrent_kernel", [c, 3 * c]
+        yield f"gru{i}/bias", [2, 3 * c]  # input and recurrent biases (reset_after)
+    yield "softmax/kernel", [c, a]
+    yield "softmax/bias", [a]
+
+
 def build_model(config, fused=None, mixed_precision=False):
     """The model a checkpoint's config describes, with its weights created. fused:
     whether training runs the fused path (None: on a CPU); mixed_precision: False,
@@ -275,7 +261,23 @@ def build_model(config, fused=None, mixed_precision=False):
 
 
 # ---------------------------------------------------------------------------
-# Loss and accuracy
+# Loss and accuracy, and weights worth keeping
+
+
+class Diverged(Exception):
+    """The loss or the weights stopped being finite numbers."""
+
+
+def check_finite(model, step, x, y):
+    """Raise Diverged unless the model's weights are finite and give a finite loss on
+    x, y [BATCH, SEQLEN] from a zero state (weights of 1e38 are finite, yet useless to
+    save). step: the step that made them, for the message."""
+    if not all(tf.reduce_all(tf.math.is_finite(v)) for v in model.trainable_variables):
+        raise Diverged(f"the weights became infinite or NaN by step {step}")
+    logits, _ = model.infer(x, model.zero_state(len(x)))
+    loss = float(loss_and_accuracy(logits, y)[0])
+    if not math.isfinite(loss):
+        raise Diverged(f"the weights of step {step} give a loss of {loss}")
 
 
 def loss_and_accuracy(logits, y):

@@ -12,11 +12,13 @@ import pytest
 import tensorflow as tf
 
 import ckpt
-import model as model_module
-import rnn_train
+import hardware
+import runs
+import training
 from distribute import Distribution
 from generate import Generator
-from model import build_model, has_bfloat16, loss_and_accuracy, mean_loss_and_accuracy
+from hardware import has_bfloat16
+from model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 
 # the module, not the function of the same name that its package exports
 keras_rnn = importlib.import_module("keras.src.backend.tensorflow.rnn")
@@ -160,7 +162,7 @@ def test_checkpoint_restores_weights_optimizer_and_state_bit_for_bit(model, tmp_
     assert int(step2.numpy()) == 3
 
     # The player rebuilds the model from the checkpoint alone.
-    model3, config = ckpt.load_model(path)
+    model3, config = runs.load_model(path)
     assert config == CONFIG
     x = random_codes([1, 20])
     np.testing.assert_array_equal(
@@ -277,12 +279,12 @@ def test_on_a_gpu_mixed_precision_is_float16_and_off_by_default(monkeypatch):
     """As on a GPU: training defaults to float32; --mixed-precision gives float16
     through Keras' layers (bfloat16 in cuDNN's GRU is unverified), asking cuDNN for
     float32 arithmetic, with the logits layer in float32."""
-    monkeypatch.setattr(model_module, "on_gpu", lambda: True)
+    monkeypatch.setattr(hardware, "on_gpu", lambda: True)
     monkeypatch.setenv(FP32_COMPUTE, "")  # restored after the test, whatever it was
     monkeypatch.delenv(FP32_COMPUTE)
     assert not has_bfloat16()
     config = dict(CONFIG, deterministic=False, mixed_precision="auto", seed=0)
-    model, _ = rnn_train.make_model(dict(config, learning_rate=0.01), Distribution())
+    model, _ = training.make_model(dict(config, learning_rate=0.01), Distribution())
     assert model.train_dtype == tf.float32 and not model.fused
     assert FP32_COMPUTE not in os.environ
     model = build_model(CONFIG, mixed_precision=True)
@@ -297,12 +299,12 @@ def test_float16_skips_the_steps_whose_gradients_overflow(monkeypatch):
     scale so large that the gradients overflow float16, the step is skipped (weights
     unchanged, not NaN) and the scale halved, until they fit and training goes on. (A
     fixed scale wrote NaN into every weight at the first overflow.)"""
-    monkeypatch.setattr(rnn_train, "LOSS_SCALE", 2.0**40)
+    monkeypatch.setattr(training, "LOSS_SCALE", 2.0**40)
     _, model = twins(CONFIG, mixed_precision="float16")
     optimizer = keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
     config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4}
-    train_step = rnn_train.make_train_step(model, optimizer, config)
+    train_step = training.make_train_step(model, optimizer, config)
     x = random_codes([4, 12])
     y, state = np.roll(x, -1, axis=1), model.zero_state(4)
     start = [v.numpy() for v in model.trainable_variables]

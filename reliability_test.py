@@ -20,6 +20,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import ckpt
 import rnn_train
+import runs
 import txtutils
 from conftest import (
     FIXED_SCHEDULE,
@@ -29,6 +30,7 @@ from conftest import (
     run_cli,
     run_clis,
     session_folder,
+    where,
     write_corpus,
 )
 from model import loss_and_accuracy
@@ -111,7 +113,7 @@ def test_kill_9_at_random_moments(tmp_path):
     rng = random.Random(20261127)
     corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=3000)
     run_dir = tmp_path / "ck" / "r"
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    dirs = where(tmp_path)
     total = 1000
     first = [
         "--data",
@@ -141,7 +143,7 @@ def test_kill_9_at_random_moments(tmp_path):
     startup = 4.0  # seconds to the first line, until a restart shows it here
     kills = during_save = resumes_checked = 0
     while kills < 20:
-        newest = ckpt.newest_in(str(run_dir))
+        newest = runs.newest_in(str(run_dir))
         args = ["--resume", "r", *dirs] if newest else first
         started, started_ns = time.monotonic(), time.time_ns()
         proc = subprocess.Popen(
@@ -176,7 +178,7 @@ def test_kill_9_at_random_moments(tmp_path):
             startup = output.first_at - started
         during_save += partial_saves_since(run_dir, started_ns)
         # no checkpoint is ever unreadable
-        for prefix in ckpt.all_in(str(run_dir)):
+        for prefix in runs.all_in(str(run_dir)):
             ckpt.verify(prefix)
         # the restart resumed from the newest complete checkpoint
         m = re.search(r"resuming at step (\d+)", out)
@@ -190,7 +192,7 @@ def test_kill_9_at_random_moments(tmp_path):
     # The last restart trains to the end, moved to a few saves past the newest
     # checkpoint: the total asked is there so that no kill comes after the end, and
     # training all of it would take minutes.
-    end = step_of(ckpt.newest_in(str(run_dir))) + 9
+    end = step_of(runs.newest_in(str(run_dir))) + 9
     final = run_cli("rnn_train.py", "--resume", "r", "--max-steps", str(end), *dirs)
     assert final.returncode == 0, final.stderr
     assert f"done: step {end}" in final.stdout
@@ -203,7 +205,7 @@ def test_deterministic_resume_is_bit_exact(tmp_path):
     """With --deterministic and dropout on: 30 steps, a stop, 30 more after --resume
     give exactly the weights, optimizer state and loss curve of 60 steps in one go."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    dirs = where(tmp_path)
     common = [
         "--data",
         corpus,
@@ -259,7 +261,7 @@ def trained_run(tmp_path, steps=20, save_every=10):
     if (steps, save_every) not in _trained:
         root = session_folder(f"trained-{steps}-{save_every}")
         corpus = write_corpus(str(root / "corpus"), files=1)
-        dirs = ["--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
+        dirs = where(root)
         result = run_cli(
             "rnn_train.py",
             "--data",
@@ -281,7 +283,7 @@ def trained_run(tmp_path, steps=20, save_every=10):
         _trained[steps, save_every] = root
     for name in ("corpus", "ck", "log"):
         shutil.copytree(_trained[steps, save_every] / name, tmp_path / name)
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    dirs = where(tmp_path)
     return tmp_path / "ck" / "r", dirs
 
 
@@ -323,7 +325,7 @@ def test_a_damaged_newest_checkpoint_is_skipped_with_a_warning(tmp_path):
     ruined = ["--checkpoint-dir", str(tmp_path / "ruined"), "--log-dir", str(tmp_path / "log2")]
     shutil.copytree(run_dir, tmp_path / "ruined" / "r")
     shutil.copytree(tmp_path / "log", tmp_path / "log2")
-    for prefix in ckpt.all_in(str(tmp_path / "ruined" / "r")):
+    for prefix in runs.all_in(str(tmp_path / "ruined" / "r")):
         truncate(prefix + ".data-00000-of-00001")
     resumed, *played, ruined_play, ruined_resume = run_clis(
         ("rnn_train.py", "--resume", "r", "--max-steps", "30", *dirs),  # the longest first
@@ -427,7 +429,7 @@ def test_an_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
 
 def loss_on_a_batch(prefix, corpus):
     """The loss of the checkpoint's weights on the first batch of the corpus."""
-    model, config = ckpt.load_model(prefix)
+    model, config = runs.load_model(prefix)
     codes = txtutils.read_corpus([corpus], [])[0].astype(np.int32)
     n = config["batch_size"] * config["seqlen"]
     x, y = (
@@ -466,14 +468,14 @@ def test_divergence_saves_nothing_that_gives_an_infinite_loss(tmp_path):
     assert resumed.returncode == 1
     assert len(lines) == 1 and "diverged" in lines[0] and "--learning-rate" in lines[0], lines
     assert "Nothing was saved after step 20" in lines[0], lines
-    newest = ckpt.newest_in(str(run_dir))
+    newest = runs.newest_in(str(run_dir))
     assert step_of(newest) == 20
     assert np.isfinite(loss_on_a_batch(newest, corpus))
 
     lines = fresh.stderr.strip().splitlines()
     assert fresh.returncode == 1
     assert len(lines) == 1 and "diverged before any checkpoint" in lines[0], lines
-    assert ckpt.newest_in(str(tmp_path / "ck" / "fresh")) is None
+    assert runs.newest_in(str(tmp_path / "ck" / "fresh")) is None
 
 
 def test_a_signal_during_the_last_save_waits_for_it(tmp_path, monkeypatch, capfd):
@@ -499,17 +501,14 @@ def test_a_signal_during_the_last_save_waits_for_it(tmp_path, monkeypatch, capfd
             *TINY,
             "--max-steps",
             "12",
-            "--checkpoint-dir",
-            str(tmp_path / "ck"),
-            "--log-dir",
-            str(tmp_path / "log"),
+            *where(tmp_path),
         ]
     )
     err = capfd.readouterr().err
     assert status == 130, err
     assert "stopped at step 12: checkpoint saved" in err
     assert "quit without saving" not in err
-    assert step_of(ckpt.newest_in(str(tmp_path / "ck" / "r"))) == 12
+    assert step_of(runs.newest_in(str(tmp_path / "ck" / "r"))) == 12
 
 
 # rnn_train.py, killed (os._exit) on its n-th write of the log, right after the
@@ -540,7 +539,7 @@ def test_a_kill_between_checkpoint_and_log_loses_no_figure(tmp_path, midway):
     """Killed after saving ckpt-20 and before (or while) writing its figures to the
     log: the resumed run writes them, and the log holds every step exactly once."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=2)
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    dirs = where(tmp_path)
     flags = ["--log-every", "5", "--eval-every", "10", "--save-every", "10", "--max-steps", "30"]
     data = ["--data", corpus, "--validation", os.path.join(corpus, "part1.txt")]
     train = [*data, "--run", "r", *TINY, *flags, *dirs]
@@ -553,7 +552,7 @@ def test_a_kill_between_checkpoint_and_log_loses_no_figure(tmp_path, midway):
         check=False,
     )
     assert killed.returncode == 137, killed.stderr
-    assert step_of(ckpt.newest_in(str(tmp_path / "ck" / "r"))) == 20
+    assert step_of(runs.newest_in(str(tmp_path / "ck" / "r"))) == 20
     resumed = run_cli("rnn_train.py", "--resume", "r", *dirs)
     assert resumed.returncode == 0, resumed.stderr
     assert re.search(r"resuming at step 20", resumed.stdout)

@@ -26,28 +26,19 @@ GRU's plain matmuls, as generation runs on every device), so it loads anywhere.
 
 import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
-import contextlib
-import json
-import math
 import os
 import shutil
 import sys
 import tempfile
 
-import tensorflow as tf
 
 import ckpt
 import cli
-import rnn_play
-from generate import chunk_function
+import memory
+import runs
+from export import export
 
 PROG = "rnn_export.py"
-# characters (rows x columns) that score runs through the model per call: rnn_play.py's
-# chunk for one text, fewer columns per call for many, so the logits stay ~1.6 MB a row
-SCORE_CELLS = rnn_play.SCORE_CHUNK
-# what the graph reads bytes that are not UTF-8 as: the alphabet's first symbol, code 0
-UNKNOWN_CHAR = 0xFFFD
-INT64_MAX = 2**63 - 1
 
 
 def parse_args(argv):
@@ -75,244 +66,6 @@ def parse_args(argv):
 # The exported module: the model's weights, the alphabet, three signatures
 
 
-class Step(tf.Module):
-    """The model's weights and its step: what the LiteRT models hold."""
-
-    def __init__(self, model):
-        super().__init__()
-        # Saved: the model's tf.Variables, not its Keras objects (held in a closure,
-        # which a tf.Module does not track): TF 2.21's LiteRT converter does not
-        # freeze Keras variables, and its step then reads uninitialised weights.
-        self.weights = [w.value for w in model.weights]
-        self._model = lambda: model
-        state = tf.TensorSpec([None, model.state_size], tf.float32, name="state")
-        self.step = tf.function(
-            self._step,
-            input_signature=[tf.TensorSpec([None], tf.int32, name="codes"), state],
-            autograph=False,
-        )
-
-    @property
-    def model(self):
-        return self._model()
-
-    def _step(self, codes, state):
-        logits, state = self.model.step(codes, state)  # [B, ALPHASIZE], [B, STATE]
-        return {"logits": logits, "state": state}
-
-
-class Exported(Step):
-    """What the SavedModel holds. Text crosses its border as UTF-8 strings and is
-    encoded and decoded in the graph with the checkpoint's alphabet (any length, any
-    code points): CRLF read as LF, characters not in it as code 0, as
-    txtutils.encode does. (Its lookup table is why the LiteRT models are made from
-    Step: a table is no built-in op.)"""
-
-    def __init__(self, model, alphabet):
-        super().__init__(model)
-        points = [ord(c) for c in alphabet]  # [ALPHASIZE]
-        self.alphasize = len(points)
-        self.code_points = tf.constant(points, tf.int32)  # code -> code point
-        self.code_of = tf.lookup.StaticHashTable(  # code point -> code, 0 if absent
-            tf.lookup.KeyValueTensorInitializer(
-                self.code_points, tf.range(self.alphasize, dtype=tf.int32)
-            ),
-            default_value=0,
-        )
-        self.chunk = chunk_function(model)  # rnn_play.py's generation loop
-        self.generate = tf.function(
-            self._generate,
-            input_signature=[
-                tf.TensorSpec([None], tf.string, name="prime"),
-                tf.TensorSpec([], tf.int32, name="length"),
-                tf.TensorSpec([], tf.float32, name="temperature"),
-                tf.TensorSpec([], tf.int32, name="top_n"),
-                tf.TensorSpec([], tf.int64, name="seed"),
-            ],
-            autograph=False,
-        )
-        self.score = tf.function(
-            self._score,
-            input_signature=[tf.TensorSpec([None], tf.string, name="text")],
-            autograph=False,
-        )
-
-    def signatures(self):
-        return {"generate": self.generate, "score": self.score, "step": self.step}
-
-    # -- text <-> codes
-
-    def encode(self, text):
-        """string [B] -> int32 ragged [B, (CHARACTERS)]."""
-        text = tf.strings.regex_replace(text, "\r\n", "\n")
-        points = tf.strings.unicode_decode(
-            text, "UTF-8", errors="replace", replacement_char=UNKNOWN_CHAR
-        )
-        return tf.ragged.map_flat_values(self.code_of.lookup, points)
-
-    def decode(self, codes):
-        """int32 [B, N] -> string [B]."""
-        return tf.strings.unicode_encode(tf.gather(self.code_points, codes), "UTF-8")
-
-    # -- the signatures
-
-    def _generate(self, prime, length, temperature, top_n, seed):
-        checks = [
-            tf.debugging.assert_non_negative(length, message="length must be 0 or more"),
-            tf.debugging.assert_non_negative(top_n, message="top_n must be 0 or more"),
-            tf.debugging.Assert(
-                tf.math.is_finite(temperature) & (temperature > 0),
-                ["temperature must be a number above 0, got", temperature],
-            ),
-        ]
-        with tf.control_dependencies(checks):
-            # an empty prime is rnn_play.py's default one, a newline
-            prime = tf.where(tf.strings.length(prime) > 0, prime, "\n")
-        logits, state = self.feed_primes(self.encode(prime))  # [B, ALPHASIZE], [B, STATE]
-        # Generator.start's seed: Python's seed % 2**63, in two's complement
-        seed = tf.stack([tf.bitwise.bitwise_and(seed, INT64_MAX), tf.constant(0, tf.int64)])
-        codes = self.sample(logits, state, seed, length, top_n, temperature)  # [B, LENGTH]
-        return {"text": self.decode(codes)}
-
-    def feed_primes(self, primes):
-        """The logits after each prime's last character [B, ALPHASIZE] and the state
-        [B, STATE]. Primes of one length go through the model together, as rnn_play.py
-        feeds its streams' prime; primes of several lengths one at a time, each exactly
-        as it would be alone (padding would change the state of the shorter ones)."""
-        lengths = primes.row_lengths()  # [B]
-        rows = tf.shape(lengths)[0]
-
-        def together():
-            x = primes.to_tensor()  # [B, LENGTH]
-            logits, state = self.model.infer(x, self.model.zero_state(rows))
-            return logits[:, -1], state
-
-        def one_by_one():
-            def body(i, logits, states):
-                x = primes[i][None]  # [1, LENGTH_i]
-                out, state = self.model.infer(x, self.model.zero_state(1))
-                return i + 1, logits.write(i, out[0, -1]), states.write(i, state[0])
-
-            arrays = [  # element shapes given: zero rows stack to [0, ...]
-                tf.TensorArray(tf.float32, size=rows, element_shape=[n])
-                for n in (self.alphasize, self.model.state_size)
-            ]
-            _, logits, states = tf.while_loop(
-                lambda i, *_: i < rows, body, (tf.constant(0), *arrays)
-            )
-            return logits.stack(), states.stack()
-
-        same = tf.reduce_all(tf.equal(lengths, tf.reduce_max(lengths)))
-        return tf.cond(same & (rows > 0), together, one_by_one)
-
-    def sample(self, logits, state, seed, length, top_n, temperature):
-        """length characters per row [B, LENGTH], drawn as Generator.next(rnn_play.CHUNK)
-        draws them: whole chunks, the seed of chunk c folded with c, then cut."""
-        chunk = rnn_play.CHUNK
-        chunks = (length + chunk - 1) // chunk
-        cut = (top_n > 0) & (top_n < self.alphasize)  # sample_logits' test, in the graph
-
-        def body(c, logits, state, out):
-            s = tf.random.experimental.stateless_fold_in(seed, c)
-            codes, logits, state = tf.cond(
-                cut,
-                lambda: self.chunk(logits, state, s, chunk, top_n, temperature),
-                lambda: self.chunk(logits, state, s, chunk, 0, temperature),
-            )  # [CHUNK, B]
-            return c + 1, logits, state, out.write(c, codes)
-
-        out = tf.TensorArray(tf.int32, size=chunks, element_shape=[chunk, None])
-        _, _, _, out = tf.while_loop(
-            lambda c, *_: c < chunks, body, (tf.constant(0), logits, state, out)
-        )
-        rows = tf.shape(logits)[0]
-        codes = tf.cond(chunks > 0, out.concat, lambda: tf.zeros([0, rows], tf.int32))
-        # transposed as floats (exact below 2**24, and code points end at 0x10FFFF):
-        # TensorFlow's oneDNN build logs an error for every integer transpose
-        codes = tf.cast(tf.transpose(tf.cast(codes, tf.float32)), tf.int32)  # [B, CHUNKS*CHUNK]
-        return codes[:, :length]
-
-    def _score(self, text):
-        """Bits per character of each text, one state from its first character to its
-        last, each character predicted from all those before it (the first only fed),
-        as rnn_play.py --score; NaN for a text of fewer than 2 characters."""
-        ragged = self.encode(text)  # [B, (CHARACTERS)]
-        codes = ragged.to_tensor()  # [B, LONGEST], padded with 0
-        rows = tf.shape(codes)[0]
-        chars = tf.maximum(tf.cast(ragged.row_lengths(), tf.int32) - 1, 0)  # [B]
-        x, y = codes[:, :-1], codes[:, 1:]  # [B, LONGEST-1]: y is the character after x
-        width = tf.maximum(SCORE_CELLS // tf.maximum(rows, 1), 1)  # columns per call
-
-        def body(start, state, nats):
-            logits, state = self.model.infer(x[:, start : start + width], state)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=y[:, start : start + width], logits=logits
-            )  # [B, WIDTH]
-            real = start + tf.range(tf.shape(losses)[1]) < chars[:, None]
-            nats += tf.cast(tf.reduce_sum(tf.where(real, losses, 0.0), axis=1), tf.float64)
-            return start + width, state, nats
-
-        _, _, nats = tf.while_loop(
-            lambda start, *_: start < tf.shape(x)[1],
-            body,
-            (tf.constant(0), self.model.zero_state(rows), tf.zeros([rows], tf.float64)),
-        )
-        bits = nats / tf.cast(chars, tf.float64) / math.log(2)  # NaN where chars == 0
-        return {"bits_per_char": tf.cast(bits, tf.float32), "chars": chars}
-
-
-# ---------------------------------------------------------------------------
-# Writing
-
-
-def export(model, alphabet, out_dir):
-    """Write the SavedModel, the LiteRT models and model.json of model (a CharRNN)
-    and alphabet (its i-th character: code i) into out_dir, a new folder."""
-    module = Exported(model, alphabet)
-    tf.saved_model.save(module, os.path.join(out_dir, "saved_model"), module.signatures())
-    step, only_step = os.path.join(out_dir, ".step"), Step(model)  # the converter's input
-    tf.saved_model.save(only_step, step, {"step": only_step.step})
-    for name, quantized in (("step.tflite", False), ("step_int8.tflite", True)):
-        with open(os.path.join(out_dir, name), "wb") as f:
-            f.write(litert_step(step, quantized))
-    shutil.rmtree(step)
-    info = {
-        "alphabet": alphabet,
-        "alphasize": len(alphabet),
-        "layers": model.layers_count,
-        "cell_size": model.cell_size,
-        "state_size": model.state_size,
-    }
-    with open(os.path.join(out_dir, "model.json"), "w", encoding="utf-8") as f:
-        json.dump(info, f, ensure_ascii=False, indent=1)
-        f.write("\n")
-
-
-def litert_step(saved_model_dir, quantized):
-    """The step signature of a SavedModel as a LiteRT flatbuffer: TensorFlow Lite's
-    built-in ops only (a phone's runtime has no Select TF ops), float32, or with
-    int8 weights (dynamic range: activations stay float32)."""
-    converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir, signature_keys=["step"])
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if quantized:
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    with quiet_stderr():  # the MLIR converter logs its passes straight to fd 2
-        return converter.convert()
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 class ExportError(Exception):
     """An OUT_DIR that cannot be written; the message says what to do."""
 
@@ -327,8 +80,8 @@ def check_out_dir(out_dir):
 
 def export_checkpoint(args):
     check_out_dir(args.out_dir)
-    prefix = ckpt.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
-    model, config = ckpt.load_model(prefix)
+    prefix = runs.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
+    model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config).chars  # the checkpoint's, as rnn_play.py reads it
     work = work_dir(args.out_dir)
     try:
@@ -364,7 +117,7 @@ def main(argv=None):
     cli.utf8_output()  # paths in any language, whatever the locale
     try:
         return export_checkpoint(args)
-    except (ckpt.CheckpointError, ExportError) as e:
+    except (ckpt.CheckpointError, memory.OutOfMemory, ExportError) as e:
         cli.fail(PROG, e)
     except KeyboardInterrupt:
         print(f"{PROG}: stopped (Ctrl-C); nothing written", file=sys.stderr)

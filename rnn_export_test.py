@@ -18,10 +18,10 @@ import pytest
 
 import ckpt
 import rnn_export
-import rnn_play
+import runs
 import txtutils
 from conftest import HERE, cache_env, run_clis
-from generate import Generator, Scorer
+from generate import CHUNK, Generator, Scorer
 from model import build_model
 
 PRIME = "ROMEO:"
@@ -123,7 +123,7 @@ def codes_of(text, alphabet):
 
 def expected_bits(model, codes):
     """rnn_play.py --score's figure, bits per character, computed as it computes it."""
-    scorer = Scorer(model, rnn_play.SCORE_CHUNK)
+    scorer = Scorer(model)
     scorer.feed(codes)
     return scorer.finish()[0] / np.log(2)
 
@@ -132,7 +132,7 @@ def expected_text(model, alphabet, prime, length, seed, topn=0, temperature=1.0)
     """What rnn_play.py prints after the prime, generated as it generates it."""
     generator = Generator(model, topn=topn, temperature=temperature)
     generator.start([codes_of(prime, alphabet)], seed)
-    chunks = [generator.next(rnn_play.CHUNK) for _ in range(-(-length // rnn_play.CHUNK))]
+    chunks = [generator.next(CHUNK) for _ in range(-(-length // CHUNK))]
     return "".join(alphabet[c] for c in np.concatenate(chunks, axis=1)[0, :length])
 
 
@@ -172,10 +172,10 @@ def exported(tiny_run, tmp_path_factory):
         export, *plays = clis.result()
     assert export.returncode == 0, export.stderr
     assert all(p.returncode == 0 for p in plays), [p.stderr for p in plays]
-    model, config = ckpt.load_model(prefix)
+    model, config = runs.load_model(prefix)
     alphabet = config["alphabet"]
 
-    tiny_model, tiny_config = ckpt.load_model(ckpt.resolve("tiny", checkpoints, print))
+    tiny_model, tiny_config = runs.load_model(runs.resolve("tiny", checkpoints, print))
     tiny_alphabet = tiny_config["alphabet"]
     with open(held_out, encoding="utf-8") as f:
         text = f.read()
@@ -332,7 +332,7 @@ def test_bad_input_is_one_line_and_nothing_written(tiny_run, tmp_path, capfd):
     (taken / "keep.txt").write_text("mine")
     damaged = tmp_path / "damaged"
     shutil.copytree(tiny_run["checkpoints"] / "tiny", damaged / "tiny")
-    for prefix in ckpt.all_in(str(damaged / "tiny")):
+    for prefix in runs.all_in(str(damaged / "tiny")):
         with open(prefix + ".data-00000-of-00001", "r+b") as f:
             f.truncate(100)
     out = str(tmp_path / "out")

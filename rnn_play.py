@@ -17,18 +17,14 @@ import numpy as np
 
 import ckpt
 import cli
+import memory
+import runs
 import txtutils
-from generate import Generator, Scorer
+from generate import CHUNK, TOPN, Generator, Scorer, score
 
 PROG = "rnn_play.py"
 
 LENGTH = 1000  # characters to generate
-TOPN = 2  # the original's choice for a trained model: likely, still varied
-# characters per compiled call when scoring: long enough that a call's overhead is
-# nothing, short enough for the progress line to move (16384 measured slower)
-SCORE_CHUNK = 4096
-SCORE_PIECE = 1 << 20  # bytes of the scored file read at a time
-CHUNK = 256  # characters per compiled call: ~30 ms for one stream, still smooth
 # Bytes held per character of each sample until all are printed or written (more
 # than one stream, or --out-dir): each chunk's codes and their concatenation, int32,
 # and the decoded text
@@ -105,42 +101,6 @@ def parse_args(argv):
     return args
 
 
-class ScoringStopped(KeyboardInterrupt):
-    """Ctrl-C while scoring; the message says how far it got."""
-
-
-def score(scorer, path, piece_bytes=SCORE_PIECE, alphabet=txtutils.DEFAULT):
-    """(nats per character, accuracy, characters, unknown share) of the scorer's model
-    on a text file, one state carried from its first character to its last; the share
-    is that of the file's characters not in the model's alphabet. The file is read
-    twice, a piece at a time: first to count its characters (and refuse a binary file
-    before any scoring), then to score them."""
-    total = unknown = 0
-    for codes in txtutils.read_pieces(path, piece_bytes, alphabet):
-        total += len(codes)
-        unknown += int(np.count_nonzero(codes == txtutils.UNKNOWN))
-    if total < 2:
-        raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
-    progress = Progress(total - 1) if sys.stderr.isatty() else None
-    scorer.start()
-    try:
-        for codes in txtutils.read_pieces(path, piece_bytes, alphabet):
-            # a chunk at a time, so that the progress line moves every compiled call
-            for i in range(0, len(codes), scorer.chunk):
-                scorer.feed(codes[i : i + scorer.chunk])
-                if progress:
-                    progress.show(scorer.characters)
-        return (*scorer.finish(), unknown / total)
-    except KeyboardInterrupt:
-        raise ScoringStopped(
-            f"scoring of {path} stopped (Ctrl-C) after {scorer.characters:,} "
-            f"of {total - 1:,} characters; no figures"
-        ) from None
-    finally:
-        if progress:
-            progress.clear()
-
-
 class Progress:
     """A line on the terminal, rewritten in place: characters done, of how many, and
     the speed since the first compiled call (so compiling it does not count)."""
@@ -175,14 +135,14 @@ class Progress:
 
 
 def play(args):
-    prefix = ckpt.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
+    prefix = runs.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
     if not args.score:
         check_streams_memory(ckpt.read_config(prefix), args)
-    model, config = ckpt.load_model(prefix)
+    model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config)
     if args.score:
-        scorer = Scorer(model, SCORE_CHUNK)
-        nats, accuracy, n, unknown = score(scorer, args.score, alphabet=alphabet)
+        progress = Progress if sys.stderr.isatty() else None
+        nats, accuracy, n, unknown = score(Scorer(model), args.score, alphabet, progress=progress)
         print(
             f"{args.score}: {nats / np.log(2):.3f} bits/char ({nats:.3f} nats/char), "
             f"accuracy {accuracy:.3f}, over {n:,} characters"
@@ -220,23 +180,23 @@ def play(args):
 
 def check_streams_memory(config, args):
     """Refuse --streams (and --length) beyond this machine's memory, before any of it
-    is allocated: every stream's states and logits over the prime (ckpt.memory_needed),
+    is allocated: every stream's states and logits over the prime (memory.needed),
     its prime's codes and the sample kept until all are printed or written."""
     prime = len(args.prime)
     kept = args.length + prime if args.streams > 1 or args.out_dir else 0  # characters
 
     def needed(streams):
         per_stream = 4 * prime + KEPT_BYTES * kept  # int32 prime codes, the sample kept
-        return ckpt.memory_needed(config, streams, prime) + streams * per_stream
+        return memory.needed(config, streams, prime) + streams * per_stream
 
-    available = ckpt.available_memory()
+    available = memory.available()
     most = (available - needed(0)) // (needed(1) - needed(0)) if available else 0
     if most >= 1:  # a floor's bound: in practice, fewer
         fix = f"ask for fewer streams ({most:,} at the very most here)"
         fix += ", or a shorter --length" if kept else ""
     else:
         fix = "ask for a shorter --length or --prime"
-    ckpt.check_memory(
+    memory.check(
         needed(args.streams),
         f"--streams {args.streams} of {args.length:,} characters "
         f"({config['layers']} x {config['cell_size']} GRU)",
@@ -268,7 +228,7 @@ def write_samples(samples, out_dir):
             with open(path, "w", encoding="utf-8", errors="replace") as f:
                 f.write(text + "\n")
     except OSError as e:
-        raise txtutils.CorpusError(
+        raise cli.UsageError(
             f"cannot write {e.filename}: {e.strerror}; choose another --out-dir"
         ) from None
     print(f"{len(samples)} samples written to {out_dir}/")
@@ -279,7 +239,7 @@ def main(argv=None):
     cli.utf8_output()
     try:
         return play(args)
-    except (ckpt.CheckpointError, txtutils.CorpusError) as e:
+    except (ckpt.CheckpointError, memory.OutOfMemory, txtutils.CorpusError, cli.UsageError) as e:
         cli.fail(PROG, e)
     except KeyboardInterrupt as e:
         if args.score:  # an unfinished score is no figure: say so, and fail as Ctrl-C does

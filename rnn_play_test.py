@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import ckpt
-import rnn_play
+import generate
+import runs
 import txtutils
 from conftest import HERE, run_cli, run_clis
 from generate import Scorer
@@ -75,7 +75,7 @@ def test_score_prints_bits_per_character(tiny_run, tmp_path):
     # better than a uniform guess over 98 symbols, as the training run's validation showed
     assert nats < np.log(98) - 1
     # the same figure as running the whole text in one call with the state carried
-    model, _ = ckpt.load_model(ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print))
+    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
     codes = txtutils.encode(txtutils.read_file(text).text).astype(np.int32)
     logits, _ = model.infer(codes[None, :-1], model.zero_state(1))
     expected, _ = loss_and_accuracy(logits, codes[None, 1:])
@@ -217,10 +217,10 @@ def test_score_gives_the_old_figures_across_chunks_and_pieces(tiny_run, tmp_path
     text = text[:2000] + mixed_bytes(500) + text[2000:]
     path = tmp_path / "text.txt"
     path.write_bytes(text)
-    model, _ = ckpt.load_model(ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print))
+    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
     nats, accuracy, n = old_score(model, str(path))
-    for chunk, piece in ((512, 700), (rnn_play.SCORE_CHUNK, rnn_play.SCORE_PIECE)):
-        got = rnn_play.score(Scorer(model, chunk), str(path), piece)
+    for chunk, piece in ((512, 700), (generate.SCORE_CHUNK, generate.SCORE_PIECE)):
+        got = generate.score(Scorer(model, chunk), str(path), piece_bytes=piece)
         assert got[2] == n > 3 * 512
         assert abs(got[0] - nats) < 1e-5, (chunk, piece)
         assert abs(got[1] - accuracy) < 1e-5, (chunk, piece)

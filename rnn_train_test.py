@@ -19,6 +19,8 @@ from tensorboard.util.tensor_util import make_ndarray
 
 import ckpt
 import rnn_train
+import runs
+import training
 import txtutils
 from conftest import (
     FIXED_SCHEDULE,
@@ -27,6 +29,9 @@ from conftest import (
     cache_env,
     run_cli,
     run_clis,
+    run_main,
+    tiny_flags,
+    where,
     without_cache_noise,
     write_corpus,
 )
@@ -67,6 +72,12 @@ def tree_digest(*folders):
     return h.hexdigest()
 
 
+def train(*args, capsys):
+    """rnn_train.py in this process (run_main): for tests of what it does, not of how
+    its process starts, stops or dies."""
+    return run_main(rnn_train.main, *args, capsys=capsys)
+
+
 def test_loss_goes_down_and_checkpoints_appear(tiny_run):
     points = progress(tiny_run["result"].stdout)
     assert [s for s, _ in points] == list(range(10, 121, 10))
@@ -101,32 +112,19 @@ def test_the_programs_the_tests_start_share_an_xla_cache(tiny_run, xla_cache):
     assert list(xla_cache.glob("xla_compile_cache__*")), os.listdir(xla_cache)
 
 
-def test_resume_continues_at_the_right_step(tmp_path):
+def test_resume_continues_at_the_right_step(tmp_path, capsys):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    common = [
-        "--data",
-        os.path.join(corpus, "*.txt"),
-        "--validation",
-        "none",
-        *TINY,
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    ]
-    first = run_cli("rnn_train.py", *common, "--run", "r", "--max-steps", "60")
+    first = train(
+        *tiny_flags(tmp_path, corpus),
+        "--run",
+        "r",
+        "--max-steps",
+        "60",
+        capsys=capsys,
+    )
     assert first.returncode == 0, first.stderr
     # Resume names nothing but the new limit: the architecture comes from the checkpoint.
-    second = run_cli(
-        "rnn_train.py",
-        "--resume",
-        "--max-steps",
-        "100",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    )
+    second = train("--resume", "--max-steps", "100", *where(tmp_path), capsys=capsys)
     assert second.returncode == 0, second.stderr
     assert "resuming at step 60" in second.stdout
     assert [s for s, _ in progress(second.stdout)] == [70, 80, 90, 100]
@@ -135,17 +133,7 @@ def test_resume_continues_at_the_right_step(tmp_path):
     steps = [s for s, _ in read_events(tmp_path / "log" / "r" / "training")["loss"]]
     assert steps == list(range(10, 101, 10))
     # A finished run says so and trains no further.
-    again = run_cli(
-        "rnn_train.py",
-        "--resume",
-        "r",
-        "--max-steps",
-        "100",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    )
+    again = train("--resume", "r", "--max-steps", "100", *where(tmp_path), capsys=capsys)
     assert again.returncode == 0 and "complete at step 100" in again.stdout
 
 
@@ -278,37 +266,13 @@ def test_resume_restores_everything_training_depends_on(tmp_path):
     same weights as 80 steps in one go: the weights, optimizer moments, step, data
     position and RNN state all came back from the checkpoint."""
     corpus = write_corpus(str(tmp_path / "corpus"), files=1)
-    common = [
-        "--data",
-        corpus,
-        "--validation",
-        "none",
-        *TINY,
-        *FIXED_SCHEDULE,
-        "--dropout",
-        "0",
-        "--sample-every",
-        "1000",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    ]
+    common = [*tiny_flags(tmp_path, corpus), *FIXED_SCHEDULE, "--dropout", "0"]
+    common += ["--sample-every", "1000"]
     whole, half = run_clis(
         ("rnn_train.py", *common, "--run", "whole", "--max-steps", "80"),
         ("rnn_train.py", *common, "--run", "split", "--max-steps", "40"),
     )
-    rest = run_cli(
-        "rnn_train.py",
-        "--resume",
-        "split",
-        "--max-steps",
-        "80",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    )
+    rest = run_cli("rnn_train.py", "--resume", "split", "--max-steps", "80", *where(tmp_path))
     for result in (whole, half, rest):
         assert result.returncode == 0, result.stderr
     a = tf.train.load_checkpoint(str(tmp_path / "ck" / "whole" / "ckpt-80"))
@@ -325,20 +289,18 @@ def test_resume_restores_everything_training_depends_on(tmp_path):
     assert progress(whole.stdout)[4:] == progress(rest.stdout)
 
 
-def test_mixed_precision_trains_and_saves_float32_weights(tmp_path):
+def test_mixed_precision_trains_and_saves_float32_weights(tmp_path, capsys):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    common = [
-        "--data",
-        os.path.join(corpus, "*.txt"),
-        "--validation",
-        "none",
-        *TINY,
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    ]
-    first = run_cli("rnn_train.py", *common, "--run", "m", "--max-steps", "60", "--mixed-precision")
+    common = tiny_flags(tmp_path, corpus)
+    first = train(
+        *common,
+        "--run",
+        "m",
+        "--max-steps",
+        "60",
+        "--mixed-precision",
+        capsys=capsys,
+    )
     assert first.returncode == 0, first.stderr
     losses = [loss for _, loss in progress(first.stdout)]
     assert losses[-1] < losses[0] - 0.5
@@ -350,24 +312,21 @@ def test_mixed_precision_trains_and_saves_float32_weights(tmp_path):
     assert all(dtypes[k] == tf.float32 for k in weights)
     assert not {tf.bfloat16, tf.float16} & set(dtypes.values())
     # the precision is a training choice, not part of the checkpoint's architecture
-    second = run_cli(
-        "rnn_train.py",
+    second = train(
         "--resume",
         "m",
         "--max-steps",
         "70",
         "--no-mixed-precision",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
+        *where(tmp_path),
+        capsys=capsys,
     )
     assert second.returncode == 0, second.stderr
     assert "resuming at step 60" in second.stdout
 
 
 def test_learning_rate_schedule():
-    from rnn_train import learning_rate_at
+    from training import learning_rate_at
 
     config = {"learning_rate": 0.004, "warmup": 10, "schedule": "cosine", "min_lr": 0.1}
     # linear warm-up from (almost) 0 to the peak
@@ -382,15 +341,10 @@ def test_learning_rate_schedule():
     assert learning_rate_at(500, 0.5, dict(config, schedule="constant")) == 0.004
 
 
-def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path):
+def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path, capsys):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    result = run_cli(
-        "rnn_train.py",
-        "--data",
-        os.path.join(corpus, "*.txt"),
-        "--validation",
-        os.path.join(corpus, "part2.txt"),
-        *TINY,
+    result = train(
+        *tiny_flags(tmp_path, corpus, validation=os.path.join(corpus, "part2.txt")),
         "--run",
         "t",
         "--time-limit",
@@ -401,10 +355,7 @@ def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path):
         "20",
         "--min-lr",
         "0.1",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
+        capsys=capsys,
     )
     assert result.returncode == 0, result.stderr
     m = re.search(
@@ -427,14 +378,10 @@ def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path):
     assert all(a >= b for a, b in itertools.pairwise(after_warmup))
 
 
-def test_recipe_talk_is_the_talks_settings(tmp_path):
+def test_recipe_talk_is_the_talks_settings(tmp_path, capsys):
     corpus = write_corpus(str(tmp_path / "corpus"))
-    result = run_cli(
-        "rnn_train.py",
-        "--data",
-        os.path.join(corpus, "*.txt"),
-        "--validation",
-        "none",
+    result = train(
+        *["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *where(tmp_path)],
         "--layers",
         "1",
         "--cell-size",
@@ -449,10 +396,7 @@ def test_recipe_talk_is_the_talks_settings(tmp_path):
         "talk",
         "--run",
         "talk",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
+        capsys=capsys,
     )
     assert result.returncode == 0, result.stderr
     config = ckpt.read_config(str(tmp_path / "ck" / "talk" / "ckpt-2"))
@@ -471,18 +415,7 @@ def test_dropout_starts_where_dropout_from_says(tmp_path):
     """With --dropout-from 0.5, the first half of a run trains exactly as a run without
     dropout (same losses, bit for bit with --deterministic), and the second half not."""
     corpus = write_corpus(str(tmp_path / "corpus"))
-    common = [
-        "--data",
-        os.path.join(corpus, "*.txt"),
-        "--validation",
-        "none",
-        *TINY,
-        "--deterministic",
-        "--checkpoint-dir",
-        str(tmp_path / "ck"),
-        "--log-dir",
-        str(tmp_path / "log"),
-    ]
+    common = [*tiny_flags(tmp_path, corpus), "--deterministic"]  # (global: in processes)
     late, never = run_clis(
         (
             "rnn_train.py",
@@ -510,8 +443,8 @@ def test_validation_in_chunks_gives_the_figures_of_whole_rows():
     along (for memory): the same loss and accuracy as whole rows in one call."""
     keras.utils.set_random_seed(0)
     model = build_model({"alphasize": 98, "cell_size": 16, "layers": 2, "dropout": 0.0})
-    codes = np.random.default_rng(0).integers(0, 98, 3 * rnn_train.VALID_SEQLEN + 1)
-    x, y = (a.astype(np.int32) for a in txtutils.validation_rows(codes, rnn_train.VALID_SEQLEN))
+    codes = np.random.default_rng(0).integers(0, 98, 3 * training.VALID_SEQLEN + 1)
+    x, y = (a.astype(np.int32) for a in txtutils.validation_rows(codes, training.VALID_SEQLEN))
     whole = mean_loss_and_accuracy(model, [(x, y)])[:2]
 
     class Log:
@@ -522,7 +455,7 @@ def test_validation_in_chunks_gives_the_figures_of_whole_rows():
             self.figures[tag] = value
 
     log = Log()
-    rnn_train.validate(model, types.SimpleNamespace(valid_x=x, valid_y=y), log, step=1)
+    training.validate(model, types.SimpleNamespace(valid_x=x, valid_y=y), log, step=1)
     np.testing.assert_allclose([log.figures["loss"], log.figures["accuracy"]], whole, rtol=1e-6)
 
 
@@ -545,7 +478,7 @@ def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_pa
     valid_text = "Мороз и солнце ∰ день чудесный\n" * 20  # ∰: never in training
     (tmp_path / "train.txt").write_bytes(train_text.encode())
     (tmp_path / "valid.txt").write_bytes(valid_text.encode())
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    dirs = where(tmp_path)
     train = run_cli(
         "rnn_train.py",
         *["--data", str(tmp_path / "train.txt"), "--validation", str(tmp_path / "valid.txt")],
@@ -555,7 +488,7 @@ def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_pa
     assert train.returncode == 0, train.stderr
     expected = txtutils.DEFAULT.grown(*txtutils.count_chars(train_text))
     assert expected.size > 98 + 5000
-    config = ckpt.read_config(ckpt.newest_in(str(tmp_path / "ck" / "u")))
+    config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "u")))
     assert config["alphabet"] == expected.chars and config["alphasize"] == expected.size
     unknown = valid_text.count("∰") / len(valid_text)
     assert (
@@ -564,7 +497,7 @@ def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_pa
     )
     assert f"0.00% of the training text, {unknown:.2%} of the validation text" in train.stdout
     sample = train.stdout.split("---- sample at step 20 ----\n")[1].split("\n----")[0]
-    assert len(sample) == rnn_train.SAMPLE_LENGTH and set(sample) <= set(expected.chars)
+    assert len(sample) == training.SAMPLE_LENGTH and set(sample) <= set(expected.chars)
 
     play, score = run_clis(
         (
@@ -626,7 +559,7 @@ def test_init_from_keeps_every_weight_of_the_parent_and_adds_rows_for_new_symbol
     """The fine-tuned model before its first step: every weight of the parent bit for
     bit, and for the symbols the parent lacked, the input kernel's rows and the logits
     layer's columns a new model starts from."""
-    parent = ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    parent = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
     parent_config = ckpt.read_config(parent)
     alphabet = ckpt.alphabet_of(parent_config).grown(*txtutils.count_chars("жжщщ"))
     config = dict(parent_config, alphabet=alphabet.chars, alphasize=alphabet.size)
@@ -666,8 +599,8 @@ def test_init_from_starts_a_new_run_on_other_text_and_its_resume_knows_that_text
     corpus = tmp_path / "ru"
     corpus.mkdir()
     (corpus / "ru.txt").write_text(UNICODE_TEXTS["cyrillic"] * 30)
-    parent = ckpt.resolve("tiny", str(tiny_run["checkpoints"]), print)
-    dirs = ["--checkpoint-dir", str(tmp_path / "ck"), "--log-dir", str(tmp_path / "log")]
+    parent = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    dirs = where(tmp_path)
     ft = run_cli(
         "rnn_train.py",
         *["--init-from", str(tiny_run["checkpoints"] / "tiny"), "--data", str(corpus)],
@@ -675,7 +608,7 @@ def test_init_from_starts_a_new_run_on_other_text_and_its_resume_knows_that_text
     )
     assert ft.returncode == 0, ft.stderr
     assert f"run ft: new, fine-tuning {parent}; 2 x 32 GRU" in ft.stdout
-    config = ckpt.read_config(ckpt.newest_in(str(tmp_path / "ck" / "ft")))
+    config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "ft")))
     assert config["parent"] == parent
     assert config["alphabet"] == txtutils.ALPHABET + "".join(
         sorted(set(UNICODE_TEXTS["cyrillic"]) - set(txtutils.ALPHABET))

@@ -350,8 +350,7 @@ def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
                 raw = f.read(size)
                 if b"\0" in raw:
                     raise CorpusError(
-                        f"{path} is not a text file (it holds NUL bytes): "
-                        "narrow --data to text files, e.g. 'DIR/**/*.txt'"
+                        f"{path} is not a text file (it holds NUL bytes): give a text file"
                     )
                 text = held + decoder.decode(raw, final=not raw)
                 held = text[-1:] if raw and text.endswith("\r") else ""

@@ -1,0 +1,45 @@
+"""What this machine offers: a GPU, bfloat16 in the CPU's hardware, its name. The one
+place that reads /proc/cpuinfo (model.py, bench.py and gpu_check.py ask here)."""
+
+import platform
+
+import tensorflow as tf
+
+
+def on_gpu():
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def cpu_info():
+    """The text of /proc/cpuinfo, or "" where there is none (not Linux)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_name():
+    """The CPU's model name, as the figures of a benchmark should name it."""
+    for line in cpu_info().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
+
+
+def has_bfloat16():
+    """Whether this is a CPU with bfloat16 matmuls in hardware (AVX512-BF16 or AMX, as
+    Linux tells; elsewhere, assume not): where mixed precision is on by default.
+    False on a GPU, where float32 is the default (TF32 matmuls on Ampere and newer
+    are already fast) and float16 a choice (--mixed-precision)."""
+    if on_gpu():
+        return False
+    flags = cpu_info()
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def mixed_precision_dtype():
+    """The 16-bit type of --mixed-precision here: float16 on a GPU, where Keras' loss
+    scaling keeps its small gradients from rounding to 0 (whether cuDNN's GRU runs
+    bfloat16 at all is unverified); bfloat16 on a CPU, whose range is float32's."""
+    return tf.float16 if on_gpu() else tf.bfloat16
