@@ -1,6 +1,8 @@
-"""Shared test fixtures: a tiny corpus the tests write themselves, one tiny run of the
-real rnn_train.py that several test files read, and run_cli/run_clis, which start the
-programs as a user would, with a compilation cache shared by the session."""
+"""Shared test fixtures: a tiny corpus the tests write themselves, the flags of a tiny
+run (tiny_flags, where), one tiny run of the real rnn_train.py that several test files
+read, run_cli/run_clis, which start the programs as a user would, with a compilation
+cache shared by the session, and run_main, which runs a program's main() in the
+test's own process."""
 
 import concurrent.futures
 import fcntl
@@ -110,7 +112,8 @@ FIXED_SCHEDULE = ["--schedule", "constant", "--dropout-from", "0"]
 def where(root):
     """The flags that keep a test's runs under root: checkpoints in root/ck, logs in
     root/log."""
-    return ["--checkpoint-dir", str(root / "ck"), "--log-dir", str(root / "log")]
+    root = os.fsdecode(root)
+    return ["--checkpoint-dir", os.path.join(root, "ck"), "--log-dir", os.path.join(root, "log")]
 
 
 def tiny_flags(root, data, validation="none"):

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 import rnn_play
 import rnn_train
 import txtutils
-from conftest import TINY, run_cli
+from conftest import TINY, run_cli, where
 
 # ---------------------------------------------------------------------------
 # Strategies
@@ -355,10 +355,7 @@ def test_train_trains_or_refuses_in_one_line_on_any_bytes(
             "--data",
             corpus,
             *TRAIN_FLAGS,
-            "--checkpoint-dir",
-            os.path.join(tmp, "ckpt"),
-            "--log-dir",
-            os.path.join(tmp, "log"),
+            *where(tmp),
         ]
         try:
             status = rnn_train.main(argv)
@@ -382,12 +379,12 @@ def test_train_trains_or_refuses_in_one_line_on_any_bytes(
             assert status == 0, err
             assert "Traceback" not in err
             assert "done: step 2" in out
-            assert os.path.exists(os.path.join(tmp, "ckpt", "hostile", "ckpt-2.index"))
+            assert os.path.exists(os.path.join(tmp, "ck", "hostile", "ckpt-2.index"))
         else:
             assert status == ("exit", 2), (status, out, err)
             assert "Traceback" not in err
             assert reason in one_error_line(err, "rnn_train.py")
-            assert not os.path.exists(os.path.join(tmp, "ckpt", "hostile"))
+            assert not os.path.exists(os.path.join(tmp, "ck", "hostile"))
 
 
 def test_train_error_naming_a_file_with_a_newline_is_one_line(capfd, tmp_path):
@@ -401,10 +398,7 @@ def test_train_error_naming_a_file_with_a_newline_is_one_line(capfd, tmp_path):
                 "--data",
                 str(corpus),
                 *TRAIN_FLAGS,
-                "--checkpoint-dir",
-                str(tmp_path / "ckpt"),
-                "--log-dir",
-                str(tmp_path / "log"),
+                *where(tmp_path),
             ]
         )
     assert info.value.code == 2
@@ -559,17 +553,14 @@ def test_train_process_refuses_a_png_under_a_non_utf8_name_in_one_line(tmp_path)
         "--data",
         corpus,
         *TRAIN_FLAGS,
-        "--checkpoint-dir",
-        str(tmp_path / "ckpt"),
-        "--log-dir",
-        str(tmp_path / "log"),
+        *where(tmp_path),
     )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     line = one_error_line(result.stderr, "rnn_train.py")
     assert "not a text file" in line
     assert "image" in line
-    assert not (tmp_path / "ckpt" / "hostile").exists()
+    assert not (tmp_path / "ck" / "hostile").exists()
 
 
 def test_play_process_takes_a_prime_that_is_not_utf8(tiny_run):

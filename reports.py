@@ -9,6 +9,14 @@ import sys
 
 import cli
 import txtutils
+from distribute import WorkerLost
+from model import Diverged
+
+
+class TrainingFailed(Exception):
+    """The run could not go on (diverged, could not save, lost a worker); the message
+    says what was kept and what to do."""
+
 
 # Why a run stops before its end, in the order that wins when workers differ: a
 # signal's number (SIGINT 2, SIGTERM 15) beats the time limit.
@@ -122,6 +130,30 @@ class Reports:
             return 0
         self.say(f"done: step {step}, checkpoint {checkpoint}")
         return 0
+
+    def failure(self, error, step, saver, multiworker):
+        """The TrainingFailed (or WorkerLost) that a divergence, or a lost worker, ends
+        the run with; any other error is raised again."""
+        run = self.run.name
+        if isinstance(error, Diverged):
+            lower = f"--learning-rate {self.config['learning_rate'] / 4:g}"
+            if saver.manager.latest_checkpoint:
+                return TrainingFailed(
+                    f"{error}: training diverged. Nothing was saved after step "
+                    f"{saver.saved_step}; resume from there with a lower learning rate: "
+                    f"--resume {run} {lower}"
+                )
+            return TrainingFailed(
+                f"{error}: training diverged before any checkpoint; start again with a "
+                f"lower learning rate, e.g. {lower}"
+            )
+        if not multiworker:
+            raise error
+        return WorkerLost(
+            f"lost contact with another worker at step {step} ({type(error).__name__}); "
+            f"start every worker again with --resume {run} (the last checkpoint is at step "
+            f"{saver.saved_step})"
+        )
 
 
 def describe_alphabet(alphabet, unknown):

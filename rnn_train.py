@@ -31,13 +31,11 @@ from cli import UsageError
 from distribute import Distribution, WorkerLost
 from generate import Generator
 from model import Diverged
-from reports import GO_ON, OUT_OF_TIME, Reports, Window
+from reports import GO_ON, OUT_OF_TIME, Reports, TrainingFailed, Window
 from tensorboard_log import HeldBackLog
 from training import (
     SAMPLE_TOPN,
     VALID_ROWS,
-    TrainingFailed,
-    failure,
     learning_rate_at,
     make_model,
     make_train_step,
@@ -193,7 +191,7 @@ def train(args):
                     f"free some space and --resume {run.name} from step {saver.saved_step}"
                 )
     except (Diverged, tf.errors.OpError) as e:
-        raise failure(e, run.name, step, saver, config, dist) from None
+        raise reports.failure(e, step, saver, dist.multiworker) from None
     reason = max(reason, stop.signal or GO_ON)  # a signal during the last save counts too
     return reports.end(step, reason, clock.minutes, saver.manager.latest_checkpoint)
 

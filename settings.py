@@ -128,7 +128,7 @@ SETTINGS = [
       "--time-limit): early on, it only slows", talk=0.0),
     S("seed", 0, seed, RECIPE, "random seed: same seed, same initial weights and dropout masks"),
     S("mixed_precision", "auto", precision, RECIPE,
-      "compute the matmuls of training in 16 bits (bfloat16 on a CPU, ~1.5x the speed "
+      "compute the matmuls of training in 16 bits (bfloat16 on a CPU, ~1.6x the speed "
       "where the hardware has it; float16 with dynamic loss scaling on a GPU); weights, "
       "softmax and loss stay float32 (default: on only on CPUs whose hardware runs "
       "bfloat16, AVX512-BF16 or AMX; off on GPUs)",

@@ -15,8 +15,8 @@ import cli
 import hardware
 import txtutils
 from cli import UsageError
-from distribute import Distribution, WorkerLost
-from model import Diverged, build_model, loss_and_accuracy, mean_loss_and_accuracy
+from distribute import Distribution
+from model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 
 # float16 only (--mixed-precision on a GPU): the loss scale to start from; Keras'
 # LossScaleOptimizer halves it at each overflow (skipping that step), doubles it
@@ -28,11 +28,6 @@ SAMPLE_TOPN = 10  # sample among the 10 likeliest characters: early models need 
 VALID_SEQLEN = 1024  # validation rows start from a zero state, so make them long
 VALID_ROWS = 256  # validation rows per compiled call...
 VALID_CHUNK = 128  # ...and characters of each (valid_chunk: fewer for a big alphabet)
-
-
-class TrainingFailed(Exception):
-    """The run could not go on (diverged, could not save, lost a worker); the message
-    says what was kept and what to do."""
 
 
 # ---------------------------------------------------------------------------
@@ -167,7 +162,7 @@ def make_train_step(model, optimizer, config, dist=None):
 
 
 # ---------------------------------------------------------------------------
-# Validation, samples, failures
+# Validation and samples
 
 
 def valid_chunk(alphasize):
@@ -205,25 +200,3 @@ def sample(sampler, alphabet, log, step, seed):
     text = alphabet.decode(sampler.next(SAMPLE_LENGTH)[0])
     print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
     log.text("training", "sample", text, step)
-
-
-def failure(error, run, step, saver, config, dist):
-    """The TrainingFailed that a divergence, or a lost worker, ends the run with."""
-    if isinstance(error, Diverged):
-        lower = f"--learning-rate {config['learning_rate'] / 4:g}"
-        if saver.manager.latest_checkpoint:
-            return TrainingFailed(
-                f"{error}: training diverged. Nothing was saved after step {saver.saved_step}; "
-                f"resume from there with a lower learning rate: --resume {run} {lower}"
-            )
-        return TrainingFailed(
-            f"{error}: training diverged before any checkpoint; start again with a lower "
-            f"learning rate, e.g. {lower}"
-        )
-    if not dist.multiworker:
-        raise error
-    return WorkerLost(
-        f"lost contact with another worker at step {step} ({type(error).__name__}); start "
-        f"every worker again with --resume {run} (the last checkpoint is at step "
-        f"{saver.saved_step})"
-    )
