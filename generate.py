@@ -3,6 +3,8 @@ The whole loop (the model's step, sampling, feeding back) runs inside one compil
 graph, a chunk of characters per call, so Python is off the per-character path.
 """
 
+import os
+
 import numpy as np
 import tensorflow as tf
 
@@ -14,6 +16,18 @@ CHUNK = 256  # characters per compiled call of generation: ~30 ms for one stream
 # nothing, short enough for a progress line to move (16384 measured slower)
 SCORE_CHUNK = 4096
 SCORE_PIECE = 1 << 20  # bytes of the scored file read at a time
+SCORE_LOGITS = 1 << 24  # floats of logits per scoring call at most (64 MB): a big alphabet
+# scores fewer characters per call (98 symbols: SCORE_CHUNK; 5,000: 3,355; 300,000: 55)
+# A temperature is taken as at least this: logits / T stays finite in float32 (a model's
+# logits are far below 1e8), so a tinier one samples the likeliest, as T -> 0 should,
+# where a float32 0 gave +-inf logits, and the sampler the lowest code.
+MIN_TEMPERATURE = 1e-30
+
+
+def score_chunk(alphasize):
+    """Characters per compiled scoring call: SCORE_CHUNK, fewer for an alphabet whose
+    logits [CHUNK, ALPHASIZE] would pass SCORE_LOGITS floats."""
+    return max(1, min(SCORE_CHUNK, SCORE_LOGITS // alphasize))
 
 
 def sample_logits(logits, seed, topn, temperature):
@@ -22,7 +36,7 @@ def sample_logits(logits, seed, topn, temperature):
     topn: a Python int, or an int32 tensor [] that is a cut (0 < topn < ALPHASIZE,
     checked by the caller: a graph that takes topn as an input must choose its
     branch before it knows the value)."""
-    logits = logits / temperature
+    logits = logits / tf.maximum(temperature, MIN_TEMPERATURE)
     if tf.is_tensor(topn) or 0 < topn < logits.shape[-1]:
         top, index = tf.math.top_k(logits, topn)  # [STREAMS, TOPN]
         pick = tf.random.stateless_categorical(top, 1, seed, dtype=tf.int32)[:, 0]
@@ -105,8 +119,8 @@ class Scorer:
     ones a time step at a time): faster than the generation loop, which must run the
     whole stack for each character it samples (make bench shows both)."""
 
-    def __init__(self, model, chunk=SCORE_CHUNK):
-        self.model, self.chunk = model, chunk
+    def __init__(self, model, chunk=None):
+        self.model, self.chunk = model, chunk or score_chunk(model.alphasize)
         self._run = tf.function(self._chunk_graph, jit_compile=True, autograph=False)
         self.start()
 
@@ -164,30 +178,36 @@ def score(scorer, path, alphabet=txtutils.DEFAULT, piece_bytes=SCORE_PIECE, prog
     """(nats per character, accuracy, characters, unknown share) of the scorer's model
     on a text file (rnn_play.py --score), one state carried from its first character
     to its last; the share is that of the file's characters not in the model's
-    alphabet. The file is read twice, a piece at a time: first to count its characters
-    (and refuse a binary file before any scoring), then to score them. progress: None,
-    or made with the number of characters to score, shown the number done after each
-    compiled call, and cleared at the end."""
-    total = unknown = 0
-    for codes in txtutils.read_pieces(path, piece_bytes, alphabet):
-        total += len(codes)
-        unknown += int(np.count_nonzero(codes == txtutils.UNKNOWN))
-    if total < 2:
-        raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
-    progress = progress and progress(total - 1)
+    alphabet. Read a piece at a time. A regular file is read twice: first to count its
+    characters (and refuse a binary file before any scoring), then to score them; a
+    pipe (/dev/stdin, <(zcat f.gz)) can be read once only, so it is scored as it comes.
+    progress: None, or made with the number of characters to score (None if unknown),
+    shown the number done after each compiled call, and cleared at the end."""
+    total = None
+    if os.path.isfile(path):
+        total = sum(len(codes) for codes in txtutils.read_pieces(path, piece_bytes, alphabet))
+        if total < 2:
+            raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
+    progress = progress and progress(total - 1 if total else None)
     scorer.start()
+    read = unknown = 0
     try:
         for codes in txtutils.read_pieces(path, piece_bytes, alphabet):
+            read += len(codes)
+            unknown += int(np.count_nonzero(codes == txtutils.UNKNOWN))
             # a chunk at a time, so that the progress line moves every compiled call
             for i in range(0, len(codes), scorer.chunk):
                 scorer.feed(codes[i : i + scorer.chunk])
                 if progress:
                     progress.show(scorer.characters)
-        return (*scorer.finish(), unknown / total)
+        if read < 2:
+            raise txtutils.CorpusError(f"{path} has fewer than 2 characters: nothing to score")
+        return (*scorer.finish(), unknown / read)
     except KeyboardInterrupt:
+        of = f" of {total - 1:,}" if total else ""
         raise ScoringStopped(
-            f"scoring of {path} stopped (Ctrl-C) after {scorer.characters:,} "
-            f"of {total - 1:,} characters; no figures"
+            f"scoring of {path} stopped (Ctrl-C) after {scorer.characters:,}{of} "
+            "characters; no figures"
         ) from None
     finally:
         if progress:

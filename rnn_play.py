@@ -20,7 +20,7 @@ import cli
 import memory
 import runs
 import txtutils
-from generate import CHUNK, TOPN, Generator, Scorer, score
+from generate import CHUNK, TOPN, Generator, Scorer, score, score_chunk
 
 PROG = "rnn_play.py"
 
@@ -102,8 +102,9 @@ def parse_args(argv):
 
 
 class Progress:
-    """A line on the terminal, rewritten in place: characters done, of how many, and
-    the speed since the first compiled call (so compiling it does not count)."""
+    """A line on the terminal, rewritten in place: characters done, of how many (if
+    known), and the speed since the first compiled call (so compiling it does not
+    count)."""
 
     def __init__(self, total):
         self.total, self.width = total, 0
@@ -123,7 +124,11 @@ class Progress:
             self.shown = now
 
     def write(self, done, speed=""):
-        line = f"scoring: {done:,} / {self.total:,} characters ({100 * done // self.total}%){speed}"
+        if self.total:
+            line = f"scoring: {done:,} / {self.total:,} characters ({100 * done // self.total}%)"
+        else:  # a pipe: how much is to come is not known
+            line = f"scoring: {done:,} characters"
+        line += speed
         self.width = max(self.width, len(line))
         sys.stderr.write(f"\r{line:<{self.width}}")
         sys.stderr.flush()
@@ -136,7 +141,9 @@ class Progress:
 
 def play(args):
     prefix = runs.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
-    if not args.score:
+    if args.score:
+        check_scoring_memory(ckpt.read_config(prefix))
+    else:
         check_streams_memory(ckpt.read_config(prefix), args)
     model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config)
@@ -176,6 +183,17 @@ def play(args):
         for i, text in enumerate(samples):
             print(f"==== sample {i + 1} of {len(samples)} ====\n{text}")
     return 0
+
+
+def check_scoring_memory(config):
+    """Refuse --score beyond this machine's memory before any of it is allocated: one
+    row of score_chunk(ALPHASIZE) characters, the logits included."""
+    memory.check(
+        memory.needed(config, 1, score_chunk(config["alphasize"])),
+        f"scoring with a {config['layers']} x {config['cell_size']} GRU of "
+        f"{config['alphasize']:,} symbols",
+        "score on a machine with more memory",
+    )
 
 
 def check_streams_memory(config, args):

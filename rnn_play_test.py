@@ -16,13 +16,17 @@ import pytest
 import generate
 import runs
 import txtutils
-from conftest import HERE, run_cli, run_clis
-from generate import Scorer
-from model import loss_and_accuracy, mean_loss_and_accuracy
+from conftest import HERE, cache_env, run_cli, run_clis, without_cache_noise
+from generate import Generator, Scorer
+from model import build_model, loss_and_accuracy, mean_loss_and_accuracy
+
+
+def checkpoints(tiny_run):
+    return ["--checkpoint-dir", str(tiny_run["checkpoints"])]
 
 
 def play(tiny_run, *args):
-    return run_cli("rnn_play.py", *args, "--checkpoint-dir", str(tiny_run["checkpoints"]))
+    return run_cli("rnn_play.py", *args, *checkpoints(tiny_run))
 
 
 def test_generates_the_asked_length_and_the_same_text_for_one_seed(tiny_run):
@@ -279,3 +283,59 @@ def read_terminal_until(fd, proc, pattern, timeout=120):
             return got
         got += data
     return got
+
+
+def test_score_reads_a_pipe_once(tiny_run, tmp_path):
+    """`cat f | rnn_play.py RUN --score /dev/stdin` (and `--score <(zcat f.gz)`): a pipe
+    is read once, and gives the figure of the file itself (it was read twice, the
+    second time empty, and ended in a traceback); an empty pipe is one line, exit 2."""
+    text = os.path.join(tiny_run["corpus"], "part2.txt")
+    (from_file,) = run_clis(("rnn_play.py", "tiny", "--score", text, *checkpoints(tiny_run)))
+    assert from_file.returncode == 0, from_file.stderr
+    figures = from_file.stdout.split(": ", 1)[1]
+    command = [sys.executable, os.path.join(HERE, "rnn_play.py"), "tiny", "--score"]
+    for given, expected in ((Path(text).read_bytes(), 0), (b"", 2)):
+        piped = subprocess.run(
+            [*command, "/dev/stdin", *checkpoints(tiny_run)],
+            input=given,
+            capture_output=True,
+            env=cache_env(),
+            check=False,
+            timeout=120,
+        )
+        err = without_cache_noise(piped.stderr).decode()
+        assert piped.returncode == expected, err
+        if expected:
+            assert err.count("\n") == 1 and "fewer than 2 characters" in err, err
+        else:
+            assert piped.stdout.decode() == f"/dev/stdin: {figures}"
+
+
+def test_a_tiny_temperature_samples_the_likeliest(tiny_run):
+    """--temperature 1e-46 is 0 in float32: it gave logits of +-inf, and the sampler the
+    lowest code; a temperature near 0 must pick the likeliest, as --topn 1 does."""
+    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
+    prime = [txtutils.encode("ROMEO: the ")] * 3
+    texts = []
+    for options in ({"topn": 1}, {"temperature": 1e-46}, {"temperature": 1e-30, "topn": 5}):
+        generator = Generator(model, **options)
+        generator.start(prime, seed=3)
+        texts.append(generator.next(40))
+    np.testing.assert_array_equal(texts[0], texts[1])
+    np.testing.assert_array_equal(texts[0], texts[2])
+    assert len(set(texts[0][0])) > 1  # not one code over and over
+
+
+def test_scoring_a_big_alphabet_keeps_its_logits_small():
+    """The logits of one scoring call are [CHUNK, ALPHASIZE]: with a fixed chunk of
+    4,096, a crafted 300,000-symbol model asked ~5 GB per call. The chunk shrinks with
+    the alphabet; the 98 symbols keep theirs."""
+    assert generate.score_chunk(98) == generate.SCORE_CHUNK
+    for alphasize in (5000, 300_000):
+        chunk = generate.score_chunk(alphasize)
+        assert 1 <= chunk * alphasize <= generate.SCORE_LOGITS
+    model = build_model({"alphasize": 300_000, "cell_size": 4, "layers": 1, "dropout": 0.0})
+    scorer = Scorer(model)
+    assert scorer.chunk == generate.score_chunk(300_000) == 55
+    scorer.feed(np.arange(200, dtype=np.int32))
+    assert scorer.finish()[2] == 199

@@ -10,7 +10,8 @@ What kind a setting is decides what happens to it across runs:
 
     MODEL     the weights' shapes: a resume keeps them, --init-from takes the parent's
     LAYOUT    the layout of the batches and of the RNN state: a resume keeps them
-    TEXT      what is read, and how its alphabet is chosen
+    TEXT      what is read: --init-from takes the parent's unless given
+    ALPHABET  how a new run's alphabet grows from its text: a resume keeps it
     RECIPE    how the model learns (--recipe talk sets the talk's values)
     RUN       how long, and how often to report or save: a resume may change them
     SESSION   this process only (where, which run, how long now): not saved
@@ -38,7 +39,8 @@ from cli import (
     seed,
 )
 
-MODEL, LAYOUT, TEXT, RECIPE, RUN, SESSION = "model", "layout", "text", "recipe", "run", "session"
+MODEL, LAYOUT, TEXT, ALPHABET = "model", "layout", "text", "alphabet"
+RECIPE, RUN, SESSION = "recipe", "run", "session"
 
 # What a setting may be, beside cli's numbers (a list's flag reads it an item at a time).
 globs = Values(
@@ -103,7 +105,7 @@ SETTINGS = [
     S("cell_size", 512, positive_int, MODEL, "GRU units per layer"),
     S("layers", 3, positive_int, MODEL,
       "stacked GRU layers: depth for higher-order structure"),
-    S("min_char_count", 2, positive_int, TEXT,
+    S("min_char_count", 2, positive_int, ALPHABET,
       "a character of the training text joins the alphabet (after the talk's 98 "
       "symbols) if it occurs at least N times; rarer ones are read as unknown: once "
       "is too few to learn", flag=dict(metavar="N")),
@@ -183,9 +185,11 @@ GROUPS = {  # --help's sections, each from its first setting on
 SAVED = [s for s in SETTINGS if s.kind != SESSION]  # what a checkpoint's config holds
 DEFAULTS = {s.name: s.default for s in SAVED}
 TALK_RECIPE = {s.name: s.talk for s in SAVED if s.talk is not None}
-# A resumed run must keep these; --init-from takes the MODEL ones from its parent.
-ARCHITECTURE = [s.name for s in SAVED if s.kind in (MODEL, LAYOUT)]
+# A resumed run must keep these (its weights, batches and alphabet depend on them)...
+ARCHITECTURE = [s.name for s in SAVED if s.kind in (MODEL, LAYOUT, ALPHABET)]
+# ...and --init-from these of its parent; it trains on the parent's text unless told.
 INHERITED = [s.name for s in SAVED if s.kind == MODEL]
+PARENT_TEXT = [s.name for s in SAVED if s.kind == TEXT]
 
 
 def add_flags(parser):
@@ -224,11 +228,14 @@ def resolve(args, saved=None, parent=None):
     """The run's settings (DEFAULTS' keys): the flags given, else the checkpoint's
     (saved: a resumed run's config), else the table's defaults; fine-tuning (parent:
     the config of the checkpoint it starts from) takes the parent's MODEL settings,
-    and --recipe talk the talk's. Raises UsageError if a flag contradicts the
-    architecture of the run being resumed or of the parent."""
+    and its text unless --data is given; --recipe talk gives the talk's recipe.
+    Raises UsageError if a flag contradicts the architecture (or the alphabet's rule)
+    of the run being resumed, or the architecture of the parent."""
     config = {k: (saved or {}).get(k, default) for k, default in DEFAULTS.items()}
     if parent:
         config.update({key: parent[key] for key in INHERITED})
+        if getattr(args, "data", None) is None:
+            config.update({key: parent[key] for key in PARENT_TEXT if key in parent})
     if getattr(args, "recipe", None) == "talk":
         config.update(TALK_RECIPE)
     for key in DEFAULTS:
@@ -238,9 +245,9 @@ def resolve(args, saved=None, parent=None):
         if key == "validation" and [v.lower() for v in given] == ["none"]:
             given = []
         flag = BY_NAME[key].option
-        if saved and key in ARCHITECTURE and given != saved[key]:
+        if saved and key in ARCHITECTURE and given != config[key]:
             raise UsageError(
-                f"the run being resumed was trained with {flag} {saved[key]}, "
+                f"the run being resumed was trained with {flag} {config[key]}, "
                 f"not {given}: drop {flag} to resume it, or start a new run"
             )
         if parent and key in INHERITED and given != parent[key]:

@@ -48,7 +48,8 @@ def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
         "dropout_from": 0.0,
     }
     assert parse("--recipe", "talk", "--dropout", "0.3")["dropout"] == 0.3  # a flag still wins
-    assert set(settings.ARCHITECTURE) == {"cell_size", "layers", "batch_size", "seqlen"}
+    kept = {"cell_size", "layers", "batch_size", "seqlen", "min_char_count"}
+    assert set(settings.ARCHITECTURE) == kept
     assert set(settings.INHERITED) == {"cell_size", "layers"}
     saved = dict(settings.DEFAULTS, seqlen=20, epochs=3)
     args = rnn_train.parse_args(["--epochs", "5"])
@@ -60,6 +61,29 @@ def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
     assert (fine_tuned["cell_size"], fine_tuned["layers"]) == (64, 2)
     with pytest.raises(settings.UsageError, match="has --layers 2, not 3"):
         settings.resolve(rnn_train.parse_args(["--layers", "3", "--init-from", "p"]), parent=parent)
+
+
+def test_a_resume_keeps_its_alphabet_s_rule():
+    """--min-char-count chose a run's alphabet once: a resume cannot change it (it was
+    ignored, and recorded in the checkpoint, which then misdescribed its alphabet)."""
+    saved = dict(settings.DEFAULTS, min_char_count=3)
+    assert settings.resolve(rnn_train.parse_args(["--min-char-count", "3"]), saved)
+    with pytest.raises(settings.UsageError, match="trained with --min-char-count 3, not 5"):
+        settings.resolve(rnn_train.parse_args(["--min-char-count", "5"]), saved)
+    old = {k: v for k, v in settings.DEFAULTS.items() if k != "min_char_count"}
+    with pytest.raises(settings.UsageError, match="trained with --min-char-count 2, not 5"):
+        settings.resolve(rnn_train.parse_args(["--min-char-count", "5"]), old)
+
+
+def test_fine_tuning_trains_on_the_parent_s_text_unless_given_its_own():
+    """The advice of a refused resume, "train on this text in a new run with
+    --init-from RUN", must train on the run's text, not on Shakespeare."""
+    parent = dict(settings.DEFAULTS, data=["mine/*.txt"], validation=["mine/last.txt"])
+    child = settings.resolve(rnn_train.parse_args(["--init-from", "p"]), parent=parent)
+    assert (child["data"], child["validation"]) == (["mine/*.txt"], ["mine/last.txt"])
+    args = rnn_train.parse_args(["--init-from", "p", "--data", "new/*.txt"])
+    child = settings.resolve(args, parent=parent)
+    assert (child["data"], child["validation"]) == (["new/*.txt"], None)
 
 
 @pytest.mark.parametrize("setting", [s for s in settings.SAVED], ids=lambda s: s.name)
