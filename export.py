@@ -13,14 +13,25 @@ import sys
 
 import tensorflow as tf
 
+import txtutils
 from generate import CHUNK, SCORE_CHUNK, chunk_function
 
-# characters (rows x columns) that score runs through the model per call: rnn_play.py's
-# chunk for one text, fewer columns per call for many, so the logits stay ~1.6 MB a row
-SCORE_CELLS = SCORE_CHUNK
-# what the graph reads bytes that are not UTF-8 as: the alphabet's first symbol, code 0
-UNKNOWN_CHAR = 0xFFFD
+# What the graph's UTF-8 decoder reads an invalid sequence as, before it becomes that
+# many unknown characters (code 0), one per byte: a lone surrogate, which no valid
+# UTF-8 encodes (nor is in an alphabet), so that it is never a U+FFFD of the text.
+NOT_UTF8 = 0xD800
 INT64_MAX = 2**63 - 1
+
+
+def score_cells(alphasize):
+    """Characters (rows x columns) that score runs through the model per call, for an
+    alphabet of alphasize symbols. Of a call's tensors, the logits [CELLS, ALPHASIZE]
+    (and the softmax's copy) are what grows with the alphabet: rnn_play.py's chunk of
+    SCORE_CHUNK characters for the 98 symbols (1.6 MB of logits), proportionally fewer
+    for a longer alphabet (150 symbols: 2,676; thousands of CJK characters: 100-200),
+    so that a call's logits stay that size; never more than SCORE_CHUNK characters
+    (longer calls measured slower), nor fewer than 1."""
+    return max(1, min(SCORE_CHUNK, SCORE_CHUNK * txtutils.ALPHASIZE // alphasize))
 
 
 class Step(tf.Module):
@@ -52,9 +63,10 @@ class Step(tf.Module):
 class Exported(Step):
     """What the SavedModel holds. Text crosses its border as UTF-8 strings and is
     encoded and decoded in the graph with the checkpoint's alphabet (any length, any
-    code points): CRLF read as LF, characters not in it as code 0, as
-    txtutils.encode does. (Its lookup table is why the LiteRT models are made from
-    Step: a table is no built-in op.)"""
+    code points): CRLF read as LF, characters not in it as code 0, and every byte that
+    is not UTF-8 as one code 0, as rnn_play.py reads its prime and a scored file
+    (surrogateescape, then Alphabet.encode). (Its lookup table is why the LiteRT models
+    are made from Step: a table is no built-in op.)"""
 
     def __init__(self, model, alphabet):
         super().__init__(model)
@@ -68,6 +80,7 @@ class Exported(Step):
             default_value=0,
         )
         self.chunk = chunk_function(model)  # rnn_play.py's generation loop
+        self.score_cells = score_cells(self.alphasize)
         self.generate = tf.function(
             self._generate,
             input_signature=[
@@ -91,12 +104,28 @@ class Exported(Step):
     # -- text <-> codes
 
     def encode(self, text):
-        """string [B] -> int32 ragged [B, (CHARACTERS)]."""
+        """string [B] -> int32 ragged [B, (CHARACTERS)]. The decoder reads an invalid
+        sequence (a byte that starts no character, a character cut short) as one
+        NOT_UTF8 mark; Python's surrogateescape, which rnn_play.py reads with, gives
+        a character per byte: so each mark becomes as many unknowns as its bytes."""
         text = tf.strings.regex_replace(text, "\r\n", "\n")
-        points = tf.strings.unicode_decode(
-            text, "UTF-8", errors="replace", replacement_char=UNKNOWN_CHAR
-        )
-        return tf.ragged.map_flat_values(self.code_of.lookup, points)
+        points, starts = tf.strings.unicode_decode_with_offsets(
+            text, "UTF-8", errors="replace", replacement_char=NOT_UTF8
+        )  # ragged [B, (DECODED)]: code points, and the byte where each begins
+        # The decoded characters of a row cover its bytes one after the other, so that
+        # in the rows' bytes laid end to end each ends where the next begins (the last
+        # of a row where the next row begins, or at the very end).
+        before = tf.cumsum(tf.strings.length(text, unit="BYTE"), exclusive=True)  # [B]
+        begin = starts.flat_values + tf.repeat(
+            tf.cast(before, tf.int64), points.row_lengths()
+        )  # [ALL DECODED]
+        total = tf.reduce_sum(tf.strings.length(text, unit="BYTE"))
+        end = tf.concat([begin[1:], tf.cast(total, tf.int64)[None]], axis=0)
+        bad = tf.equal(points.flat_values, NOT_UTF8)
+        times = tf.where(bad, end - begin, 1)  # [ALL DECODED]: characters it stands for
+        lengths = tf.reduce_sum(points.with_flat_values(times), axis=1)  # [B]
+        codes = self.code_of.lookup(tf.repeat(points.flat_values, times))  # NOT_UTF8: 0
+        return tf.RaggedTensor.from_row_lengths(codes, lengths)
 
     def decode(self, codes):
         """int32 [B, N] -> string [B]."""
@@ -105,6 +134,12 @@ class Exported(Step):
     # -- the signatures
 
     def _generate(self, prime, length, temperature, top_n, seed):
+        """length characters after each prime [B]. Row i is stream i of rnn_play.py
+        --streams with the same seed: the state after its own prime (see feed_primes),
+        then the random numbers of stream i, which depend on the seed and i alone. So
+        one prime gives rnn_play.py's text, and so does the first row of any batch, but
+        row i > 0 is not what its prime alone gives: the rows are independent streams,
+        and the same prime in two rows gives two texts. No row depends on the others."""
         checks = [
             tf.debugging.assert_non_negative(length, message="length must be 0 or more"),
             tf.debugging.assert_non_negative(top_n, message="top_n must be 0 or more"),
@@ -189,7 +224,7 @@ class Exported(Step):
         rows = tf.shape(codes)[0]
         chars = tf.maximum(tf.cast(ragged.row_lengths(), tf.int32) - 1, 0)  # [B]
         x, y = codes[:, :-1], codes[:, 1:]  # [B, LONGEST-1]: y is the character after x
-        width = tf.maximum(SCORE_CELLS // tf.maximum(rows, 1), 1)  # columns per call
+        width = tf.maximum(self.score_cells // tf.maximum(rows, 1), 1)  # columns per call
 
         def body(start, state, nats):
             logits, state = self.model.infer(x[:, start : start + width], state)

@@ -78,7 +78,8 @@ class Generator:
         gen.next(64)                  # and the 64 after those
 
     The same prime and seed give the same text, however it is cut into next() calls
-    of the same size."""
+    of the same size. A prime too long to hold (a file: rnn_play.py --prime-file) is
+    fed in pieces: start(first_piece, seed), then feed(piece) for each of the rest."""
 
     def __init__(self, model, topn=0, temperature=1.0):
         self.model = model
@@ -90,10 +91,20 @@ class Generator:
 
     def start(self, prime, seed):
         prime = np.asarray(prime, dtype=np.int32)  # [STREAMS, LENGTH]
-        logits, self.state = self.model.infer(prime, self.model.zero_state(len(prime)))
-        self.logits = logits[:, -1]  # [STREAMS, ALPHASIZE]
+        self.state = self.model.zero_state(len(prime))
         self.seed = tf.constant([seed % 2**63, 0], tf.int64)
         self.calls = 0
+        self.feed(prime)
+
+    def feed(self, prime):
+        """Feed more prime, int [STREAMS, LENGTH], after what was fed: prime_chunk
+        characters per compiled call, so that its logits stay small however long it is
+        (a prime that fits one call, as a typed one does, is fed in one)."""
+        prime = np.asarray(prime, dtype=np.int32)
+        step = prime_chunk(self.model.alphasize, len(prime))
+        for i in range(0, prime.shape[1], step):
+            logits, self.state = self.model.infer(prime[:, i : i + step], self.state)
+            self.logits = logits[:, -1]  # [STREAMS, ALPHASIZE]
 
     def next(self, n):
         seed = tf.random.experimental.stateless_fold_in(self.seed, self.calls)
@@ -102,6 +113,12 @@ class Generator:
             self.logits, self.state, seed, n, self.topn, self.temperature
         )
         return codes.numpy().T  # [STREAMS, n]
+
+
+def prime_chunk(alphasize, streams):
+    """Characters of prime per compiled call for streams at once: their logits
+    [STREAMS, CHUNK, ALPHASIZE] within SCORE_LOGITS floats, and at most SCORE_CHUNK."""
+    return max(1, min(SCORE_CHUNK, SCORE_LOGITS // (alphasize * streams)))
 
 
 class Scorer:

@@ -1,5 +1,6 @@
 """Generation (generate.py): the compiled loop against a plain one, independent
-seeded streams, and the statistics of sampling."""
+seeded streams, and the statistics of sampling, on TensorFlow's sampler and inside the
+XLA-compiled loop that users run."""
 
 import keras
 import numpy as np
@@ -136,3 +137,44 @@ def test_the_same_seed_gives_the_same_draws():
     logits = np.zeros(txtutils.ALPHASIZE)  # uniform: two seeds cannot agree by chance
     assert (draws(logits, 100, seed=11) == draws(logits, 100, seed=11)).all()
     assert (draws(logits, 100, seed=11) != draws(logits, 100, seed=12)).any()
+
+
+# ---------------------------------------------------------------------------
+# Sampling as users get it: inside Generator's XLA-compiled loop
+
+
+class FixedLogits:
+    """A stand-in for a model whose every step gives the same logits [ALPHASIZE],
+    whatever it is fed: the compiled loop then draws from one known distribution at
+    every step of every stream."""
+
+    def __init__(self, logits):
+        self.logits = tf.constant(logits, tf.float32)[None]  # [1, ALPHASIZE]
+        self.alphasize = self.logits.shape[-1]
+
+    def zero_state(self, rows):
+        return tf.zeros([rows, 1])
+
+    def infer(self, x, state):  # [ROWS, LENGTH] -> [ROWS, LENGTH, ALPHASIZE]
+        return tf.tile(self.logits[None], [tf.shape(x)[0], tf.shape(x)[1], 1]), state
+
+    def step(self, code, state):  # [ROWS] -> [ROWS, ALPHASIZE]
+        return tf.tile(self.logits, [tf.shape(code)[0], 1]), state
+
+
+def test_the_compiled_loop_draws_from_the_top_n_at_the_temperature():
+    """Generator (rnn_play.py's and the export's loop) with fixed logits: 100 streams x
+    40 steps per setting. Top-n never draws outside the n likeliest, and the draws follow
+    softmax(logits / T) renormalised over them (over all symbols for top-n 0)."""
+    # spread so that several symbols draw 5% or more even among all at T = 1.5
+    logits = (np.random.default_rng(13).normal(size=txtutils.ALPHASIZE) * 3).astype(np.float32)
+    model = FixedLogits(logits)
+    for seed, (topn, temperature) in enumerate([(3, 1.0), (5, 0.5), (4, 2.0), (0, 1.5)]):
+        generator = Generator(model, topn=topn, temperature=temperature)
+        generator.start(np.zeros([100, 1], np.int32), seed=seed)
+        got = generator.next(40).ravel()  # [4000]
+        kept = np.argsort(logits)[-topn:] if topn else np.arange(len(logits))
+        assert set(got.tolist()) <= set(kept.tolist()), (topn, temperature)
+        p = np.zeros(len(logits))
+        p[kept] = np.exp((logits[kept] - logits[kept].max()) / np.float64(temperature))
+        assert_follows(got, p / p.sum())

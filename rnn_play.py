@@ -20,7 +20,7 @@ import cli
 import memory
 import runs
 import txtutils
-from generate import CHUNK, TOPN, Generator, Scorer, score, score_chunk
+from generate import CHUNK, TOPN, Generator, Scorer, prime_chunk, score, score_chunk
 
 PROG = "rnn_play.py"
 
@@ -51,8 +51,20 @@ def parse_args(argv):
     p.add_argument(
         "--prime",
         type=cli.utf8_text,
-        default="\n",
         help="text fed to the model first and printed as the start (default: a newline)",
+    )
+    p.add_argument(
+        "--prime-file",
+        metavar="FILE",
+        help="the prime read from a text file (UTF-8, any size; a pipe works too), "
+        "instead of --prime",
+    )
+    p.add_argument(
+        "--stop",
+        type=cli.utf8_text,
+        metavar="TEXT",
+        help="end each sample right after the first TEXT it generates (the prime not "
+        "counted), or at --length",
     )
     p.add_argument(
         "--topn",
@@ -94,8 +106,13 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.prime == []:  # Python 3.11's argparse turns the value of --prime=-- into []
         args.prime = "--"
+    if args.prime_file is not None and args.prime is not None:
+        p.error("argument --prime-file: give --prime or --prime-file, not both")
+    args.prime = "\n" if args.prime is None else args.prime
     if not args.prime:
         p.error("argument --prime: give at least one character")
+    if args.stop == "":
+        p.error("argument --stop: give at least one character")
     if args.length == 0 and (args.streams > 1 or args.out_dir):
         p.error("argument --length: give a length with --streams or --out-dir (0 never ends)")
     return args
@@ -157,32 +174,100 @@ def play(args):
         )
         return 0
     seed = args.seed if args.seed is not None else int(np.random.SeedSequence().entropy % 2**63)
-    generator = Generator(model, topn=args.topn, temperature=args.temperature)
-    prime = alphabet.encode(args.prime)
-    unknown = int(np.count_nonzero(prime == txtutils.UNKNOWN))
-    if unknown:
-        cli.warn(
-            f"warning: {unknown} of the prime's {len(prime)} characters are not in the "
-            "model's alphabet: the model reads them as unknown"
+    if args.stop and not all(c in alphabet.chars for c in args.stop):
+        raise cli.UsageError(
+            f"--stop {args.stop!r} holds characters that are not in the model's alphabet: "
+            "it could never be generated"
         )
-    generator.start([prime] * args.streams, seed)
-    if args.streams == 1 and not args.out_dir:
-        stream(generator, alphabet, args.prime, args.length)
+    generator = Generator(model, topn=args.topn, temperature=args.temperature)
+    out = sys.stdout if args.streams == 1 and not args.out_dir else None
+    pieces = [args.prime] if args.prime_file is None else txtutils.read_text_pieces(args.prime_file)
+    prime = feed_prime(generator, pieces, alphabet, args.streams, seed, echo=out)
+    samples = generate(generator, alphabet, args.length, args.stop, echo=out)
+    if out:
         return 0
-    codes = np.concatenate(
-        [
-            generator.next(CHUNK)  # [STREAMS, LENGTH]
-            for _ in range(-(-args.length // CHUNK))
-        ],
-        axis=1,
-    )[:, : args.length]
-    samples = [args.prime + alphabet.decode(row) for row in codes]
     if args.out_dir:
-        write_samples(samples, args.out_dir)
+        write_samples(prime, samples, args.out_dir)
     else:
         for i, text in enumerate(samples):
-            print(f"==== sample {i + 1} of {len(samples)} ====\n{text}")
+            print(f"==== sample {i + 1} of {len(samples)} ====\n{prime}{text}")
     return 0
+
+
+def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
+    """Start generator's streams on the prime, given as pieces of text (one piece, or a
+    file read a piece at a time), fed prime_chunk characters per compiled call (the
+    last call: the rest), so that a prime of any length compiles two shapes at most.
+    echo: a file the prime is written to as it is read; without one, the prime's text
+    is returned (each sample starts with it). Warns of characters not in the alphabet;
+    an empty prime is a UsageError."""
+    step = prime_chunk(alphabet.size, streams)
+    held, kept, total, unknown = np.zeros(0, alphabet.dtype), [], 0, 0
+    started = False
+
+    def feed(codes):
+        nonlocal started
+        rows = np.broadcast_to(codes, (streams, len(codes)))  # [STREAMS, LENGTH]
+        if started:
+            generator.feed(rows)
+        else:
+            generator.start(rows, seed)
+        started = True
+
+    for text in pieces:
+        if echo:
+            echo.write(text)
+        else:
+            kept.append(text)
+        codes = alphabet.encode(text)
+        total, unknown = total + len(codes), unknown + int(np.count_nonzero(codes == 0))
+        held = np.concatenate([held, codes])
+        whole = len(held) // step * step
+        if whole:
+            held, codes = held[whole:], held[:whole]
+            feed(codes)
+    if len(held):
+        feed(held)
+    if total == 0:
+        raise cli.UsageError("the prime is empty: give at least one character")
+    if unknown:
+        cli.warn(
+            f"warning: {unknown:,} of the prime's {total:,} characters are not in the "
+            "model's alphabet: the model reads them as unknown"
+        )
+    return "".join(kept)
+
+
+def generate(generator, alphabet, length, stop=None, echo=None):
+    """The text of each stream, CHUNK characters per compiled call, until each has
+    length characters (0: no end), or ended right after the first stop it generated;
+    generation ends when every stream has. echo: a file that the one stream's text is
+    written to as it comes, and nothing is kept (returns None)."""
+    streams = len(generator.state)
+    texts, tails = [[] for _ in range(streams)], [""] * streams
+    going = np.ones(streams, bool)
+    done = 0
+    while going.any() and (length == 0 or done < length):
+        chunk = generator.next(CHUNK)  # [STREAMS, CHUNK]
+        chunk = chunk[:, : length - done] if length else chunk
+        done += chunk.shape[1]
+        for i in np.flatnonzero(going):
+            text = alphabet.decode(chunk[i])
+            if stop:  # looked for across chunks: the tail of the last one, then this one
+                found = (tails[i] + text).find(stop)
+                if found >= 0:
+                    text, going[i] = text[: found + len(stop) - len(tails[i])], False
+                seen = tails[i] + text
+                tails[i] = seen[max(0, len(seen) - len(stop) + 1) :]
+            if echo:
+                echo.write(text)
+                echo.flush()
+            else:
+                texts[i].append(text)
+    if echo:
+        echo.write("\n")
+        return None
+    return ["".join(t) for t in texts]
 
 
 def check_scoring_memory(config):
@@ -198,22 +283,28 @@ def check_scoring_memory(config):
 
 def check_streams_memory(config, args):
     """Refuse --streams (and --length) beyond this machine's memory, before any of it
-    is allocated: every stream's states and logits over the prime (memory.needed),
-    its prime's codes and the sample kept until all are printed or written."""
+    is allocated: every stream's states and logits over a call of prime
+    (memory.needed), its prime's codes in that call, and the sample kept until all are
+    printed or written, with the prime's text once (a --prime-file's size in bytes
+    bounds its characters; a pipe's is not known, and not counted)."""
     prime = len(args.prime)
-    kept = args.length + prime if args.streams > 1 or args.out_dir else 0  # characters
+    if args.prime_file is not None and os.path.isfile(args.prime_file):
+        prime = os.path.getsize(args.prime_file)
+    keeping = args.streams > 1 or args.out_dir
+    call = min(max(prime, 1), prime_chunk(config["alphasize"], args.streams))
 
     def needed(streams):
-        per_stream = 4 * prime + KEPT_BYTES * kept  # int32 prime codes, the sample kept
-        return memory.needed(config, streams, prime) + streams * per_stream
+        per_stream = 4 * call + (KEPT_BYTES * args.length if keeping else 0)
+        kept_prime = 4 * prime if keeping else 0  # its text: up to 4 bytes a character
+        return memory.needed(config, streams, call) + streams * per_stream + kept_prime
 
     available = memory.available()
     most = (available - needed(0)) // (needed(1) - needed(0)) if available else 0
     if most >= 1:  # a floor's bound: in practice, fewer
         fix = f"ask for fewer streams ({most:,} at the very most here)"
-        fix += ", or a shorter --length" if kept else ""
+        fix += ", or a shorter --length" if keeping else ""
     else:
-        fix = "ask for a shorter --length or --prime"
+        fix = "ask for a shorter --length or prime"
     memory.check(
         needed(args.streams),
         f"--streams {args.streams} of {args.length:,} characters "
@@ -222,29 +313,14 @@ def check_streams_memory(config, args):
     )
 
 
-def stream(generator, alphabet, prime, length):
-    """Print as it comes: the prime, then chunks of characters until the length."""
-    out = sys.stdout
-    out.write(prime)
-    n = 0
-    while length == 0 or n < length:
-        codes = generator.next(CHUNK)[0]
-        if length:
-            codes = codes[: length - n]
-        out.write(alphabet.decode(codes))
-        out.flush()
-        n += len(codes)
-    out.write("\n")
-
-
-def write_samples(samples, out_dir):
+def write_samples(prime, samples, out_dir):
     try:
         os.makedirs(out_dir, exist_ok=True)
         width = len(str(len(samples)))
         for i, text in enumerate(samples):
             path = os.path.join(out_dir, f"sample-{i + 1:0{width}d}.txt")
             with open(path, "w", encoding="utf-8", errors="replace") as f:
-                f.write(text + "\n")
+                f.write(prime + text + "\n")
     except OSError as e:
         raise cli.UsageError(
             f"cannot write {e.filename}: {e.strerror}; choose another --out-dir"

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import generate
+import rnn_play
 import runs
 import txtutils
-from conftest import HERE, cache_env, run_cli, run_clis, without_cache_noise
+from conftest import HERE, cache_env, run_cli, run_clis, run_main, without_cache_noise
 from generate import Generator, Scorer
 from model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 
@@ -339,3 +340,65 @@ def test_scoring_a_big_alphabet_keeps_its_logits_small():
     assert scorer.chunk == generate.score_chunk(300_000) == 55
     scorer.feed(np.arange(200, dtype=np.int32))
     assert scorer.finish()[2] == 199
+
+
+def play_here(tiny_run, *args, capsys):
+    """rnn_play.py in this process (run_main), on the tiny run."""
+    return run_main(rnn_play.main, "tiny", *args, *checkpoints(tiny_run), capsys=capsys)
+
+
+def samples_of(stdout):
+    return re.split(r"==== sample \d+ of \d+ ====\n", stdout)[1:]
+
+
+def test_stop_ends_each_sample_right_after_its_first_stop(tiny_run, capsys):
+    """--stop TEXT: each stream's sample ends right after the first TEXT it generates
+    (a TEXT in the prime does not count), or at --length; the text before is the text
+    without --stop."""
+    common = ["--length", "400", "--seed", "5", "--prime", "ROMEO: the e"]
+    whole = play_here(tiny_run, *common, "--streams", "3", capsys=capsys)
+    assert whole.returncode == 0, whole.stderr
+    prime = "ROMEO: the e"
+    for stop in ("e ", "moon", "QZQZ"):  # the last never comes: --length ends it
+        cut = play_here(tiny_run, *common, "--streams", "3", "--stop", stop, capsys=capsys)
+        assert cut.returncode == 0, cut.stderr
+        for full, short in zip(samples_of(whole.stdout), samples_of(cut.stdout), strict=True):
+            generated = full[len(prime) :]
+            end = generated.find(stop)
+            expected = generated if end < 0 else generated[: end + len(stop)] + "\n"
+            assert short == prime + expected, (stop, short)
+    one = play_here(tiny_run, *common, "--stop", "e ", capsys=capsys)
+    first = samples_of(whole.stdout)[0]
+    assert one.stdout.endswith("e \n") and len(one.stdout) < len(first)
+    bad = play_here(tiny_run, "--stop", "\u0416", capsys=capsys)
+    assert bad.returncode == 2 and "not in the model's alphabet" in bad.stderr
+
+
+def test_a_prime_file_is_the_prime_and_may_be_long(tiny_run, tmp_path, capsys):
+    """--prime-file FILE: its text (CRLF read as LF) primes every stream as --prime
+    would, and a long one is fed in compiled chunks (the stream's state carried)."""
+    text = ("ROMEO: the moon loves juliet.\n" * 400)[:-1] + "é"  # > 4,096: several calls
+    path = tmp_path / "prime.txt"
+    path.write_bytes(text.replace("\n", "\r\n").encode())
+    common = ["--length", "100", "--seed", "9", "--streams", "2"]
+    given = play_here(tiny_run, *common, "--prime", text, capsys=capsys)
+    from_file = play_here(tiny_run, *common, "--prime-file", str(path), capsys=capsys)
+    assert given.returncode == from_file.returncode == 0, from_file.stderr
+    assert from_file.stdout == given.stdout and samples_of(given.stdout)[0].startswith(text)
+    # the state after the long prime is the state of the whole text at once
+    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
+    codes = txtutils.encode(text)
+    chunked = Generator(model)
+    chunked.start(codes[None, : len(codes) // 2], seed=0)
+    chunked.feed(codes[None, len(codes) // 2 :])
+    _, state = model.infer(codes[None].astype(np.int32), model.zero_state(1))
+    np.testing.assert_allclose(chunked.state, state, atol=1e-5)
+    for args, words in [
+        (["--prime-file", str(tmp_path / "none.txt")], "cannot read"),
+        (["--prime-file", str(path), "--prime", "x"], "not both"),
+    ]:
+        refused = play_here(tiny_run, *args, capsys=capsys)
+        assert refused.returncode == 2 and words in refused.stderr, refused.stderr
+    (tmp_path / "empty.txt").write_text("")
+    empty = play_here(tiny_run, "--prime-file", str(tmp_path / "empty.txt"), capsys=capsys)
+    assert empty.returncode == 2 and "the prime is empty" in empty.stderr

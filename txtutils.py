@@ -8,6 +8,8 @@ import glob
 import hashlib
 import os
 import re
+import stat
+from collections import Counter
 from typing import NamedTuple
 
 import numpy as np
@@ -103,19 +105,31 @@ def unknown_share(codes):
 
 
 def find_files(patterns):
-    """Expand globs (``**`` allowed) and directories (every file below, hidden ones
-    skipped) into a sorted list of unique absolute paths, so every machine picks the
-    same files in the same order."""
+    """Expand globs (``**`` allowed) and directories (every regular file below, hidden
+    ones skipped) into a sorted list of unique absolute paths, so every machine picks the
+    same files in the same order. Globs and directories take regular files and links to
+    them only: a FIFO, socket, device or dangling link among them is skipped. A path
+    named as it is (no wildcard) is kept whatever it is, for read_file to refuse in words."""
     found = set()
     for pattern in patterns:
-        for path in glob.glob(os.path.expanduser(pattern), recursive=True):
+        pattern = os.path.expanduser(pattern)
+        for path in glob.glob(pattern, recursive=True):
             if os.path.isdir(path):
-                for root, dirs, files in os.walk(path):
-                    dirs[:] = [d for d in dirs if not d.startswith(".")]
-                    found.update(os.path.join(root, f) for f in files if not f.startswith("."))
-            elif os.path.isfile(path):
+                found.update(_regular_files_below(path))
+            elif os.path.isfile(path) or path == pattern:
                 found.add(path)
     return sorted(os.path.abspath(p) for p in found)
+
+
+def _regular_files_below(folder):
+    """The regular files (or links to them) below folder, hidden ones skipped: reading
+    a FIFO would wait for a writer forever, and a dangling link holds no text."""
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            path = os.path.join(root, name)
+            if not name.startswith(".") and os.path.isfile(path):
+                yield path
 
 
 class TextFile(NamedTuple):
@@ -126,7 +140,9 @@ class TextFile(NamedTuple):
 
 
 def read_file(path):
-    """Read one text file (TextFile); refuse a binary file (one holding a NUL byte)."""
+    """Read one text file (TextFile); refuse a binary file (one holding a NUL byte) and
+    what is not a regular file."""
+    _check_regular(path)
     try:
         with open(path, "rb") as f:
             raw = f.read()
@@ -145,6 +161,31 @@ def read_file(path):
 
 
 _NOT_UTF8 = re.compile("[\udc80-\udcff]")
+
+
+def _check_regular(path):
+    """Raise CorpusError unless path is a regular file or a link to one. Checked before
+    opening it: opening a FIFO for reading waits for a writer, forever."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if os.path.islink(path) and not os.path.exists(path):
+            raise CorpusError(
+                f"{path} is a dangling link (to {os.readlink(path)}): fix it or remove it"
+            ) from None
+        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    if not stat.S_ISREG(mode):
+        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+        raise CorpusError(f"{path} is {kind}, not a text file: name text files only")
+
+
+_KINDS = {
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a device",
+    stat.S_IFBLK: "a device",
+    stat.S_IFDIR: "a directory",
+}
 
 
 def default_validation_count(sizes):
@@ -244,31 +285,58 @@ def read_corpus(data_patterns, validation_patterns=None, alphabet=DEFAULT, min_c
 def changes(old, new):
     """What differs between two corpus fingerprints (Corpus.fingerprint), in a few
     words, or None if they are the same text. The same files, byte for byte, in
-    another directory are the same text."""
+    another directory are the same text. A file is known by its path inside the folder
+    the text is read from, so that when that folder moved, an edited file reads as
+    edited, not as added and removed; a file moved inside the text is known by its name
+    when no other file added or removed has it."""
 
     def named(fingerprint):
         return [(os.path.basename(p), size, sha) for p, size, sha in fingerprint]
 
     if all(named(old[k]) == named(new[k]) for k in ("train", "valid")):
         return None
-    said = []
+    old_root, new_root = _roots(old, new)
+    said = [] if old_root == new_root else [f"read from {new_root} (was {old_root})"]
     for k, what in (("train", "training"), ("valid", "validation")):
-        before = {p: sha for p, _, sha in old[k]}
-        after = {p: sha for p, _, sha in new[k]}
+        before = {os.path.relpath(p, old_root): sha for p, _, sha in old[k]}
+        after = {os.path.relpath(p, new_root): sha for p, _, sha in new[k]}
+        _match_by_name(before, after)
         for verb, paths in (
-            ("added", [p for p in after if p not in before]),
-            ("removed", [p for p in before if p not in after]),
-            ("edited", [p for p in after if p in before and after[p] != before[p]]),
+            ("added", sorted(after.keys() - before.keys())),
+            ("removed", sorted(before.keys() - after.keys())),
+            ("edited", sorted(p for p in after.keys() & before.keys() if after[p] != before[p])),
         ):
             if paths:
-                shown = ", ".join(os.path.basename(p) for p in paths[:3])
                 more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-                said.append(f"{what} files {verb}: {shown}{more}")
-    old_dirs = sorted({os.path.dirname(p) for k in old for p, _, _ in old[k]})
-    new_dirs = sorted({os.path.dirname(p) for k in new for p, _, _ in new[k]})
-    if old_dirs != new_dirs:
-        said.insert(0, f"read from {', '.join(new_dirs)} (was {', '.join(old_dirs)})")
+                said.append(f"{what} files {verb}: {', '.join(paths[:3])}{more}")
     return "; ".join(said) or "the files are ordered or split otherwise"
+
+
+def _roots(old, new):
+    """The folders that two fingerprints' paths are read inside: the same folder for
+    both if they share a file, else each its own (the text moved)."""
+
+    def folder(paths):
+        return os.path.commonpath([os.path.dirname(p) for p in paths])
+
+    old_paths, new_paths = ({p for k in f for p, _, _ in f[k]} for f in (old, new))
+    if old_paths & new_paths:
+        return (folder(old_paths | new_paths),) * 2
+    return folder(old_paths), folder(new_paths)
+
+
+def _match_by_name(before, after):
+    """Move in after each added file to the place of the removed file of the same name,
+    if that name is no other added or removed file's: it is that file, moved."""
+
+    def by_name(paths):
+        counts = Counter(os.path.basename(p) for p in paths)
+        return {os.path.basename(p): p for p in paths if counts[os.path.basename(p)] == 1}
+
+    removed = by_name(before.keys() - after.keys())
+    added = by_name(after.keys() - before.keys())
+    for name in removed.keys() & added.keys():
+        after[removed[name]] = after.pop(added[name])
 
 
 def _concat(arrays, dtype):
@@ -339,9 +407,16 @@ def validation_rows(codes, seqlen):
 def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
     """Yield a text file's codes in alphabet piece by piece, reading at most size
     bytes at a time, so that a file of any size costs a piece's memory. The pieces
-    put together are exactly alphabet.encode(read_file(path).text): a UTF-8 sequence
-    or a CRLF cut by a piece boundary reads as if it were not. Refuses a binary file
-    (a NUL byte) when it reaches it, as read_file does."""
+    put together are exactly alphabet.encode(read_file(path).text). Refuses a binary
+    file (a NUL byte) when it reaches it, as read_file does."""
+    for text in read_text_pieces(path, size):
+        yield alphabet.encode(text)
+
+
+def read_text_pieces(path, size=1 << 20):
+    """Yield a text file's text piece by piece (read_pieces, before encoding): a
+    UTF-8 sequence or a CRLF cut by a piece boundary reads as if it were not. A pipe
+    works too: the file is read once, from its start to its end."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     held = ""  # a CR that ends a piece: CRLF if the next piece starts with LF
     try:
@@ -354,7 +429,7 @@ def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
                     )
                 text = held + decoder.decode(raw, final=not raw)
                 held = text[-1:] if raw and text.endswith("\r") else ""
-                yield alphabet.encode(text[: len(text) - len(held)])
+                yield text[: len(text) - len(held)].replace("\r\n", "\n")
                 if not raw:
                     return
     except OSError as e:

@@ -5,7 +5,10 @@ No TensorFlow here. The batch and validation-row tests feed np.arange(N) as the
 "text": both only slice it, so every value is the position of its character in the text.
 """
 
+import contextlib
 import itertools
+import os
+import signal
 
 import numpy as np
 import pytest
@@ -319,7 +322,9 @@ def test_a_fingerprint_names_what_changed_in_the_text(tmp_path):
         "training files added: 4.txt; training files removed: 1.txt; training files edited: 2.txt"
     )
     held_out = fingerprint_of(tmp_path / "a", [str(tmp_path / "a" / "4.txt")])
-    assert "validation files added: 4.txt" in txtutils.changes(before, held_out)
+    assert txtutils.changes(before, held_out) == (
+        "training files removed: 1.txt; training files edited: 2.txt; validation files added: 4.txt"
+    )
 
 
 def test_the_same_files_in_another_directory_are_the_same_text(tmp_path):
@@ -329,8 +334,30 @@ def test_the_same_files_in_another_directory_are_the_same_text(tmp_path):
     before = fingerprint_of(tmp_path / "a", [])
     assert txtutils.changes(before, fingerprint_of(tmp_path / "b", [])) is None
     write(tmp_path / "b" / "2.txt", "TWO")
-    changed = txtutils.changes(before, fingerprint_of(tmp_path / "b", []))
-    assert changed.startswith(f"read from {tmp_path / 'b'} (was {tmp_path / 'a'})")
+    assert txtutils.changes(before, fingerprint_of(tmp_path / "b", [])) == (
+        f"read from {tmp_path / 'b'} (was {tmp_path / 'a'}); training files edited: 2.txt"
+    )
+
+
+def test_a_moved_folder_names_each_file_by_its_place_in_it(tmp_path):
+    files_of(tmp_path / "a", {"1.txt": "one", "sub/2.txt": "two", "sub/3.txt": "three"})
+    files_of(tmp_path / "b", {"1.txt": "ONE", "sub/2.txt": "two", "sub/4.txt": "four"})
+    before = fingerprint_of(tmp_path / "a", [])
+    assert txtutils.changes(before, fingerprint_of(tmp_path / "b", [])) == (
+        f"read from {tmp_path / 'b'} (was {tmp_path / 'a'}); training files added: sub/4.txt; "
+        "training files removed: sub/3.txt; training files edited: 1.txt"
+    )
+
+
+def test_a_file_moved_inside_the_text_is_known_by_its_name(tmp_path):
+    """Here the folder the text is read inside moves too (a to b/x), as y empties."""
+    files_of(tmp_path / "a", {"x/1.txt": "one", "y/2.txt": "two"})
+    before = fingerprint_of(tmp_path / "a", [])
+    write(tmp_path / "b" / "x" / "1.txt", "ONE")
+    assert txtutils.changes(before, fingerprint_of(tmp_path / "b", [])) == (
+        f"read from {tmp_path / 'b' / 'x'} (was {tmp_path / 'a'}); "
+        "training files removed: y/2.txt; training files edited: x/1.txt"
+    )
 
 
 def write(path, text):
@@ -394,6 +421,53 @@ def test_a_recursive_glob_is_accepted_and_overlapping_patterns_read_a_file_once(
     for train, _, train_files, *_ in [by_glob, overlapping]:
         assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
         assert txtutils.decode(train) == "abc"
+
+
+@contextlib.contextmanager
+def at_most(seconds):
+    """Fail the test, not hang it, if the block takes longer than seconds: opening a
+    FIFO for reading waits for a writer forever."""
+
+    def give_up(signum, frame):
+        pytest.fail(f"still reading after {seconds} s", pytrace=False)
+
+    previous = signal.signal(signal.SIGALRM, give_up)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_folder_walk_or_a_glob_skips_a_fifo(tmp_path):
+    write(tmp_path / "a.txt", "text")
+    os.mkfifo(tmp_path / "pipe")
+    for pattern in [tmp_path, tmp_path / "*"]:
+        with at_most(10):
+            corpus = txtutils.read_corpus([str(pattern)], [])
+        assert corpus.train_files == [str(tmp_path / "a.txt")]
+        assert txtutils.decode(corpus.train) == "text"
+
+
+def test_a_folder_walk_skips_a_dangling_link_and_follows_a_good_one(tmp_path):
+    write(tmp_path / "elsewhere" / "b.txt", "bee")
+    write(tmp_path / "corpus" / "a.txt", "a")
+    (tmp_path / "corpus" / "b.txt").symlink_to(tmp_path / "elsewhere" / "b.txt")
+    (tmp_path / "corpus" / "c.txt").symlink_to(tmp_path / "gone.txt")
+    corpus = txtutils.read_corpus([str(tmp_path / "corpus")], [])
+    assert names(corpus.train_files) == ["a.txt", "b.txt"]
+    assert txtutils.decode(corpus.train) == "abee"
+
+
+def test_a_fifo_or_a_dangling_link_named_as_it_is_is_a_corpus_error(tmp_path):
+    write(tmp_path / "a.txt", "text")
+    os.mkfifo(tmp_path / "pipe")
+    (tmp_path / "link.txt").symlink_to(tmp_path / "gone.txt")
+    with at_most(10), pytest.raises(CorpusError, match="pipe is a FIFO, not a text file"):
+        txtutils.read_corpus([str(tmp_path / "a.txt"), str(tmp_path / "pipe")], [])
+    with pytest.raises(CorpusError, match=r"link.txt is a dangling link \(to .*gone.txt\)"):
+        txtutils.read_corpus([str(tmp_path / "a.txt")], [str(tmp_path / "link.txt")])
 
 
 @pytest.mark.parametrize(
