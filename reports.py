@@ -114,10 +114,11 @@ class Reports:
             flush=True,
         )
 
-    def end(self, step, reason, minutes, checkpoint):
+    def end(self, step, reason, minutes, checkpoint, best=None):
         """The last word of a run that ended well, and its exit status: 0, or 128 + the
         number of the signal that stopped it (on any worker), as a shell reports it.
-        minutes: the time limit; checkpoint: the newest one saved."""
+        minutes: the time limit; checkpoint: the newest one saved; best: the run's
+        runs.Best, if it keeps one."""
         resume = f"continue with python {self.prog} --resume {self.run.name}"
         if reason > OUT_OF_TIME:
             print(f"stopped at step {step}: checkpoint saved; {resume}", file=sys.stderr)
@@ -127,8 +128,13 @@ class Reports:
                 f"time limit of {minutes:g} minutes reached at step {step}: checkpoint "
                 f"{checkpoint} saved; {resume}"
             )
-            return 0
-        self.say(f"done: step {step}, checkpoint {checkpoint}")
+        else:
+            self.say(f"done: step {step}, checkpoint {checkpoint}")
+        if best and best.step is not None:
+            self.say(
+                f"the best: step {best.step}, validation loss {best.loss:.3f} "
+                f"({self.run.name}:best)"
+            )
         return 0
 
     def failure(self, error, step, saver, multiworker):

@@ -177,7 +177,7 @@ def train(args):
                     reports.progress(window, step, epoch, left, learning_rate)
                     window = Window()
                 if text.valid_x is not None and (step % config["eval_every"] == 0 or last):
-                    validate(model, text, log, step)
+                    saver.validated(step, validate(model, text, log, step))
                 if dist.chief and (step % config["sample_every"] == 0 or last):
                     sample(sampler, text.alphabet, log, step, config["seed"])
                 if step % config["save_every"] == 0:
@@ -193,7 +193,7 @@ def train(args):
     except (Diverged, tf.errors.OpError) as e:
         raise reports.failure(e, step, saver, dist.multiworker) from None
     reason = max(reason, stop.signal or GO_ON)  # a signal during the last save counts too
-    return reports.end(step, reason, clock.minutes, saver.manager.latest_checkpoint)
+    return reports.end(step, reason, clock.minutes, saver.manager.latest_checkpoint, saver.best)
 
 
 def main(argv=None):

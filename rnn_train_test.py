@@ -622,3 +622,39 @@ def test_init_from_starts_a_new_run_on_other_text_and_its_resume_knows_that_text
         "ru.txt): resume it on the text it was trained on, or train on this text in a new "
         "run with --init-from ft"
     )
+
+
+def test_the_best_checkpoint_is_kept_whatever_keep_deletes(tmp_path):
+    """runs.Best links a checkpoint's files into RUN/best/ when its validation loss is
+    the lowest so far, removes the one it replaces, and a resumed run knows it."""
+    run = tmp_path / "r"
+    run.mkdir()
+    best = runs.Best(str(run))
+    for step, loss in [(10, 2.0), (20, 1.5), (30, 1.7), (40, 1.6)]:
+        for suffix in ("index", "data-00000-of-00001"):  # a checkpoint's files, as saved
+            (run / f"ckpt-{step}.{suffix}").write_text(f"{step}")
+        best.offer(str(run / f"ckpt-{step}"), step, loss)
+        for old in run.glob(f"ckpt-{step - 10}.*"):  # --keep 1 deletes the one before
+            old.unlink()
+    assert (best.step, best.loss) == (20, 1.5)
+    kept = sorted(p.name for p in (run / "best").iterdir())
+    assert kept == ["ckpt-20.data-00000-of-00001", "ckpt-20.index", "ckpt-20.json"]
+    assert (run / "best" / "ckpt-20.data-00000-of-00001").read_text() == "20"
+    again = runs.Best(str(run))
+    assert (again.step, again.loss) == (20, 1.5)
+
+
+def test_a_run_names_its_best_checkpoint_and_run_best_finds_it(tmp_path, capsys):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    flags = tiny_flags(tmp_path, corpus, validation=os.path.join(corpus, "part2.txt"))
+    every = ["--eval-every", "20", "--save-every", "20", "--keep", "1"]
+    result = train(*flags, *every, "--run", "r", "--max-steps", "60", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    losses = [float(v) for v in re.findall(r"^validation: loss ([\d.]+)", result.stdout, re.M)]
+    step = 20 * (1 + losses.index(min(losses)))
+    assert f"the best: step {step}, validation loss {min(losses):.3f} (r:best)" in result.stdout
+    prefix = runs.resolve("r:best", str(tmp_path / "ck"), print)
+    assert prefix == str(tmp_path / "ck" / "r" / "best" / f"ckpt-{step}")
+    ckpt.verify(prefix)
+    with pytest.raises(ckpt.CheckpointError, match="no run named nosuchrun"):
+        runs.resolve("nosuchrun:best", str(tmp_path / "ck"), print)

@@ -11,9 +11,11 @@ complete checkpoint is found by its .index file, checked whole before it is trus
 and a damaged one is passed over, never deleted.
 """
 
+import contextlib
 import fcntl
 import glob
 import json
+import math
 import os
 import shutil
 import time
@@ -108,8 +110,21 @@ class RunLock:
 
 def resolve(what, checkpoint_dir, warn):
     """Find a checkpoint prefix from what a user typed: None (the newest run), a run
-    name under checkpoint_dir, a run directory (its newest good checkpoint), or a
-    checkpoint prefix."""
+    name under checkpoint_dir, a run directory (its newest good checkpoint), either
+    followed by ":best" (the run's checkpoint of the lowest validation loss: Best),
+    or a checkpoint prefix."""
+    if what is not None and what.endswith(BEST_SUFFIX) and not os.path.exists(what):
+        run = what.removesuffix(BEST_SUFFIX)
+        for run_dir in (run, os.path.join(checkpoint_dir, run)):
+            if newest_in(run_dir):
+                prefix = newest_good(os.path.join(run_dir, BEST_DIR), warn)
+                if prefix is None:
+                    raise ckpt.CheckpointError(
+                        f"run {run} has no best checkpoint yet: one is kept at each save "
+                        "that follows a validation"
+                    )
+                return prefix
+        raise ckpt.CheckpointError(f"no run named {run}: see the runs in {checkpoint_dir}/")
     if what is None:
         what = newest_run(checkpoint_dir)
         if what is None:
@@ -261,6 +276,12 @@ class Saver:
             self.checkpoint, run_dir, max_to_keep=config["keep"], checkpoint_name="ckpt"
         )
         self.saved_step = 0
+        self.best = Best(run_dir) if dist.chief else None  # beside the newest --keep
+        self.validation = None  # (step, loss) of the last validation
+
+    def validated(self, step, loss):
+        """Note the validation loss of step: a save at that step may be the best."""
+        self.validation = (step, loss)
 
     def restore(self, prefix):
         """(step, state [BATCH, LAYERS*CELL]) of the checkpoint at prefix, None: a new
@@ -298,6 +319,8 @@ class Saver:
             )
             return False
         self.saved_step = step
+        if self.best and self.validation and self.validation[0] == step:
+            self.best.offer(self.manager.latest_checkpoint, step, self.validation[1])
         try:
             self.log.write_out()
         except (OSError, tf.errors.OpError) as e:  # the checkpoint is safe: say so, go on
@@ -306,3 +329,64 @@ class Saver:
                 f"({ckpt.short_reason(e)})"
             )
         return True
+
+
+# ---------------------------------------------------------------------------
+# The best checkpoint
+
+BEST_DIR = "best"  # RUN/best/: the run's checkpoint of the lowest validation loss
+BEST_SUFFIX = ":best"  # RUN:best names it wherever a checkpoint is named
+
+
+class Best:
+    """The run's checkpoint of the lowest validation loss so far, kept in RUN/best/
+    whatever --keep deletes: its files hard-linked there (no copy, where the file
+    system allows), beside ckpt-STEP.json that says its step and loss. A new best is
+    written whole - its figures, its data, its .index last - before the one it
+    replaces is removed, so a kill at any moment leaves a complete best, and the
+    newest complete one in best/ is the best."""
+
+    def __init__(self, run_dir):
+        self.dir = os.path.join(run_dir, BEST_DIR)
+        prefix = newest_in(self.dir)
+        self.step, self.loss = None, math.inf
+        if prefix:
+            try:
+                with open(prefix + ".json") as f:
+                    figures = json.load(f)
+                self.step, self.loss = int(figures["step"]), float(figures["loss"])
+            except (OSError, ValueError, KeyError, TypeError):
+                pass  # unreadable: the next validated save becomes the best
+
+    def offer(self, prefix, step, loss):
+        """Keep the checkpoint at prefix, saved at step, if its validation loss (at
+        that step) is the lowest so far. A failure to keep it is a warning: training
+        goes on, with the best as it was."""
+        if not loss < self.loss:
+            return
+        name = os.path.join(self.dir, os.path.basename(prefix))
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            with open(name + ".json.tmp", "w") as f:
+                json.dump({"step": step, "loss": loss}, f)
+            os.replace(name + ".json.tmp", name + ".json")
+            files = glob.glob(glob.escape(prefix) + ".data-*") + [prefix + ".index"]
+            for source in files:  # the .index last: it marks the checkpoint complete
+                target = os.path.join(self.dir, os.path.basename(source))
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(target)
+                try:
+                    os.link(source, target)
+                except OSError:  # a file system without hard links
+                    shutil.copyfile(source, target)
+        except OSError as e:
+            cli.warn(
+                f"warning: could not keep the best checkpoint, step {step} "
+                f"({e.strerror}); the best kept is still step {self.step}"
+            )
+            return
+        for old in all_in(self.dir):
+            if old != name:
+                for path in glob.glob(glob.escape(old) + ".*"):
+                    os.remove(path)
+        self.step, self.loss = step, loss

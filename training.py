@@ -173,7 +173,8 @@ def valid_chunk(alphasize):
 
 
 def validate(model, text, log, step):
-    """Loss and accuracy on the validation rows, each from a zero state, no dropout.
+    """Loss and accuracy on the validation rows, each from a zero state, no dropout,
+    on the console and in the log; returns the loss.
     Computed VALID_ROWS rows by valid_chunk(ALPHASIZE) characters at a time, the state
     carried along each row: the same figures as whole rows at once, in a fraction of the
     memory (whole rows of 256 x 1024 characters took ~2 GB)."""
@@ -192,6 +193,7 @@ def validate(model, text, log, step):
     print(f"validation: loss {loss:.3f}  acc {accuracy:.3f}", flush=True)
     log.scalar("validation", "loss", loss, step, log.LOSS)
     log.scalar("validation", "accuracy", accuracy, step, log.ACCURACY)
+    return float(loss)
 
 
 def sample(sampler, alphabet, log, step, seed):
