@@ -30,7 +30,9 @@ def score_cells(alphasize):
     SCORE_CHUNK characters for the 98 symbols (1.6 MB of logits), proportionally fewer
     for a longer alphabet (150 symbols: 2,676; thousands of CJK characters: 100-200),
     so that a call's logits stay that size; never more than SCORE_CHUNK characters
-    (longer calls measured slower), nor fewer than 1."""
+    (longer calls measured slower), nor fewer than 1. (rnn_play.py --score lets a call's
+    logits grow to generate.SCORE_LOGITS floats, 64 MB, for its one text: a server runs
+    the calls of many requests side by side, so the export keeps the 98 symbols' size.)"""
     return max(1, min(SCORE_CHUNK, SCORE_CHUNK * txtutils.ALPHASIZE // alphasize))
 
 
@@ -115,12 +117,10 @@ class Exported(Step):
         # The decoded characters of a row cover its bytes one after the other, so that
         # in the rows' bytes laid end to end each ends where the next begins (the last
         # of a row where the next row begins, or at the very end).
-        before = tf.cumsum(tf.strings.length(text, unit="BYTE"), exclusive=True)  # [B]
-        begin = starts.flat_values + tf.repeat(
-            tf.cast(before, tf.int64), points.row_lengths()
-        )  # [ALL DECODED]
-        total = tf.reduce_sum(tf.strings.length(text, unit="BYTE"))
-        end = tf.concat([begin[1:], tf.cast(total, tf.int64)[None]], axis=0)
+        size = tf.cast(tf.strings.length(text, unit="BYTE"), tf.int64)  # [B]
+        before = tf.repeat(tf.cumsum(size, exclusive=True), points.row_lengths())
+        begin = starts.flat_values + before  # [ALL DECODED]
+        end = tf.concat([begin[1:], tf.reduce_sum(size)[None]], axis=0)
         bad = tf.equal(points.flat_values, NOT_UTF8)
         times = tf.where(bad, end - begin, 1)  # [ALL DECODED]: characters it stands for
         lengths = tf.reduce_sum(points.with_flat_values(times), axis=1)  # [B]

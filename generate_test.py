@@ -176,5 +176,6 @@ def test_the_compiled_loop_draws_from_the_top_n_at_the_temperature():
         kept = np.argsort(logits)[-topn:] if topn else np.arange(len(logits))
         assert set(got.tolist()) <= set(kept.tolist()), (topn, temperature)
         p = np.zeros(len(logits))
-        p[kept] = np.exp((logits[kept] - logits[kept].max()) / np.float64(temperature))
+        z = logits[kept].astype(np.float64) / temperature
+        p[kept] = np.exp(z - z.max())
         assert_follows(got, p / p.sum())

@@ -222,8 +222,8 @@ def exported(tiny_run, tmp_path_factory):
         clis = pool.submit(run_clis, *calls)  # meanwhile, the Cyrillic model here
         prefix = cyrillic_checkpoint(str(root))
         assert rnn_export.main([prefix, str(root / "cyrillic-export")]) == 0
-        export, *plays = clis.result()
-    assert export.returncode == 0, export.stderr
+        exporting, *plays = clis.result()
+    assert exporting.returncode == 0, exporting.stderr
     assert all(p.returncode == 0 for p in plays), [p.stderr for p in plays]
     model, config = runs.load_model(prefix)
     alphabet = config["alphabet"]
