@@ -10,6 +10,7 @@ did not exist:
     step = dist.compile(replica_step)              # runs on every replica, means reduced
     state = dist.gather(state)                     # all rows again, to save them
     reason = dist.stop_together(reason)            # one worker stops: all stop
+    saved = dist.agree(saved)                      # all learn whether the chief saved
 
 A distributed step computes what one process computes: replica r always trains
 the same rows of the batch (r*BATCH/REPLICAS onward) and keeps their RNN state,
@@ -116,6 +117,16 @@ class Distribution:
         )
         counts = self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None).numpy()
         return int(max(i for i, n in enumerate(counts) if n > 0))
+
+    def agree(self, ok):
+        """Whether ok holds on every worker (a collective: every worker must ask), so
+        that all take the same path after what only the chief did, such as a save."""
+        if not self.multiworker:
+            return ok
+        failed = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(0.0 if ok else 1.0)
+        )
+        return not self.strategy.reduce(tf.distribute.ReduceOp.SUM, failed, axis=None).numpy()
 
     def compile(self, replica_step):
         """The compiled training step: replica_step(x, y, state, step, dropout) ->

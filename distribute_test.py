@@ -6,6 +6,7 @@ of the same global batch; and a worker killed mid-run."""
 import glob
 import json
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -54,13 +55,16 @@ def on_one_file(root, *flags, lines=400):
     return ["--data", corpus, "--validation", "none", *flags, *where(root)]
 
 
-def workers(args, n=2):
-    """Start n rnn_train.py --strategy multiworker processes on 127.0.0.1; returns them."""
+def workers(args, n=2, chief_preexec=None):
+    """Start n rnn_train.py --strategy multiworker processes on 127.0.0.1; returns them.
+    chief_preexec: run in the chief's process (worker 0) before it starts; the chief
+    then goes without the XLA cache, whose writes a limit set there would refuse."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in cli.free_ports(n)]}
     procs = []
     for i in range(n):
         task = {"cluster": cluster, "task": {"type": "worker", "index": i}}
-        env = cache_env(dict(os.environ, TF_CONFIG=json.dumps(task)))
+        env = dict(os.environ, TF_CONFIG=json.dumps(task))
+        env = env if i == 0 and chief_preexec else cache_env(env)
         procs.append(
             subprocess.Popen(
                 [
@@ -73,6 +77,7 @@ def workers(args, n=2):
                     "20",
                 ],
                 env=env,
+                preexec_fn=chief_preexec if i == 0 else None,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -244,3 +249,31 @@ def test_a_signal_to_one_worker_stops_every_worker_after_the_same_step(tmp_path)
         assert status == 130, err
         assert "Traceback" not in err
         assert f"stopped at step {step}: checkpoint saved" in err, err
+
+
+def test_a_failed_last_save_fails_every_worker_alike(tmp_path):
+    """The chief's last save fails (a full disk: a file-size limit on the chief alone):
+    every worker learns it, and all exit 1 with the same line, none waiting for another,
+    the checkpoint before intact."""
+    args = on_one_file(tmp_path, *TINY, "--sample-every", "100000", "--run", "f")
+    assert run_cli("rnn_train.py", *args, "--max-steps", "10").returncode == 0
+    saved = {p: p.read_bytes() for p in (tmp_path / "ck" / "f").glob("ckpt-*")}
+
+    def full_disk():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a dead process
+
+    procs = workers([*args, "--resume", "f", "--max-steps", "20"], chief_preexec=full_disk)
+    try:
+        results = finish(procs, timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
+    line = "rnn_train.py: error: the last 10 steps could not be saved; free some space"
+    for _, err, status in results:
+        assert status == 1, err
+        assert "lost contact" not in err and "Traceback" not in err, err
+        assert [x for x in err.splitlines() if "could not be saved" in x] == [
+            f"{line} and --resume f from step 10"
+        ], err
+    assert saved and {p: p.read_bytes() for p in saved} == saved

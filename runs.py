@@ -306,9 +306,10 @@ class Saver:
         check_finite(self.model, step, x, y)
         self.step.assign(step)
         self.state.assign(self.dist.gather(state))  # every worker's part in the save
-        if not self.dist.chief:
-            self.saved_step = step
-            return True
+        if not self.dist.chief:  # the chief alone writes; every worker learns if it could
+            saved = self.dist.agree(True)  # (a collective, as below: all go on or fail alike)
+            self.saved_step = step if saved else self.saved_step
+            return saved
         self.figures.assign(self.log.pending_json())
         try:
             self.manager.save(checkpoint_number=step)
@@ -317,7 +318,8 @@ class Saver:
                 f"warning: could not save a checkpoint at step {step} "
                 f"({ckpt.short_reason(e)}); the one at step {self.saved_step} is intact"
             )
-            return False
+            return self.dist.agree(False)
+        self.dist.agree(True)
         self.saved_step = step
         if self.best and self.validation and self.validation[0] == step:
             self.best.offer(self.manager.latest_checkpoint, step, self.validation[1])
