@@ -26,8 +26,8 @@ PROG = "rnn_play.py"
 
 LENGTH = 1000  # characters to generate
 # Bytes held per character of each sample until all are printed or written (more
-# than one stream, or --out-dir): each chunk's codes and their concatenation, int32,
-# and the decoded text
+# than one stream, or --out-dir): its text in pieces and joined, up to 4 bytes a
+# character each, and a chunk's codes
 KEPT_BYTES = 9
 
 
@@ -215,11 +215,12 @@ def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
         started = True
 
     for text in pieces:
+        codes = alphabet.encode(text)  # CRLF read as LF, as the text is shown
+        text = text.replace("\r\n", "\n")
         if echo:
             echo.write(text)
         else:
             kept.append(text)
-        codes = alphabet.encode(text)
         total, unknown = total + len(codes), unknown + int(np.count_nonzero(codes == 0))
         held = np.concatenate([held, codes])
         whole = len(held) // step * step

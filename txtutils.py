@@ -296,7 +296,8 @@ def changes(old, new):
     if all(named(old[k]) == named(new[k]) for k in ("train", "valid")):
         return None
     old_root, new_root = _roots(old, new)
-    said = [] if old_root == new_root else [f"read from {new_root} (was {old_root})"]
+    old_home, new_home = _folder(old), _folder(new)  # where each reads, for people
+    said = [] if old_home == new_home else [f"read from {new_home} (was {old_home})"]
     for k, what in (("train", "training"), ("valid", "validation")):
         before = {os.path.relpath(p, old_root): sha for p, _, sha in old[k]}
         after = {os.path.relpath(p, new_root): sha for p, _, sha in new[k]}
@@ -313,16 +314,20 @@ def changes(old, new):
 
 
 def _roots(old, new):
-    """The folders that two fingerprints' paths are read inside: the same folder for
+    """The folders that two fingerprints' paths are known inside: the same folder for
     both if they share a file, else each its own (the text moved)."""
+    if _paths(old) & _paths(new):
+        return (os.path.commonpath([_folder(old), _folder(new)]),) * 2
+    return _folder(old), _folder(new)
 
-    def folder(paths):
-        return os.path.commonpath([os.path.dirname(p) for p in paths])
 
-    old_paths, new_paths = ({p for k in f for p, _, _ in f[k]} for f in (old, new))
-    if old_paths & new_paths:
-        return (folder(old_paths | new_paths),) * 2
-    return folder(old_paths), folder(new_paths)
+def _paths(fingerprint):
+    return {p for k in fingerprint for p, _, _ in fingerprint[k]}
+
+
+def _folder(fingerprint):
+    """The folder that holds every file of a fingerprint."""
+    return os.path.commonpath([os.path.dirname(p) for p in _paths(fingerprint)])
 
 
 def _match_by_name(before, after):
@@ -414,9 +419,9 @@ def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
 
 
 def read_text_pieces(path, size=1 << 20):
-    """Yield a text file's text piece by piece (read_pieces, before encoding): a
-    UTF-8 sequence or a CRLF cut by a piece boundary reads as if it were not. A pipe
-    works too: the file is read once, from its start to its end."""
+    """Yield a text file's text piece by piece (read_pieces, before encoding, which
+    reads CRLF as LF): a UTF-8 sequence or a CRLF cut by a piece boundary reads as if
+    it were not. A pipe works too: the file is read once, from its start to its end."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     held = ""  # a CR that ends a piece: CRLF if the next piece starts with LF
     try:
@@ -429,7 +434,7 @@ def read_text_pieces(path, size=1 << 20):
                     )
                 text = held + decoder.decode(raw, final=not raw)
                 held = text[-1:] if raw and text.endswith("\r") else ""
-                yield text[: len(text) - len(held)].replace("\r\n", "\n")
+                yield text[: len(text) - len(held)]
                 if not raw:
                     return
     except OSError as e:
