@@ -50,7 +50,7 @@ def parse_args(argv):
     p.add_argument(
         "checkpoint",
         metavar="RUN_OR_CHECKPOINT",
-        help="a run name or directory (its newest checkpoint), or a checkpoint such "
+        help="a run name or directory (its newest checkpoint), RUN:best, or a checkpoint such "
         "as checkpoints/RUN/ckpt-500",
     )
     p.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder to write")

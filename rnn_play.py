@@ -39,8 +39,9 @@ def parse_args(argv):
         "checkpoint",
         nargs="?",
         metavar="RUN_OR_CHECKPOINT",
-        help="a run name or directory (its newest checkpoint), or a checkpoint such "
-        "as checkpoints/RUN/ckpt-500 (default: the newest run)",
+        help="a run name or directory (its newest checkpoint), RUN:best (its checkpoint "
+        "of the lowest validation loss), or a checkpoint such as checkpoints/RUN/ckpt-500 "
+        "(default: the newest run)",
     )
     p.add_argument(
         "--length",
@@ -96,7 +97,7 @@ def parse_args(argv):
         "--score",
         metavar="FILE",
         help="instead of generating, print the model's bits per character and "
-        "accuracy on this text file",
+        "accuracy on this text file (a pipe works too: /dev/stdin)",
     )
     p.add_argument(
         "--checkpoint-dir",
@@ -215,8 +216,7 @@ def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
         started = True
 
     for text in pieces:
-        codes = alphabet.encode(text)  # CRLF read as LF, as the text is shown
-        text = text.replace("\r\n", "\n")
+        codes = alphabet.encode(text)  # (CRLF read as LF; the prime is shown as it is)
         if echo:
             echo.write(text)
         else:

@@ -159,7 +159,8 @@ SETTINGS = [
       flag=dict(nargs="?", const="", metavar="RUN")),
     S("init_from", None, text, SESSION,
       "fine-tune: a new run that starts from the weights of another run's newest "
-      "checkpoint (or of the one given), its architecture and alphabet, on this --data",
+      "checkpoint (RUN:best: its best; or the checkpoint given), its architecture and "
+      "alphabet, on this --data (default: the parent's)",
       flag=dict(metavar="RUN_OR_CHECKPOINT")),
     S("checkpoint_dir", "checkpoints", text, SESSION, "where runs keep checkpoints"),
     S("log_dir", "log", text, SESSION, "TensorBoard logs"),
