@@ -1,6 +1,7 @@
 """Data-parallel training with tf.distribute (--strategy), kept out of the training loop.
 
-The loop asks a Distribution for what it needs; with no strategy (the default),
+Its flags (--strategy, --cpu-replicas, --collective-timeout) are in settings.py's
+table. The loop asks a Distribution for what it needs; with no strategy (the default),
 every answer is the single-process one, so the plain loop reads as if this file
 did not exist:
 
@@ -26,7 +27,6 @@ import tensorflow as tf
 
 import cli
 
-COLLECTIVE_TIMEOUT = 60  # seconds: multiworker, a worker silent this long is taken for dead
 REASONS = 32  # reasons to stop are ints below this (signal numbers among them)
 
 
