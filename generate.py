@@ -24,10 +24,11 @@ SCORE_LOGITS = 1 << 24  # floats of logits per scoring call at most (64 MB): a b
 MIN_TEMPERATURE = 1e-30
 
 
-def score_chunk(alphasize):
-    """Characters per compiled scoring call: SCORE_CHUNK, fewer for an alphabet whose
-    logits [CHUNK, ALPHASIZE] would pass SCORE_LOGITS floats."""
-    return max(1, min(SCORE_CHUNK, SCORE_LOGITS // alphasize))
+def score_chunk(alphasize, rows=1):
+    """Characters per compiled call that scores a text, or feeds a prime to rows
+    streams at once: SCORE_CHUNK, fewer for an alphabet whose logits [ROWS, CHUNK,
+    ALPHASIZE] would pass SCORE_LOGITS floats."""
+    return max(1, min(SCORE_CHUNK, SCORE_LOGITS // (alphasize * rows)))
 
 
 def sample_logits(logits, seed, topn, temperature):
@@ -97,11 +98,11 @@ class Generator:
         self.feed(prime)
 
     def feed(self, prime):
-        """Feed more prime, int [STREAMS, LENGTH], after what was fed: prime_chunk
+        """Feed more prime, int [STREAMS, LENGTH], after what was fed: score_chunk
         characters per compiled call, so that its logits stay small however long it is
         (a prime that fits one call, as a typed one does, is fed in one)."""
         prime = np.asarray(prime, dtype=np.int32)
-        step = prime_chunk(self.model.alphasize, len(prime))
+        step = score_chunk(self.model.alphasize, len(prime))
         for i in range(0, prime.shape[1], step):
             logits, self.state = self.model.infer(prime[:, i : i + step], self.state)
             self.logits = logits[:, -1]  # [STREAMS, ALPHASIZE]
@@ -113,12 +114,6 @@ class Generator:
             self.logits, self.state, seed, n, self.topn, self.temperature
         )
         return codes.numpy().T  # [STREAMS, n]
-
-
-def prime_chunk(alphasize, streams):
-    """Characters of prime per compiled call for streams at once: their logits
-    [STREAMS, CHUNK, ALPHASIZE] within SCORE_LOGITS floats, and at most SCORE_CHUNK."""
-    return max(1, min(SCORE_CHUNK, SCORE_LOGITS // (alphasize * streams)))
 
 
 class Scorer:

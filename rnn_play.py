@@ -20,7 +20,7 @@ import cli
 import memory
 import runs
 import txtutils
-from generate import CHUNK, TOPN, Generator, Scorer, prime_chunk, score, score_chunk
+from generate import CHUNK, TOPN, Generator, Scorer, score, score_chunk
 
 PROG = "rnn_play.py"
 
@@ -197,12 +197,12 @@ def play(args):
 
 def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
     """Start generator's streams on the prime, given as pieces of text (one piece, or a
-    file read a piece at a time), fed prime_chunk characters per compiled call (the
+    file read a piece at a time), fed score_chunk characters per compiled call (the
     last call: the rest), so that a prime of any length compiles two shapes at most.
     echo: a file the prime is written to as it is read; without one, the prime's text
     is returned (each sample starts with it). Warns of characters not in the alphabet;
     an empty prime is a UsageError."""
-    step = prime_chunk(alphabet.size, streams)
+    step = score_chunk(alphabet.size, streams)
     held, kept, total, unknown = np.zeros(0, alphabet.dtype), [], 0, 0
     started = False
 
@@ -221,7 +221,8 @@ def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
             echo.write(text)
         else:
             kept.append(text)
-        total, unknown = total + len(codes), unknown + int(np.count_nonzero(codes == 0))
+        total += len(codes)
+        unknown += int(np.count_nonzero(codes == txtutils.UNKNOWN))
         held = np.concatenate([held, codes])
         whole = len(held) // step * step
         if whole:
@@ -292,7 +293,7 @@ def check_streams_memory(config, args):
     if args.prime_file is not None and os.path.isfile(args.prime_file):
         prime = os.path.getsize(args.prime_file)
     keeping = args.streams > 1 or args.out_dir
-    call = min(max(prime, 1), prime_chunk(config["alphasize"], args.streams))
+    call = min(max(prime, 1), score_chunk(config["alphasize"], args.streams))
 
     def needed(streams):
         per_stream = 4 * call + (KEPT_BYTES * args.length if keeping else 0)

@@ -387,8 +387,9 @@ class Best:
                 f"({e.strerror}); the best kept is still step {self.step}"
             )
             return
-        for old in all_in(self.dir):
+        for old in all_in(self.dir):  # a failure leaves an older one: the newest is the best
             if old != name:
                 for path in glob.glob(glob.escape(old) + ".*"):
-                    os.remove(path)
+                    with contextlib.suppress(OSError):
+                        os.remove(path)
         self.step, self.loss = step, loss
