@@ -70,6 +70,7 @@ class Distribution:
         self.replicas = strategy.num_replicas_in_sync if strategy else 1
         self.multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
         self.chief = _is_chief(strategy)
+        self._local = None  # (first, last + 1) of this worker's replicas: worker_rows
 
     @classmethod
     def from_flags(cls, args):
@@ -86,19 +87,36 @@ class Distribution:
         """Where variables are made: mirrored on every replica under a strategy."""
         return self.strategy.scope() if self.strategy else contextlib.nullcontext()
 
-    def split(self, rows):
-        """rows [BATCH, ...] (the whole batch, which every worker has) as a per-replica
-        value: replica r gets rows r*BATCH/REPLICAS up to (r+1)*BATCH/REPLICAS, always
-        the same ones, so each replica's rows continue its rows of the previous batch."""
+    def split(self, rows, batch_size=None):
+        """rows [BATCH, ...] (the whole batch) or this worker's rows of it
+        (worker_rows), as a per-replica value: replica r gets rows r*BATCH/REPLICAS up
+        to (r+1)*BATCH/REPLICAS, always the same ones, so each replica's rows continue
+        its rows of the previous batch. batch_size: BATCH, if rows are a worker's."""
         if not self.strategy:
             return rows
-        each = len(rows) // self.replicas
+        each = (batch_size or len(rows)) // self.replicas
+        first = self.worker_rows(batch_size).start if batch_size else 0
 
         def share(context):
             r = context.replica_id_in_sync_group
-            return tf.convert_to_tensor(rows[r * each : (r + 1) * each])
+            return tf.convert_to_tensor(rows[r * each - first : (r + 1) * each - first])
 
         return self.strategy.experimental_distribute_values_from_function(share)
+
+    def worker_rows(self, batch_size):
+        """The rows of each batch that this worker's replicas train on (a slice: the
+        replicas of a worker are numbered one after the other), so that it reads only
+        those of the text."""
+        if not self.multiworker:
+            return slice(0, batch_size)
+        if self._local is None:  # the replica numbers of this worker, asked once
+            local = []
+            self.strategy.experimental_distribute_values_from_function(
+                lambda context: local.append(context.replica_id_in_sync_group) or tf.zeros(())
+            )
+            self._local = (min(local), max(local) + 1)
+        each = batch_size // self.replicas
+        return slice(self._local[0] * each, self._local[1] * each)
 
     def gather(self, value):
         """A per-replica value [BATCH/REPLICAS, ...] as the whole batch's [BATCH, ...]."""

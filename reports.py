@@ -6,6 +6,7 @@ import math
 import os
 import signal
 import sys
+import time
 
 import cli
 import txtutils
@@ -71,11 +72,17 @@ class Reports:
             f"{model.train_dtype.name} matmuls in training{replicas}"
         )
         valid_names = ", ".join(os.path.basename(f) for f in text.valid_files) or "none"
+        capped = text.valid_x is not None and text.valid_x.size < text.valid_rows_in_all
         self.say(
             f"training on {len(text.train):,} characters ({len(text.train_files)} files), "
             f"validating on {text.valid_chars:,} ({valid_names})"
+            + (f", {text.valid_x.size:,} of them, spread evenly, each time" if capped else "")
         )
-        self.say(describe_alphabet(text.alphabet, text.unknown))
+        self.say(describe_alphabet(text.alphabet, text.unknown, text.min_count))
+        if text.codes_folder:
+            bytes_ = (len(text.train) + text.valid_chars) * text.train.itemsize
+            how = "encoded now" if text.encoded else "encoded by an earlier run"
+            self.say(f"the text's codes: {text.codes_folder} ({_megabytes(bytes_)}, {how})")
         for path, count in text.not_utf8.items() if self.chief else ():
             cli.warn(
                 f"warning: {path}: {count:,} bytes are not UTF-8 and are read as unknown "
@@ -162,16 +169,47 @@ class Reports:
         )
 
 
-def describe_alphabet(alphabet, unknown):
-    """One line: the alphabet's size, the symbols that came from the text (a few shown),
-    and the shares of unknown characters (not in the alphabet) in the training and
-    validation text."""
+def describe_alphabet(alphabet, unknown, min_count=None):
+    """One line: the alphabet's size, the symbols that came from the text (a few shown;
+    min_count: how often each had to occur, when that was decided now), and the shares
+    of unknown characters (not in the alphabet) in the training and validation text."""
     extra = alphabet.chars[txtutils.ALPHASIZE :]
     shown = " ".join(c if c.isprintable() else repr(c)[1:-1] for c in extra[:10])
     if len(extra) > 10:
         shown += " ..."
-    origin = f"the talk's 98 + {len(extra):,} from the text: {shown}" if extra else "the talk's"
+    rule = f", each seen {min_count:,}+ times" if min_count else ""
+    origin = f"the talk's 98 + {len(extra):,} from the text{rule}: {shown}"
+    origin = origin if extra else "the talk's"
     return (
         f"alphabet: {alphabet.size:,} symbols ({origin}); unknown characters: "
         f"{unknown[0]:.2%} of the training text, {unknown[1]:.2%} of the validation text"
     )
+
+
+def _megabytes(n):
+    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
+
+
+class ReadingProgress:
+    """progress(what, done, total) for txtutils.read_corpus: a line every EVERY seconds
+    while a pass over a big text goes on, none for a text read in a moment."""
+
+    EVERY = 5.0  # seconds
+
+    def __init__(self, chief):
+        self.chief = chief
+        self.what, self.since, self.said = None, 0.0, 0.0
+
+    def __call__(self, what, done, total):
+        now = time.perf_counter()
+        if what != self.what:  # a new pass: its first line after EVERY seconds
+            self.what, self.since, self.said = what, now, now
+        if not self.chief or now - self.said < self.EVERY or not done:
+            return
+        self.said = now
+        left = (total - done) * (now - self.since) / done
+        print(
+            f"reading the text: {what} {done / total:.0%} of {_megabytes(total)}, "
+            f"{format_duration(left)} left",
+            flush=True,
+        )

@@ -15,6 +15,7 @@ checkpoints) and reports.py (what it says).
 import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import math
+import os
 import signal
 import sys
 import time
@@ -31,7 +32,7 @@ from cli import UsageError
 from distribute import Distribution, WorkerLost
 from generate import Generator
 from model import Diverged
-from reports import GO_ON, OUT_OF_TIME, Reports, TrainingFailed, Window
+from reports import GO_ON, OUT_OF_TIME, ReadingProgress, Reports, TrainingFailed, Window
 from tensorboard_log import HeldBackLog
 from training import (
     SAMPLE_TOPN,
@@ -110,7 +111,8 @@ def train(args):
     dist = Distribution.from_flags(args)
     run = runs.open_run(args, dist.chief)
     config = settings.resolve(args, run.saved_config, run.parent_config)
-    text = read_text(config, run, dist)
+    cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
+    text = read_text(config, run, dist, cache_dir, ReadingProgress(dist.chief))
     # what each checkpoint says of the run: its settings, and what it read from its text
     run_config = dict(
         config,
@@ -146,8 +148,9 @@ def train(args):
     try:
         with StopRequest() as stop:
             state = dist.split(state)
-            batches = txtutils.minibatch_sequencer(text.train, B, T, config["epochs"], step)
-            for x, y, epoch in batches:  # x, y: [BATCH, SEQLEN]
+            rows = dist.worker_rows(B)  # a worker reads only its rows of the text
+            batches = txtutils.minibatch_sequencer(text.train, B, T, config["epochs"], step, rows)
+            for x, y, epoch in batches:  # x, y: [BATCH (this worker's rows), SEQLEN]
                 if step >= total:  # (a signal is heeded after the step, by every worker)
                     break
                 progress = max(step / total, clock.fraction_used())
@@ -156,8 +159,8 @@ def train(args):
                 t0 = time.perf_counter()
                 # this batch's output state is the next batch's input state
                 loss, accuracy, state = train_step(
-                    dist.split(x),
-                    dist.split(y),
+                    dist.split(x, B),
+                    dist.split(y, B),
                     state,
                     tf.constant(step, tf.int64),
                     progress >= config["dropout_from"],

@@ -38,6 +38,7 @@ from cli import (
     positive_int,
     seed,
 )
+from txtutils import VALID_MAX_ROWS, VALID_SEQLEN
 
 MODEL, LAYOUT, TEXT, ALPHABET = "model", "layout", "text", "alphabet"
 RECIPE, RUN, SESSION = "recipe", "run", "session"
@@ -52,6 +53,13 @@ globs = Values(
 some_globs = Values("file list", str, lambda v: globs.ok(v) and len(v) > 0, globs.must_be)
 text = Values("text", str, lambda v: type(v) is str, "a text")
 true_or_false = Values("boolean", bool, lambda v: type(v) is bool, "true or false")
+# --min-char-count: a count, or "auto" (one that grows with the text)
+count_or_auto = Values(
+    "whole number",
+    lambda text: text if text == "auto" else int(text),
+    lambda v: v == "auto" or (type(v) is int and v > 0),
+    'a whole number above 0, or "auto"',
+)
 # --mixed-precision: on, off, or "auto" (the default); a test may name a type
 precision = Values(
     "boolean",
@@ -70,6 +78,7 @@ class Setting:
     help: str  # what it is, and why the default
     talk: Any = None  # RECIPE: the talk's own value, for --recipe talk
     flag: dict | None = None  # argparse's keywords for a flag of another shape
+    absent: Any = None  # what a checkpoint without this key was made with (None: default)
 
     @property
     def option(self):
@@ -96,7 +105,10 @@ SETTINGS = [
     S("validation", None, globs, TEXT,
       "files held out for validation, never trained on, or 'none' (default: the last "
       "files of the sorted list holding over 10%% of the text or over 90 KB of it, "
-      "whichever are fewer; none if they hold over a fifth of it)",
+      "whichever are fewer; none if they hold over a fifth of it). Each validation "
+      f"scores at most {VALID_MAX_ROWS * VALID_SEQLEN:,} characters of it, "
+      f"{VALID_MAX_ROWS} rows of {VALID_SEQLEN:,} spread evenly, the same each time; "
+      "rnn_play.py --score scores all of it",
       flag=dict(nargs="+", metavar="GLOB", type=str)),
     S("seqlen", 30, positive_int, LAYOUT,
       "characters unrolled: the reach of backpropagation through time"),
@@ -105,10 +117,11 @@ SETTINGS = [
     S("cell_size", 512, positive_int, MODEL, "GRU units per layer"),
     S("layers", 3, positive_int, MODEL,
       "stacked GRU layers: depth for higher-order structure"),
-    S("min_char_count", 2, positive_int, ALPHABET,
+    S("min_char_count", "auto", count_or_auto, ALPHABET,
       "a character of the training text joins the alphabet (after the talk's 98 "
-      "symbols) if it occurs at least N times; rarer ones are read as unknown: once "
-      "is too few to learn", flag=dict(metavar="N")),
+      "symbols) if it occurs at least N times; rarer ones are read as unknown (default "
+      "auto: one in a million characters of the text, at least 2: once is too few to "
+      "learn, and each symbol widens the softmax)", flag=dict(metavar="N"), absent=2),
     # ---- training recipe
     S("learning_rate", 0.003, positive_float, RECIPE,
       "Adam's peak learning rate: 3x the talk's, made safe by warm-up and clipping",
@@ -163,6 +176,9 @@ SETTINGS = [
       "alphabet, on this --data (default: the parent's)",
       flag=dict(metavar="RUN_OR_CHECKPOINT")),
     S("checkpoint_dir", "checkpoints", text, SESSION, "where runs keep checkpoints"),
+    S("cache_dir", None, text, SESSION,
+      "where the encoded text is kept, read once and memory-mapped by every run on it "
+      "(default: CHECKPOINT_DIR/.text; safe to delete)", flag=dict(metavar="DIR")),
     S("log_dir", "log", text, SESSION, "TensorBoard logs"),
     # ---- data-parallel training (distribute.py)
     S("strategy", "none", cli.one_of("none", "mirrored", "multiworker"), SESSION,
@@ -232,7 +248,11 @@ def resolve(args, saved=None, parent=None):
     and its text unless --data is given; --recipe talk gives the talk's recipe.
     Raises UsageError if a flag contradicts the architecture (or the alphabet's rule)
     of the run being resumed, or the architecture of the parent."""
-    config = {k: (saved or {}).get(k, default) for k, default in DEFAULTS.items()}
+    config = dict(DEFAULTS)
+    if saved:
+        for k in DEFAULTS:
+            absent = BY_NAME[k].absent
+            config[k] = saved.get(k, config[k] if absent is None else absent)
     if parent:
         config.update({key: parent[key] for key in INHERITED})
         if getattr(args, "data", None) is None:

@@ -13,6 +13,7 @@ import tensorflow as tf
 import ckpt
 import cli
 import hardware
+import textcache
 import txtutils
 from cli import UsageError
 from distribute import Distribution
@@ -25,8 +26,7 @@ from model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 LOSS_SCALE = 2.0**15
 SAMPLE_LENGTH = 600  # characters in each sample
 SAMPLE_TOPN = 10  # sample among the 10 likeliest characters: early models need it
-VALID_SEQLEN = 1024  # validation rows start from a zero state, so make them long
-VALID_ROWS = 256  # validation rows per compiled call...
+VALID_ROWS = 256  # validation rows per compiled call (txtutils: how many, how long)...
 VALID_CHUNK = 128  # ...and characters of each (valid_chunk: fewer for a big alphabet)
 
 
@@ -34,18 +34,24 @@ VALID_CHUNK = 128  # ...and characters of each (valid_chunk: fewer for a big alp
 # Set-up: the text, the model
 
 
-def read_text(config, run, dist):
+def read_text(config, run, dist, cache_dir, progress=None):
     """The training text and what the run learns of it: its alphabet (a resumed run's
     own; a new run's grown from the talk's, or from the parent's when fine-tuning, by
     the characters of its training text), its files' fingerprint, how many steps the
     run has, and the validation rows (the chief's: validation involves no other
-    worker). A resumed run must find the text it was trained on (UsageError)."""
+    worker). The codes are memory-mapped from cache_dir (txtutils.read_corpus). A
+    resumed run must find the text it was trained on (UsageError)."""
     if run.resume_from:
         start, min_count = ckpt.alphabet_of(run.saved_config), None
     else:
         start = ckpt.alphabet_of(run.parent_config) if run.parent else txtutils.DEFAULT
         min_count = config["min_char_count"]
-    corpus = txtutils.read_corpus(config["data"], config["validation"], start, min_count)
+    try:
+        corpus = txtutils.read_corpus(
+            config["data"], config["validation"], start, min_count, cache_dir, progress
+        )
+    except textcache.CacheError as e:
+        raise UsageError(str(e)) from None
     train, valid = corpus.train, corpus.valid
     saved_fingerprint = run.saved_config.get("data_fingerprint") if run.resume_from else None
     changed = saved_fingerprint and txtutils.changes(saved_fingerprint, corpus.fingerprint)
@@ -60,17 +66,24 @@ def read_text(config, run, dist):
     if config["max_steps"]:
         total_steps = min(total_steps, config["max_steps"])
     valid_x = valid_y = None
-    if len(valid) >= 2 and dist.chief:
-        valid_x, valid_y = txtutils.validation_rows(valid, VALID_SEQLEN)  # [ROWS, VALID_SEQLEN]
+    if len(valid) >= 2 and dist.chief:  # [ROWS, VALID_SEQLEN] each, ROWS <= VALID_MAX_ROWS
+        valid_x, valid_y = txtutils.validation_rows(
+            valid, txtutils.VALID_SEQLEN, txtutils.VALID_MAX_ROWS
+        )
     return SimpleNamespace(
         alphabet=corpus.alphabet,
+        min_count=corpus.min_count,
         fingerprint=corpus.fingerprint,
         not_utf8=corpus.not_utf8,
-        unknown=(txtutils.unknown_share(train), txtutils.unknown_share(valid)),
+        unknown=corpus.unknown,
         train=train,
         valid_chars=len(valid),
+        # what whole rows of the validation text would hold: more, if its rows are capped
+        valid_rows_in_all=(len(valid) - 1) // txtutils.VALID_SEQLEN * txtutils.VALID_SEQLEN,
         train_files=corpus.train_files,
         valid_files=corpus.valid_files,
+        codes_folder=corpus.codes_folder,
+        encoded=corpus.encoded,
         batches_per_epoch=batches,
         total_steps=total_steps,
         valid_x=valid_x,

@@ -14,6 +14,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+import textcache
+
 # The talk's alphabet, 98 symbols, comes first in every alphabet, with the same codes:
 #   0 = unknown, 1 = tab, 2..96 = printable ASCII 32..126 (code - 30), 97 = line feed
 # so a model of ASCII text is what it always was, and checkpoints made before
@@ -35,12 +37,27 @@ class Alphabet:
             raise ValueError("an alphabet starts with the 98 symbols of ALPHABET")
         self.chars, self.size = chars, len(chars)
         points = np.array([ord(c) for c in chars[1:]], dtype=np.int64)
-        self._code_of = np.zeros(points.max() + 1, dtype=np.int32)  # code point -> code
+        self._code_of = np.zeros(max(points.max() + 1, 128), dtype=np.int32)  # point -> code
         self._code_of[points] = np.arange(1, self.size, dtype=np.int32)
         self._char_of = np.array(list(chars))  # code -> character
         # the smallest integers that hold every code: a corpus costs a byte a character
         # in the talk's alphabet, two in most others
         self.dtype = np.uint8 if self.size <= 256 else np.uint16 if self.size <= 65536 else np.int32
+        # ASCII -> code as bytes.translate's table, for encode's quick path
+        self._ascii_table = (
+            self._code_of[:128].astype(np.uint8).tobytes() + bytes(128)
+            if self.dtype == np.uint8
+            else None
+        )
+
+    def unknown_count(self, points, counts):
+        """How many of the characters (code points, with how often each occurs) this
+        alphabet reads as unknown."""
+        points = np.asarray(points, dtype=np.int64)
+        inside = points < len(self._code_of)
+        known = np.zeros(len(points), dtype=bool)
+        known[inside] = self._code_of[points[inside]] != UNKNOWN
+        return int(np.asarray(counts)[~known].sum())
 
     def __eq__(self, other):
         return isinstance(other, Alphabet) and other.chars == self.chars
@@ -51,7 +68,13 @@ class Alphabet:
     def encode(self, text):
         """str -> array of codes. CRLF becomes LF; characters not in the alphabet
         become UNKNOWN."""
-        points = code_points(text.replace("\r\n", "\n"))
+        text = text.replace("\r\n", "\n")
+        if text.isascii():  # most text: a byte a character, one table lookup
+            ascii_bytes = text.encode("ascii")
+            if self._ascii_table is not None:
+                return np.frombuffer(ascii_bytes.translate(self._ascii_table), np.uint8)
+            return self._code_of[np.frombuffer(ascii_bytes, np.uint8)].astype(self.dtype)
+        points = code_points(text)
         inside = points < len(self._code_of)
         return np.where(inside, self._code_of[np.where(inside, points, 0)], UNKNOWN).astype(
             self.dtype
@@ -210,16 +233,41 @@ def default_validation_count(sizes):
 
 class Corpus(NamedTuple):
     train: np.ndarray  # codes of the training text, files one after the other
-    valid: np.ndarray  # codes of the validation text
+    valid: np.ndarray  # codes of the validation text (both read-only memory maps)
     train_files: list
     valid_files: list
     alphabet: Alphabet
     not_utf8: dict  # {path: bytes that are not UTF-8}, for the files that have some
     fingerprint: dict  # {"train"|"valid": [[path, bytes, sha256], ...]}: see changes()
+    unknown: tuple  # the shares of unknown characters in the training, validation text
+    min_count: int | None  # the count a character needed to join the alphabet
+    codes_folder: str | None  # where the codes are kept (None: nowhere after the process)
+    encoded: bool  # whether they were encoded now (else found in the cache)
 
 
-def read_corpus(data_patterns, validation_patterns=None, alphabet=DEFAULT, min_count=MIN_COUNT):
-    """Read the training and validation text (Corpus).
+def min_count_for(chars):
+    """--min-char-count auto: a character joins the alphabet if it is at least one in a
+    million characters of the training text, and seen at least MIN_COUNT times: the
+    rarer a symbol, the fewer chances the model has to learn it, and each one widens
+    the softmax of every step. Texts under 3 M characters keep MIN_COUNT."""
+    return max(MIN_COUNT, chars // AUTO_CHARS_PER_COUNT)
+
+
+AUTO_CHARS_PER_COUNT = 1_000_000
+PIECE = 4 << 20  # bytes read at a time: memory does not grow with a file's size
+
+
+def read_corpus(
+    data_patterns,
+    validation_patterns=None,
+    alphabet=DEFAULT,
+    min_count=MIN_COUNT,
+    cache_dir=None,
+    progress=None,
+):
+    """Read the training and validation text (Corpus), in pieces: a text of any size
+    costs the memory of a small one; its codes live on disk, in the cache (cache_dir;
+    None: unnamed temporary files), and are memory-mapped.
 
     validation_patterns: None picks the last files of the sorted list
     (default_validation_count); [] means no validation; otherwise globs of the
@@ -227,59 +275,200 @@ def read_corpus(data_patterns, validation_patterns=None, alphabet=DEFAULT, min_c
     data_patterns also match them.
 
     alphabet: the alphabet to start from, grown by the characters of the training
-    text seen at least min_count times (min_count None: not grown, as when resuming)."""
+    text seen at least min_count times ("auto": min_count_for the text's size; None:
+    not grown, as when resuming).
+
+    Every file is read through once to fingerprint it (SHA-256, quick); what is counted
+    and encoded is found in the cache by the files' contents, so only a text not seen
+    before is counted (a second pass) and encoded (a third). progress(what, done,
+    total): called as the bytes of each pass go by. Raises CorpusError for bad input,
+    textcache.CacheError if the cache cannot be written."""
     files = find_files(data_patterns)
     if not files:
         raise CorpusError(
             f"--data {' '.join(data_patterns)} matches no file: "
             "check the path, and quote globs so the shell does not expand them"
         )
-    texts = {path: read_file(path) for path in files}
-    if validation_patterns is None:
-        n = default_validation_count(
-            [len(texts[p].text) - texts[p].text.count("\r\n") for p in files]
-        )
-        train_files, valid_files = files[: len(files) - n], files[len(files) - n :]
-    else:
-        valid_files = find_files(validation_patterns) if validation_patterns else []
-        if validation_patterns and not valid_files:
+    valid_files = None
+    if validation_patterns:
+        valid_files = find_files(validation_patterns)
+        if not valid_files:
             raise CorpusError(
                 f"--validation {' '.join(validation_patterns)} matches no file: "
                 "check the path, or pass --validation none"
             )
-        for path in valid_files:
-            if path not in texts:
-                texts[path] = read_file(path)
+    cache = textcache.Cache(cache_dir)
+    every = files + [p for p in valid_files or [] if p not in set(files)]
+    stats = _file_stats(every, cache, progress)
+    if validation_patterns is None:
+        n = default_validation_count([stats[p].chars for p in files])
+        train_files, valid_files = files[: len(files) - n], files[len(files) - n :]
+    else:
+        valid_files = valid_files or []
         held_out = set(valid_files)
         train_files = [p for p in files if p not in held_out]
-    if not any(texts[p].text for p in train_files):
-        if valid_files and any(texts[p].text for p in files):
+    if not any(stats[p].chars for p in train_files):
+        if valid_files and any(stats[p].chars for p in files):
             raise CorpusError(
                 "the validation files take all of the training text: "
                 "pass --validation with fewer files, or --validation none"
             )
         raise CorpusError(f"--data {' '.join(data_patterns)} holds no text (the files are empty)")
+    train_counts = _sum_counts(stats[p] for p in train_files)
+    if min_count == "auto":
+        min_count = min_count_for(sum(stats[p].chars for p in train_files))
     if min_count is not None:
-        crlf_as_lf = (texts[p].text.replace("\r\n", "\n") for p in train_files)
-        points = np.concatenate([code_points(text) for text in crlf_as_lf])
-        alphabet = alphabet.grown(*np.unique(points, return_counts=True), min_count)
-        del points
+        alphabet = alphabet.grown(*train_counts, min_count)
 
-    def codes(paths):  # file by file: a CR ending one file is no CRLF with the next
-        return _concat([alphabet.encode(texts[p].text) for p in paths], alphabet.dtype)
+    def share_unknown(paths):
+        chars = sum(stats[p].chars for p in paths)
+        return (
+            alphabet.unknown_count(*_sum_counts(stats[p] for p in paths)) / chars if chars else 0.0
+        )
+
+    codes, folder, encoded = _encode(train_files, valid_files, stats, alphabet, cache, progress)
 
     def fingerprint(paths):
-        return [[p, texts[p].size, texts[p].sha256] for p in paths]
+        return [[p, stats[p].size, stats[p].sha256] for p in paths]
 
     return Corpus(
-        train=codes(train_files),
-        valid=codes(valid_files),
+        train=codes["train"],
+        valid=codes["valid"],
         train_files=train_files,
         valid_files=valid_files,
         alphabet=alphabet,
-        not_utf8={p: texts[p].not_utf8 for p in texts if texts[p].not_utf8},
+        not_utf8={p: stats[p].not_utf8 for p in every if stats[p].not_utf8},
         fingerprint={"train": fingerprint(train_files), "valid": fingerprint(valid_files)},
+        unknown=(share_unknown(train_files), share_unknown(valid_files)),
+        min_count=min_count,
+        codes_folder=folder,
+        encoded=encoded,
     )
+
+
+class FileStats(NamedTuple):
+    """What a file holds, as far as reading it needs: found by its bytes' SHA-256."""
+
+    size: int  # bytes in the file
+    sha256: str
+    points: np.ndarray  # the code points of its characters (CRLF read as LF)...
+    counts: np.ndarray  # ...and how often each occurs
+
+    @property
+    def chars(self):
+        return int(self.counts.sum())
+
+    @property
+    def not_utf8(self):  # bytes that are not UTF-8: each read as one lone surrogate
+        return int(self.counts[(self.points >= 0xDC80) & (self.points <= 0xDCFF)].sum())
+
+
+def _file_stats(paths, cache, progress):
+    """{path: FileStats}: every file fingerprinted (a quick pass), then counted (a
+    slower one) unless the cache knows its content."""
+    sizes = {p: _size_of(p) for p in paths}
+    fingerprinting = _Pass(progress, "fingerprinting", sum(sizes.values()))
+    hashes = {p: _sha256(p, fingerprinting) for p in paths}
+    stats, to_count = {}, []
+    for path in paths:
+        known = cache.file_stats(hashes[path])
+        if known and known.get("size") == sizes[path]:
+            points, counts = (np.array(known[k], dtype=np.int64) for k in ("points", "counts"))
+            stats[path] = FileStats(sizes[path], hashes[path], points, counts)
+        else:
+            to_count.append(path)
+    counting = _Pass(progress, "counting", sum(sizes[p] for p in to_count))
+    for path in to_count:
+        counts = np.zeros(0, dtype=np.int64)
+        for text in read_text_pieces(path, PIECE):
+            piece = np.bincount(code_points(text.replace("\r\n", "\n")))
+            if len(piece) > len(counts):
+                counts = np.pad(counts, (0, len(piece) - len(counts)))
+            counts[: len(piece)] += piece
+            counting.add(len(text))  # characters: near enough to bytes for a progress line
+        points = np.flatnonzero(counts)
+        stats[path] = FileStats(sizes[path], hashes[path], points, counts[points])
+        cache.put_file_stats(
+            hashes[path],
+            {"size": sizes[path], "points": points.tolist(), "counts": counts[points].tolist()},
+        )
+    return stats
+
+
+class _Pass:
+    """One pass over the text, for progress(what, done, total)."""
+
+    def __init__(self, progress, what, total):
+        self.progress, self.what, self.total, self.done = progress, what, total, 0
+
+    def add(self, n):
+        self.done = min(self.done + n, self.total)
+        if self.progress:
+            self.progress(self.what, self.done, self.total)
+
+
+def _size_of(path):
+    _check_regular(path)
+    try:
+        return os.path.getsize(path)
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _sha256(path, progress):
+    """The SHA-256 of a file's bytes, read in pieces; refuses a binary file (a NUL byte)."""
+    sha = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while raw := f.read(PIECE):
+                if b"\0" in raw:
+                    raise CorpusError(
+                        f"{path} is not a text file (it holds NUL bytes): "
+                        "narrow --data to text files, e.g. 'DIR/**/*.txt'"
+                    )
+                sha.update(raw)
+                progress.add(len(raw))
+    except OSError as e:
+        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    return sha.hexdigest()
+
+
+def _sum_counts(stats):
+    """(code points, counts) of several files' FileStats together."""
+    stats = list(stats)
+    if not stats:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    points = np.concatenate([s.points for s in stats])
+    counts = np.concatenate([s.counts for s in stats])
+    unique, where = np.unique(points, return_inverse=True)
+    return unique, np.bincount(where, weights=counts, minlength=len(unique)).astype(np.int64)
+
+
+def _encode(train_files, valid_files, stats, alphabet, cache, progress):
+    """({"train"|"valid": codes}, the cache folder they are in, whether encoded now):
+    from the cache if it has them, else encoded file by file into it (a CR ending one
+    file is no CRLF with the next)."""
+    description = {
+        "train": [stats[p].sha256 for p in train_files],
+        "valid": [stats[p].sha256 for p in valid_files],
+        "alphabet": alphabet.chars,
+    }
+    key = textcache.key_of(description)
+    found = cache.open_codes(key, description)
+    if found is not None:
+        return found, cache.codes_folder(key), False
+    parts = {"train": train_files, "valid": valid_files}
+    total = sum(stats[p].chars for p in train_files + valid_files)
+    encoding = _Pass(progress, "encoding", total)
+    itemsize = np.dtype(alphabet.dtype).itemsize
+    with cache.write_codes(key, description, alphabet.dtype, total * itemsize) as writer:
+        for name, paths in parts.items():
+            f = writer.file(name)
+            for path in paths:
+                for codes in read_pieces(path, PIECE, alphabet):
+                    f.write(codes)
+                    encoding.add(len(codes))
+    return writer.arrays, cache.codes_folder(key), True
 
 
 def changes(old, new):
@@ -344,10 +533,6 @@ def _match_by_name(before, after):
         after[removed[name]] = after.pop(added[name])
 
 
-def _concat(arrays, dtype):
-    return np.concatenate(arrays) if arrays else np.zeros(0, dtype=dtype)
-
-
 # ---------------------------------------------------------------------------
 # State-continuous minibatches
 #
@@ -377,32 +562,49 @@ def batches_per_epoch(text_len, batch_size, seqlen):
     return nb_batches
 
 
-def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0):
+def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0, rows=None):
     """Yield (x, y, epoch), x and y int32 arrays of shape [batch_size, seqlen], y being
     x shifted by one character. The remainder that does not fill a whole batch is
-    dropped. start_step skips that many batches (to resume where a run stopped)."""
+    dropped. start_step skips that many batches (to resume where a run stopped).
+    rows: a slice of the rows to read (a worker's share of the batch), else all.
+
+    Each batch reads only its own characters from codes, so codes may be a memory map
+    of a text of any size; the pages read are let go of as the rows move on."""
     nb_batches = batches_per_epoch(len(codes), batch_size, seqlen)
-    used = nb_batches * batch_size * seqlen
-    data = np.asarray(codes, dtype=np.int32)
-    xdata = data[:used].reshape(batch_size, nb_batches * seqlen)  # [BATCH, nb_batches*SEQLEN]
-    ydata = data[1 : used + 1].reshape(batch_size, nb_batches * seqlen)
+    row_len = nb_batches * seqlen  # each row's slice of the text
+    rows = rows or slice(None)
     for step in range(start_step, epochs * nb_batches):
         epoch, b = divmod(step, nb_batches)
-        cols = slice(b * seqlen, (b + 1) * seqlen)
-        x = np.roll(xdata[:, cols], -epoch, axis=0)  # [BATCH, SEQLEN]
-        y = np.roll(ydata[:, cols], -epoch, axis=0)  # [BATCH, SEQLEN]
-        yield x, y, epoch
+        # at epoch e, row k goes on with slice (k + e) mod batch_size
+        slices = np.roll(np.arange(batch_size), -epoch)[rows]
+        starts = slices * row_len + b * seqlen
+        xy = codes[starts[:, None] + np.arange(seqlen + 1)].astype(np.int32)  # [ROWS, SEQLEN+1]
+        if step % RELEASE_EVERY == 0:
+            textcache.release(codes)
+        yield np.ascontiguousarray(xy[:, :-1]), np.ascontiguousarray(xy[:, 1:]), epoch
 
 
-def validation_rows(codes, seqlen):
+RELEASE_EVERY = 256  # batches: the pages a run holds stay a few MB (~8 a row of 30)
+
+
+# Validation: rows of VALID_SEQLEN characters, each from a zero state (so long ones),
+# at most VALID_MAX_ROWS of them, so that an evaluation costs the same at any size
+VALID_SEQLEN = 1024
+VALID_MAX_ROWS = 256
+
+
+def validation_rows(codes, seqlen, max_rows=None):
     """Cut validation text into rows of seqlen (fewer if the text is short), each row
-    run from a zero state. Returns x, y of shape [ROWS, seqlen]."""
+    run from a zero state. Returns x, y of shape [ROWS, seqlen]. If there are more
+    than max_rows rows, max_rows of them spread evenly over the text, the first and
+    the last among them: the same rows every time, so that evaluations compare."""
     seqlen = max(1, min(seqlen, len(codes) - 1))
     rows = (len(codes) - 1) // seqlen
-    data = np.asarray(codes, dtype=np.int32)
-    x = data[: rows * seqlen].reshape(rows, seqlen)
-    y = data[1 : rows * seqlen + 1].reshape(rows, seqlen)
-    return x, y
+    chosen = np.arange(rows)
+    if max_rows is not None and rows > max_rows:
+        chosen = np.linspace(0, rows - 1, max_rows).round().astype(np.int64)
+    xy = codes[(chosen * seqlen)[:, None] + np.arange(seqlen + 1)].astype(np.int32)
+    return np.ascontiguousarray(xy[:, :-1]), np.ascontiguousarray(xy[:, 1:])
 
 
 # ---------------------------------------------------------------------------

@@ -1,0 +1,261 @@
+"""The text cache: what reading a training text found out, kept on disk so that a
+text of any size is read, counted and encoded once, and each run after maps its codes
+into memory instead of reading the text again.
+
+    CACHE/                          --cache-dir (default: CHECKPOINT_DIR/.text)
+      files/SHA256.json             one per file content: its size and character counts
+      codes-KEY/                    one per text and alphabet (KEY: the files' contents,
+        train.codes  valid.codes    which are training and validation, the alphabet):
+        done.json                   the codes, uint8 or uint16, files one after the other,
+                                    and what they are; done.json is checked on reading
+
+Entries are found by what they were made from (SHA-256s of the files' bytes), never
+by path or date: an edited file is a new entry, the same bytes anywhere the same one.
+Each is written under a temporary name and renamed into place complete, so a kill,
+a full disk or two runs encoding the same text at once leave nothing half-written
+that a later run would trust. Any entry may be deleted at any time: it is made again
+when needed. Nothing here knows what a code means (txtutils does).
+"""
+
+import contextlib
+import hashlib
+import json
+import mmap
+import os
+import shutil
+import socket
+import tempfile
+
+import numpy as np
+
+VERSION = 1  # of the layout above: a new layout is a new key, never a misread old entry
+_TMP = ".tmp-"  # prefix of what is being written: host-pid-random
+
+
+class CacheError(Exception):
+    """The cache cannot be written (full disk, no permission); the message says how to fix."""
+
+
+def key_of(description):
+    """A stable key for a JSON-able description of what an entry is made from."""
+    text = json.dumps({"version": VERSION, **description}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class Cache:
+    """A cache folder (None: nothing is kept; codes go to unnamed temporary files that
+    vanish with the process, for tests and one-off reads)."""
+
+    def __init__(self, folder):
+        self.folder = folder
+        if folder and os.path.isdir(folder):
+            _remove_dead_temporaries(folder)
+
+    # -- file statistics: small JSON, one per file content
+
+    def file_stats(self, sha256):
+        """The stats stored for a file's content, or None."""
+        if not self.folder:
+            return None
+        try:
+            with open(os.path.join(self.folder, "files", sha256 + ".json")) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None  # absent, unreadable or damaged: counted again
+
+    def put_file_stats(self, sha256, stats):
+        """Store a file's stats; a cache that cannot be written only costs a recount."""
+        if not self.folder:
+            return
+        folder = os.path.join(self.folder, "files")
+        with contextlib.suppress(OSError):
+            os.makedirs(folder, exist_ok=True)
+            tmp = os.path.join(folder, _temporary_name())
+            try:
+                with open(tmp, "w") as f:
+                    json.dump(stats, f)
+                os.replace(tmp, os.path.join(folder, sha256 + ".json"))
+            finally:
+                with contextlib.suppress(OSError):
+                    os.remove(tmp)
+
+    # -- encoded texts: big binary files, memory-mapped
+
+    def codes_folder(self, key):
+        return os.path.join(self.folder, "codes-" + key) if self.folder else None
+
+    def open_codes(self, key, description):
+        """{name: read-only array} of a complete entry made from description, or None
+        if there is none (or it does not match: damaged, or cut short)."""
+        folder = self.codes_folder(key)
+        if not folder:
+            return None
+        try:
+            with open(os.path.join(folder, "done.json")) as f:
+                done = json.load(f)
+            if done.get("description") != description:
+                return None
+            dtype = np.dtype(done["dtype"])
+            arrays = {}
+            for name, length in done["lengths"].items():
+                path = os.path.join(folder, name + ".codes")
+                if os.path.getsize(path) != length * dtype.itemsize:
+                    return None
+                arrays[name] = _map(path, dtype)
+            return arrays
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    @contextlib.contextmanager
+    def write_codes(self, key, description, dtype, needed_bytes):
+        """Write an entry: yields a Writer whose .file(name) is a binary file to write
+        name's codes to; on leaving, the entry is renamed into place (or, if another
+        process got there first, theirs is used) and .arrays holds the mapped codes.
+        Raises CacheError, before writing, if the disk has too little room for
+        needed_bytes, and if writing fails; the partial entry is removed either way."""
+        writer = _Writer(dtype)
+        if not self.folder:  # unnamed files: gone when the process ends
+            yield writer.unnamed()
+            writer.map_unnamed()
+            return
+        final = self.codes_folder(key)
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            free = shutil.disk_usage(self.folder).free
+        except OSError as e:
+            raise CacheError(
+                f"cannot write the encoded text into {self.folder} ({e.strerror}): "
+                "pass --cache-dir a folder you can write to"
+            ) from None
+        if free < needed_bytes + (64 << 20):
+            raise CacheError(
+                f"the encoded text needs {_size(needed_bytes)} in {self.folder}, which has "
+                f"{_size(free)} free: free some space, or pass --cache-dir another disk"
+            )
+        tmp = os.path.join(self.folder, _temporary_name())
+        try:
+            os.makedirs(tmp)
+            yield writer.in_folder(tmp)
+            lengths = writer.close()
+            with open(os.path.join(tmp, "done.json"), "w") as f:
+                json.dump({"description": description, "dtype": writer.dtype.name,
+                           "lengths": lengths}, f)  # fmt: skip
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.rename(tmp, final)
+            except OSError:  # another run wrote it meanwhile (theirs is used), or a
+                if self.open_codes(key, description) is None:  # damaged one is there
+                    shutil.rmtree(final, ignore_errors=True)
+                    os.rename(tmp, final)
+        except OSError as e:
+            raise CacheError(
+                f"cannot write the encoded text into {self.folder} ({e.strerror}): "
+                "free some space, or pass --cache-dir another folder"
+            ) from None
+        finally:
+            writer.close()
+            shutil.rmtree(tmp, ignore_errors=True)
+        arrays = self.open_codes(key, description)
+        if arrays is None:
+            raise CacheError(f"the encoded text in {final} does not read back: delete it")
+        writer.arrays = arrays
+
+
+class _Writer:
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+        self.files, self.arrays = {}, None
+
+    def unnamed(self):
+        self.folder = None
+        return self
+
+    def in_folder(self, folder):
+        self.folder = folder
+        return self
+
+    def file(self, name):
+        if self.folder:
+            f = open(os.path.join(self.folder, name + ".codes"), "wb")  # noqa: SIM115
+        else:
+            f = tempfile.TemporaryFile()  # noqa: SIM115
+        self.files[name] = f
+        return f
+
+    def close(self):
+        """Flush every file to the disk; returns {name: codes written}."""
+        lengths = {}
+        for name, f in self.files.items():
+            if not f.closed:
+                f.flush()
+                os.fsync(f.fileno())
+                lengths[name] = f.tell() // self.dtype.itemsize
+                if self.folder:
+                    f.close()
+        return lengths
+
+    def map_unnamed(self):
+        self.close()
+        self.arrays = {name: _map_file(f, self.dtype) for name, f in self.files.items()}
+
+
+def _map(path, dtype):
+    with open(path, "rb") as f:
+        return _map_file(f, dtype)
+
+
+def _map_file(f, dtype):
+    """A read-only array of f's contents, memory-mapped (an empty file: an empty array,
+    which mmap cannot map). The mapping outlives the file object."""
+    f.seek(0, os.SEEK_END)
+    if f.tell() == 0:
+        return np.zeros(0, dtype)
+    return np.frombuffer(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ), dtype)
+
+
+def release(codes):
+    """Let go of the pages of a memory-mapped array that this process has read: they
+    count in its resident memory until then, and a long run reads all of its text.
+    (The kernel's page cache may keep them: reading them again costs no disk.)"""
+    mapped = getattr(codes, "base", None)
+    if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+        mapped.madvise(mmap.MADV_DONTNEED)
+
+
+def _temporary_name():
+    return f"{_TMP}{socket.gethostname()}-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+def _remove_dead_temporaries(folder):
+    """Remove what a killed process of this machine left half-written. Another
+    machine's (a shared folder) are left alone: its process may still be writing."""
+    host = socket.gethostname()
+    for place in (folder, os.path.join(folder, "files")):
+        with contextlib.suppress(OSError):
+            for name in os.listdir(place):
+                if not name.startswith(_TMP):
+                    continue
+                with contextlib.suppress(ValueError):
+                    who, pid, _ = name[len(_TMP) :].rsplit("-", 2)
+                    if who == host and not _alive(int(pid)):
+                        path = os.path.join(place, name)
+                        if os.path.isdir(path):
+                            shutil.rmtree(path, ignore_errors=True)
+                        else:
+                            with contextlib.suppress(OSError):
+                                os.remove(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # someone else's process: alive
+    return True
+
+
+def _size(n):
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
