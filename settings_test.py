@@ -121,7 +121,8 @@ def test_the_readme_gives_every_flag_with_its_default():
         if shown is None:  # one row for several flags
             continue
         if s.default is None or s.default is False or s.default == "auto":
-            assert shown in {"none", "auto", "", "date and time", "off"}, (s.option, shown)
+            unset = {"none", "auto", "", "date and time", "off", "CHECKPOINT_DIR/.text"}
+            assert shown in unset, (s.option, shown)
         elif type(s.default) in (int, float):
             assert float(shown) == s.default, (s.option, shown)
         else:
