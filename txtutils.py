@@ -379,13 +379,14 @@ def _file_stats(paths, cache, progress):
             to_count.append(path)
     counting = _Pass(progress, "counting", sum(sizes[p] for p in to_count))
     for path in to_count:
-        counts = np.zeros(0, dtype=np.int64)
+        counts, counted = np.zeros(0, dtype=np.int64), counting.done
         for text in read_text_pieces(path, PIECE):
             piece = np.bincount(code_points(text.replace("\r\n", "\n")))
             if len(piece) > len(counts):
                 counts = np.pad(counts, (0, len(piece) - len(counts)))
             counts[: len(piece)] += piece
             counting.add(len(text))  # characters: near enough to bytes for a progress line
+        counting.add(sizes[path] - (counting.done - counted))  # bytes beyond its characters
         points = np.flatnonzero(counts)
         stats[path] = FileStats(sizes[path], hashes[path], points, counts[points])
         cache.put_file_stats(
