@@ -159,6 +159,26 @@ def test_start_step_resumes_with_the_very_batches_a_full_run_would_give():
             assert (x == fx).all() and (y == fy).all()
 
 
+@pytest.mark.parametrize("rows", [slice(0, 2), slice(2, 6), slice(5, 6)])
+def test_a_worker_s_rows_are_those_rows_of_the_whole_batch(rows):
+    text = np.arange(6 * 5 * 7 + 1)
+    whole = txtutils.minibatch_sequencer(text, 6, 5, epochs=3, start_step=4)
+    mine = txtutils.minibatch_sequencer(text, 6, 5, epochs=3, start_step=4, rows=rows)
+    for (x, y, epoch), (my_x, my_y, my_epoch) in itertools.zip_longest(whole, mine):
+        assert np.array_equal(x[rows], my_x) and np.array_equal(y[rows], my_y)
+        assert epoch == my_epoch
+
+
+def test_batches_from_a_memory_map_are_those_from_memory(tmp_path):
+    codes = np.random.default_rng(0).integers(0, 98, 5000).astype(np.uint8)
+    (tmp_path / "codes").write_bytes(codes.tobytes())
+    mapped = np.memmap(tmp_path / "codes", dtype=np.uint8, mode="r")
+    in_memory = txtutils.minibatch_sequencer(codes, 7, 11, epochs=2)
+    from_map = txtutils.minibatch_sequencer(mapped, 7, 11, epochs=2)
+    for (x, y, _), (mx, my, _) in itertools.zip_longest(in_memory, from_map):
+        assert mx.dtype == np.int32 and np.array_equal(x, mx) and np.array_equal(y, my)
+
+
 def test_too_small_a_text_is_a_corpus_error_saying_the_size_needed():
     batch_size, seqlen = 4, 300
     needed = batch_size * seqlen + 1
@@ -191,6 +211,27 @@ def test_validation_rows_are_consecutive_slices_of_seqlen_with_y_one_ahead(n, se
     assert x.shape == y.shape == (rows, seqlen)
     assert (x.ravel() == np.arange(rows * seqlen)).all()
     assert (y == x + 1).all()
+
+
+@pytest.mark.parametrize("rows", [1, 255, 256, 257, 1000, 123_457])
+def test_validation_takes_at_most_max_rows_spread_evenly_and_the_same_each_time(rows):
+    """A held-out text of any size costs at most max_rows rows an evaluation: the whole
+    rows if there are no more (every one: today's figures where the text is small),
+    else max_rows of them from the first to the last, evenly apart."""
+    seqlen, cap = 8, 256
+    text = np.arange(rows * seqlen + 1)
+    x, y = txtutils.validation_rows(text, seqlen, cap)
+    assert x.shape == y.shape == (min(rows, cap), seqlen)
+    assert (y == x + 1).all() and (x[:, 1:] == x[:, :1] + np.arange(1, seqlen)).all()
+    starts = x[:, 0] // seqlen  # which rows were taken
+    if rows <= cap:
+        assert starts.tolist() == list(range(rows))
+    else:
+        assert starts[0] == 0 and starts[-1] == rows - 1
+        gaps = np.diff(starts)
+        assert gaps.min() >= 1 and gaps.max() - gaps.min() <= 1
+    again, _ = txtutils.validation_rows(text, seqlen, cap)
+    assert np.array_equal(again, x)
 
 
 @pytest.mark.parametrize("n", [2, 5, 10, 30])
@@ -272,6 +313,23 @@ def test_characters_rarer_than_min_count_stay_unknown():
     assert grown(text, min_count=1).chars[98:] == "жщё"  # U+0436, U+0449, U+0451
     codes = grown(text).encode(text)
     assert grown(text).decode(codes) == "жжж \ufffd щщ"
+
+
+@pytest.mark.parametrize(
+    "chars, count", [(0, 2), (2_999_999, 2), (3_000_000, 3), (110_000_000, 110), (10**10, 10**4)]
+)
+def test_the_automatic_min_count_is_one_in_a_million_and_at_least_2(chars, count):
+    assert txtutils.min_count_for(chars) == count
+
+
+def test_min_count_auto_keeps_a_small_text_s_alphabet_and_thins_a_big_one(tmp_path, monkeypatch):
+    (tmp_path / "t.txt").write_text("abc ж ж щ щ щ\n" * 10)
+    small = txtutils.read_corpus([str(tmp_path / "t.txt")], [], min_count="auto")
+    assert small.min_count == 2 and small.alphabet.chars.endswith("жщ")
+    monkeypatch.setattr(txtutils, "AUTO_CHARS_PER_COUNT", 5)  # as if the text were huge
+    big = txtutils.read_corpus([str(tmp_path / "t.txt")], [], min_count="auto")
+    assert big.min_count == 140 // 5 and big.alphabet.chars.endswith("щ")  # 30 of them
+    assert big.unknown[0] == pytest.approx(20 / 140)  # the ж
 
 
 def test_a_grown_alphabet_keeps_the_codes_it_had():
