@@ -60,10 +60,13 @@ def progress(stdout):
 
 def tree_digest(*folders):
     """A hash of every file's path and bytes below the folders (but the run lock, which
-    holds the pid of the last process that trained the run)."""
+    holds the pid of the last process that trained the run, and the text cache, .text,
+    where what was read is kept for later runs)."""
     h = hashlib.sha256()
     for folder in folders:
         for root, _, files in sorted(os.walk(folder)):
+            if ".text" in os.path.relpath(root, folder).split(os.sep):
+                continue
             for name in sorted(set(files) - {"lock"}):
                 path = os.path.join(root, name)
                 h.update(path.encode())
@@ -443,8 +446,8 @@ def test_validation_in_chunks_gives_the_figures_of_whole_rows():
     along (for memory): the same loss and accuracy as whole rows in one call."""
     keras.utils.set_random_seed(0)
     model = build_model({"alphasize": 98, "cell_size": 16, "layers": 2, "dropout": 0.0})
-    codes = np.random.default_rng(0).integers(0, 98, 3 * training.VALID_SEQLEN + 1)
-    x, y = (a.astype(np.int32) for a in txtutils.validation_rows(codes, training.VALID_SEQLEN))
+    codes = np.random.default_rng(0).integers(0, 98, 3 * txtutils.VALID_SEQLEN + 1)
+    x, y = (a.astype(np.int32) for a in txtutils.validation_rows(codes, txtutils.VALID_SEQLEN))
     whole = mean_loss_and_accuracy(model, [(x, y)])[:2]
 
     class Log:
@@ -658,3 +661,91 @@ def test_a_run_names_its_best_checkpoint_and_run_best_finds_it(tmp_path, capsys)
     ckpt.verify(prefix)
     with pytest.raises(ckpt.CheckpointError, match="no run named nosuchrun"):
         runs.resolve("nosuchrun:best", str(tmp_path / "ck"), print)
+
+
+# ---------------------------------------------------------------------------
+# Text of any size
+
+PEAK_OF_CHILD = (
+    "import resource, subprocess, sys; status = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(status)"
+)
+
+
+def test_the_memory_of_a_run_does_not_grow_with_its_text(tmp_path):
+    """Two real runs, on 1 MB and on 98 MB of text: the larger's peak resident memory
+    is within 40 MB of the smaller's, where reading the whole text into memory (as
+    until issue 17: ~12 bytes a character) would add ~1 GB. The codes are mapped from
+    the text cache, and every pass over the text reads it in pieces."""
+    block = (("to be or not, that is the question " * 2).strip() + "\n").encode() * 7000  # .5 MB
+    sizes = {}
+    for name, blocks in (("small", 2), ("big", 200)):
+        (tmp_path / name).mkdir()
+        for part in range(0, blocks, 20):
+            with open(tmp_path / name / f"part{part:03}.txt", "wb") as f:
+                f.write(block * min(20, blocks - part))
+        sizes[name] = blocks * len(block)
+    (tmp_path / "valid.txt").write_bytes(block[:200_000])
+    runs_ = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PEAK_OF_CHILD,
+                sys.executable,
+                os.path.join(HERE, "rnn_train.py"),
+            ]
+            + [*tiny_flags(tmp_path / name, tmp_path / name, str(tmp_path / "valid.txt"))]
+            + ["--max-steps", "3", "--run", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cache_env(),
+        )
+        for name in sizes
+    }
+    peaks = {}
+    for name, process in runs_.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        assert "validation: loss" in out
+        peaks[name] = int(out.strip().splitlines()[-1]) / 1024  # MB
+    assert sizes["big"] - sizes["small"] > 80e6
+    assert peaks["big"] - peaks["small"] < 40, peaks
+
+
+def test_an_edit_that_keeps_size_and_time_is_noticed_on_resume(tmp_path, capsys):
+    """The text cache finds texts by their bytes, not by sizes and dates: a resume
+    fingerprints every file again, so no edit slips through."""
+    corpus = write_corpus(str(tmp_path / "corpus"), files=2)
+    first = train(*tiny_flags(tmp_path, corpus), "--run", "r", "--max-steps", "2", capsys=capsys)
+    assert first.returncode == 0, first.stderr
+    assert "encoded now" in first.stdout
+    path = os.path.join(corpus, "part1.txt")
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"J")  # ROMEO/JULIET/NURSE -> a capital J at the start, same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    resume = train("--resume", "r", "--max-steps", "4", *where(tmp_path), capsys=capsys)
+    assert resume.returncode == 2
+    assert "the text of run r has changed (training files edited: part1.txt)" in resume.stderr
+
+
+def test_a_resume_maps_the_codes_its_run_encoded_and_says_so(tmp_path, capsys, monkeypatch):
+    """...and a big text's passes say how far they are (made to talk at once here)."""
+    monkeypatch.setattr(rnn_train.ReadingProgress, "EVERY", 0.0)
+    corpus = write_corpus(str(tmp_path / "corpus"), files=2)
+    first = train(*tiny_flags(tmp_path, corpus), "--run", "r", "--max-steps", "2", capsys=capsys)
+    assert first.returncode == 0, first.stderr
+    for what in ("fingerprinting", "counting", "encoding"):
+        assert re.search(
+            rf"^reading the text: {what} 100% of [\d.]+ MB, 0m00s left$", first.stdout, re.M
+        )
+    folder = re.search(r"^the text's codes: (\S+) \(.*, encoded now\)$", first.stdout, re.M)[1]
+    assert os.path.dirname(folder) == str(tmp_path / "ck" / ".text")
+    resume = train("--resume", "r", "--max-steps", "4", *where(tmp_path), capsys=capsys)
+    assert resume.returncode == 0, resume.stderr
+    assert f"the text's codes: {folder} (" in resume.stdout
+    assert "encoded by an earlier run)" in resume.stdout
+    assert "reading the text: counting" not in resume.stdout  # known by its content
+    assert "reading the text: encoding" not in resume.stdout

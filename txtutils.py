@@ -371,17 +371,22 @@ def _file_stats(paths, cache, progress):
     hashes = {p: _sha256(p, fingerprinting) for p in paths}
     stats, to_count = {}, []
     for path in paths:
-        known = cache.file_stats(hashes[path])
-        if known and known.get("size") == sizes[path]:
-            points, counts = (np.array(known[k], dtype=np.int64) for k in ("points", "counts"))
-            stats[path] = FileStats(sizes[path], hashes[path], points, counts)
+        known = _stats_from_json(cache.file_stats(hashes[path]), sizes[path], hashes[path])
+        if known:
+            stats[path] = known
         else:
             to_count.append(path)
     counting = _Pass(progress, "counting", sum(sizes[p] for p in to_count))
     for path in to_count:
         counts, counted = np.zeros(0, dtype=np.int64), counting.done
         for text in read_text_pieces(path, PIECE):
-            piece = np.bincount(code_points(text.replace("\r\n", "\n")))
+            text = text.replace("\r\n", "\n")
+            # ASCII (most text) counted as bytes: a quarter of the memory traffic
+            piece = np.bincount(
+                np.frombuffer(text.encode("ascii"), np.uint8)
+                if text.isascii()
+                else code_points(text)
+            )
             if len(piece) > len(counts):
                 counts = np.pad(counts, (0, len(piece) - len(counts)))
             counts[: len(piece)] += piece
@@ -394,6 +399,18 @@ def _file_stats(paths, cache, progress):
             {"size": sizes[path], "points": points.tolist(), "counts": counts[points].tolist()},
         )
     return stats
+
+
+def _stats_from_json(known, size, sha256):
+    """FileStats from the cache's JSON, or None if there is none or it does not make
+    sense (then the file is counted again)."""
+    try:
+        points, counts = (np.array(known[k], dtype=np.int64) for k in ("points", "counts"))
+        if known["size"] == size and points.shape == counts.shape and points.ndim == 1:
+            return FileStats(size, sha256, points, counts)
+    except (TypeError, KeyError, ValueError):
+        pass
+    return None
 
 
 class _Pass:
