@@ -29,9 +29,12 @@ _session = {}
 # text before binary, and reads XLA's tuning flags as CPU features this one lacks. The
 # test harness's doing, not the program's: cache_env's users drop these lines only.
 CACHE_NOISE = re.compile(
-    r"^E\d{4} [\d:.]+ +\d+ (?:text_format\.cc:\d+\] Error parsing text-format "
+    r"^(?:E\d{4} [\d:.]+ +\d+ (?:text_format\.cc:\d+\] Error parsing text-format "
     r"tensorflow\.XlaSerializedCacheEntry: |cpu_aot_loader\.cc:\d+\] Loading XLA:CPU AOT "
-    r"result\. Target machine feature \+prefer-no-(?:scatter|gather) is not ).*\n",
+    r"result\. Target machine feature \+prefer-no-(?:scatter|gather) is not )"
+    # absl's note before its first line of the above (the first thing it ever logs)
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to "
+    r"STDERR$).*\n",
     re.MULTILINE,
 )
 

@@ -496,7 +496,7 @@ def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_pa
     unknown = valid_text.count("∰") / len(valid_text)
     assert (
         f"alphabet: {expected.size:,} symbols (the talk's 98 + {expected.size - 98:,} from the "
-        f"text: " in train.stdout
+        f"text, each seen 2+ times: " in train.stdout
     )
     assert f"0.00% of the training text, {unknown:.2%} of the validation text" in train.stdout
     sample = train.stdout.split("---- sample at step 20 ----\n")[1].split("\n----")[0]

@@ -124,8 +124,8 @@ class Cache:
             free = shutil.disk_usage(self.folder).free
         except OSError as e:
             raise CacheError(
-                f"cannot write the encoded text into {self.folder} ({e.strerror}): "
-                "pass --cache-dir a folder you can write to"
+                f"cannot write in {self.folder}: {e.strerror}; choose another --cache-dir "
+                "(by default the folder .text of --checkpoint-dir)"
             ) from None
         if free < needed_bytes + (64 << 20):
             raise CacheError(
