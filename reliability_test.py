@@ -430,7 +430,7 @@ def test_an_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
 def loss_on_a_batch(prefix, corpus):
     """The loss of the checkpoint's weights on the first batch of the corpus."""
     model, config = runs.load_model(prefix)
-    codes = txtutils.read_corpus([corpus], [])[0].astype(np.int32)
+    codes = np.asarray(txtutils.read_corpus([corpus], [])[0], dtype=np.int32)
     n = config["batch_size"] * config["seqlen"]
     x, y = (
         codes[:n].reshape(config["batch_size"], -1),

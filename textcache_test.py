@@ -57,7 +57,7 @@ def test_codes_counts_and_alphabet_are_those_of_each_file_read_whole(tmp_path, m
     assert corpus.unknown[1] == pytest.approx(unknown)
 
 
-def test_a_second_read_maps_the_codes_the_first_encoded(tmp_path):
+def test_a_second_read_finds_the_codes_the_first_encoded(tmp_path):
     data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
     first = txtutils.read_corpus(data, cache_dir=cache)
     second = txtutils.read_corpus(data, cache_dir=cache)
@@ -66,7 +66,7 @@ def test_a_second_read_maps_the_codes_the_first_encoded(tmp_path):
     assert os.path.dirname(first.codes_folder) == cache
     assert np.array_equal(first.train, second.train)
     assert np.array_equal(second.train, encoded_whole(second.train_files, second.alphabet))
-    assert not second.train.flags.writeable  # a run cannot scribble on a shared text
+    assert second.train.file.mode == "rb"  # a run cannot scribble on a shared text
     # the same bytes in another folder are the same text: nothing encoded again
     moved = write_text(tmp_path / "elsewhere")
     assert txtutils.read_corpus(moved, cache_dir=cache).encoded is False
@@ -203,3 +203,14 @@ def test_progress_covers_each_pass_to_its_end(tmp_path, monkeypatch):
     for calls in seen.values():
         assert len(calls) > 3 and calls[-1][0] == calls[-1][1]
         assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_rows_are_read_from_the_file_as_indexing_the_codes_would(tmp_path):
+    data = write_text(tmp_path / "text")
+    codes = txtutils.read_corpus(data, [], cache_dir=str(tmp_path / "cache")).train
+    whole = np.asarray(codes)
+    assert len(codes) == len(whole) > 1000 and whole.dtype == codes.dtype == np.uint8
+    starts = np.array([0, 5, 999, len(whole) - 31])
+    assert np.array_equal(codes.rows(starts, 31), whole[starts[:, None] + np.arange(31)])
+    with pytest.raises(ValueError, match="beyond the end"):
+        codes.rows([len(whole) - 30], 31)

@@ -39,7 +39,7 @@ def read_text(config, run, dist, cache_dir, progress=None):
     own; a new run's grown from the talk's, or from the parent's when fine-tuning, by
     the characters of its training text), its files' fingerprint, how many steps the
     run has, and the validation rows (the chief's: validation involves no other
-    worker). The codes are memory-mapped from cache_dir (txtutils.read_corpus). A
+    worker). The codes are read from cache_dir (txtutils.read_corpus). A
     resumed run must find the text it was trained on (UsageError)."""
     if run.resume_from:
         start, min_count = ckpt.alphabet_of(run.saved_config), None

@@ -118,11 +118,6 @@ def count_chars(text):
     return np.unique(code_points(text.replace("\r\n", "\n")), return_counts=True)
 
 
-def unknown_share(codes):
-    """The fraction of codes that are UNKNOWN (0 for no text)."""
-    return float(np.mean(codes == UNKNOWN)) if len(codes) else 0.0
-
-
 # ---------------------------------------------------------------------------
 # Reading a corpus
 
@@ -232,8 +227,8 @@ def default_validation_count(sizes):
 
 
 class Corpus(NamedTuple):
-    train: np.ndarray  # codes of the training text, files one after the other
-    valid: np.ndarray  # codes of the validation text (both read-only memory maps)
+    train: textcache.Codes  # codes of the training text, files one after the other
+    valid: textcache.Codes  # codes of the validation text (both read from disk)
     train_files: list
     valid_files: list
     alphabet: Alphabet
@@ -267,7 +262,7 @@ def read_corpus(
 ):
     """Read the training and validation text (Corpus), in pieces: a text of any size
     costs the memory of a small one; its codes live on disk, in the cache (cache_dir;
-    None: unnamed temporary files), and are memory-mapped.
+    None: unnamed temporary files), and read from there a batch at a time.
 
     validation_patterns: None picks the last files of the sorted list
     (default_validation_count); [] means no validation; otherwise globs of the
@@ -586,8 +581,8 @@ def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0, rows=No
     dropped. start_step skips that many batches (to resume where a run stopped).
     rows: a slice of the rows to read (a worker's share of the batch), else all.
 
-    Each batch reads only its own characters from codes, so codes may be a memory map
-    of a text of any size; the pages read are let go of as the rows move on."""
+    Each batch reads only its own characters from codes, so codes may be the text
+    cache's file of a text of any size (textcache.Codes)."""
     nb_batches = batches_per_epoch(len(codes), batch_size, seqlen)
     row_len = nb_batches * seqlen  # each row's slice of the text
     rows = rows or slice(None)
@@ -595,14 +590,17 @@ def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0, rows=No
         epoch, b = divmod(step, nb_batches)
         # at epoch e, row k goes on with slice (k + e) mod batch_size
         slices = np.roll(np.arange(batch_size), -epoch)[rows]
-        starts = slices * row_len + b * seqlen
-        xy = codes[starts[:, None] + np.arange(seqlen + 1)].astype(np.int32)  # [ROWS, SEQLEN+1]
-        if step % RELEASE_EVERY == 0:
-            textcache.release(codes)
+        xy = read_rows(codes, slices * row_len + b * seqlen, seqlen + 1)  # [ROWS, SEQLEN+1]
+        xy = xy.astype(np.int32)
         yield np.ascontiguousarray(xy[:, :-1]), np.ascontiguousarray(xy[:, 1:]), epoch
 
 
-RELEASE_EVERY = 256  # batches: the pages a run holds stay a few MB (~8 a row of 30)
+def read_rows(codes, starts, length):
+    """[len(starts), length]: codes[start : start + length] for each start, read from
+    the file of textcache.Codes (only those characters), or from an array."""
+    if isinstance(codes, textcache.Codes):
+        return codes.rows(starts, length)
+    return np.asarray(codes)[np.asarray(starts)[:, None] + np.arange(length)]
 
 
 # Validation: rows of VALID_SEQLEN characters, each from a zero state (so long ones),
@@ -621,7 +619,7 @@ def validation_rows(codes, seqlen, max_rows=None):
     chosen = np.arange(rows)
     if max_rows is not None and rows > max_rows:
         chosen = np.linspace(0, rows - 1, max_rows).round().astype(np.int64)
-    xy = codes[(chosen * seqlen)[:, None] + np.arange(seqlen + 1)].astype(np.int32)
+    xy = read_rows(codes, chosen * seqlen, seqlen + 1).astype(np.int32)
     return np.ascontiguousarray(xy[:, :-1]), np.ascontiguousarray(xy[:, 1:])
 
 
