@@ -1,10 +1,13 @@
 """Measure what a user waits for: training speed against this machine's own matmul
 limit, generation and scoring speed, and peak memory, timed in one process; then the
-peak memory of a real rnn_train.py run, validation included, in a child process.
+peak memory of a real rnn_train.py run, validation included, in a child process; and
+real runs on generated texts of growing size, whose peak memory and time to the first
+step should not grow with the text, and the speed of encoding it.
 
     python bench.py                    # the table (make bench)
     python bench.py --json bench.json  # and the same figures as JSON
-    python bench.py --quick            # a tiny model, seconds: checks the bench itself runs
+    python bench.py --quick            # a tiny model: checks the bench itself runs
+    python bench.py --text-sizes 10M,10G --code ../old   # an older checkout's rnn_train.py
 
 Every speed is a median over repeated timings after a warm-up; run it on an idle
 machine, and compare figures only within one run.
@@ -12,12 +15,18 @@ machine, and compare figures only within one run.
 
 import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
+import argparse
+import concurrent.futures
+import dataclasses
 import json
 import os
 import resource
+import signal
+import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import keras
@@ -39,6 +48,326 @@ DEFAULT = {
 }
 QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
 BIG_ALPHABET = 5000  # symbols: a Chinese or Japanese corpus has thousands
+
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# The large-text rows (issue 17): does memory grow with the text, does a big one start fast?
+TEXT_SIZES, QUICK_TEXT_SIZES = "10M,1G", "1M"
+SIZE_UNITS = {"K": 10**3, "M": 10**6, "G": 10**9}  # powers of 1000, as disks count
+PART_BYTES = 100 * 10**6  # the text is cut into files of at most this, as big corpora are
+BLOCK_BYTES = 8 * 10**6  # generated once (about a second), then written over and over
+VALID_BYTES = 10**6  # one validation file at every size: validation costs the same
+QUICK_VALID_BYTES = 10**5  # --quick: 2 s less a run
+TEXT_STEPS, RESUME_STEPS = 3, 6  # the run's --max-steps, then its --resume's
+POLL_SECONDS = 0.1  # how often a run's memory is read
+# English words, commonest first (drawn with Zipf-like odds), of every length
+ENGLISH = """the of and to a in that is was he for it with as his on be at by had not are but
+from or have an they which one you were her all she there would their we him been has when who
+will more no if out so said what up its about into than them can only other new some could time
+these two may then do first any my now such like our over man me even most made after also did
+many before must through back years where much your way well down should because each just those
+people how too little state good very make world still own see men work long get here between
+both life being under never day same another know while last might us great old year off come
+since against go came right used take three himself few house use during without again place
+around however home small found thought went say part once general high upon school every don't
+does got united left number course war until always away something fact though water less public
+put think almost hand enough far took head yet government system better set told nothing night
+end why called didn't eyes find going look asked later knew point next program city business
+give group toward young days let room president side social given present several order national
+possible rather second face per among form important often things looked early white case John
+become large big need four within felt children along saw best church ever least power
+development light believe family interest want members mind country area others done turned
+although open problem sense service whole began certain themselves market either understanding
+notwithstanding international responsibility communication extraordinary circumstances
+nevertheless particularly administration environmental characteristics representatives
+experience knowledge remember question history moment morning evening"""
+WORDS = ENGLISH.split()
+MARKS, MARK_ODDS = ["", ",", ".", ";", "?"], [0.86, 0.07, 0.05, 0.01, 0.01]  # after a word
+
+
+def parse_sizes(text):
+    """--text-sizes: '10M,1G' -> [10_000_000, 1_000_000_000], ascending (the largest,
+    last, is the one kept for the encoding speed). K, M and G are powers of 1000; a
+    bare number is bytes."""
+    sizes = set()
+    for item in text.split(","):
+        item = item.strip().upper()
+        scale = SIZE_UNITS.get(item[-1:], 1)
+        try:
+            size = round(float(item[:-1] if scale > 1 else item) * scale)
+        except (ValueError, OverflowError):
+            size = 0
+        if size <= 0:
+            raise argparse.ArgumentTypeError(f"{item!r} is no size: give sizes like 10M,1G")
+        sizes.add(size)
+    return sorted(sizes)
+
+
+def size_label(size):
+    """10_000_000 -> '10 MB', in the largest unit it reaches: a size as the table names it."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6), ("KB", 10**3)):
+        if size >= scale:
+            return f"{size / scale:g} {unit}"
+    return f"{size} bytes"
+
+
+def text_key(size):
+    """10_000_000 -> 'text_10mb': how the JSON's keys name the figures of a text size."""
+    return "text_" + size_label(size).replace(" ", "").lower()
+
+
+def english_text(size, seed):
+    """`size` bytes of English-like ASCII text, a uint8 array: the words of WORDS at
+    Zipf-like odds (the commonest the most often, as in English), some followed by
+    , . ; or ?, a capital after a full stop, a line feed every 60 to 80 characters or
+    so. The program then reads what it reads in a book (some 60 symbols, short lines),
+    not uniform random symbols; and numpy makes 8 MB of it in about a second."""
+    rng = np.random.default_rng(seed)
+    tokens = [word + mark for word in WORDS for mark in MARKS]  # word i, mark j: i*len + j
+    odds = 1 / np.arange(2, len(WORDS) + 2)
+    odds /= odds.sum()
+    mean = float(odds @ [len(w) for w in WORDS]) + 1.2  # a space, now and then a mark
+    n = int(size / mean * 1.1) + 100
+    picks = rng.choice(len(WORDS), size=n, p=odds) * len(MARKS)
+    picks += rng.choice(len(MARKS), size=n, p=MARK_ODDS)
+    text = " ".join(map(tokens.__getitem__, picks.tolist())).encode("ascii")
+    a = np.resize(np.frombuffer(text, np.uint8), size + 2)  # resize: repeats if short
+    stop = np.flatnonzero((a[:-2] == ord(".")) | (a[:-2] == ord("?"))) + 2  # the space between
+    stop = stop[(a[stop] >= ord("a")) & (a[stop] <= ord("z"))]
+    a[stop] -= ord("a") - ord("A")
+    spaces = np.flatnonzero(a == ord(" "))
+    ends = np.cumsum(rng.integers(60, 81, size=size // 60 + 1))  # the first space after each
+    a[spaces[np.minimum(np.searchsorted(spaces, ends), len(spaces) - 1)]] = ord("\n")
+    a = a[:size]
+    a[-1] = ord("\n")
+    return a
+
+
+def write_text(folder, size, block, part_bytes=PART_BYTES):
+    """Write `size` bytes of text into folder as part-0000.txt, part-0001.txt, ... of at
+    most part_bytes each, and return the glob that matches them. The text is `block`
+    (english_text) over and over, each time rotated to start at another of its lines,
+    so that no two copies are alike: 10 GB takes what the disk takes, not minutes of
+    generating."""
+    os.makedirs(folder)
+    starts = np.flatnonzero(block[:-1] == ord("\n")) + 1
+    offsets = np.random.default_rng(0).choice(starts, size=size // len(block) + 1)
+
+    def pieces():  # the block whole, then rotated
+        yield memoryview(block)
+        for offset in offsets:
+            yield memoryview(block[offset:])
+            yield memoryview(block[:offset])
+
+    stream, pending = pieces(), memoryview(b"")
+    for part, first in enumerate(range(0, size, part_bytes)):
+        left = min(part_bytes, size - first)
+        with open(os.path.join(folder, f"part-{part:04d}.txt"), "wb") as f:
+            while left:
+                if not pending:
+                    pending = next(stream)
+                n = min(left, len(pending))
+                f.write(pending[:n])
+                pending, left = pending[n:], left - n
+    return os.path.join(folder, "*.txt")
+
+
+@dataclasses.dataclass
+class Watched:
+    """What watch_run saw of one run of a program."""
+
+    peak_mb: float  # its peak resident memory, MB (MiB, as the other memory figures)
+    first_step_s: float | None  # from starting it to its first "step " line; None: none came
+    seconds: float  # from starting it to its end
+    stopped: bool  # killed for passing the memory limit
+
+
+def watch_run(argv, cwd, limit_mb, stderr_path):
+    """Run argv to its end, reading its output as it comes, and say what was Watched.
+
+    The peak memory is the kernel's own figure for the program, VmHWM in /proc/PID/status,
+    read every POLL_SECONDS while it runs, so only its last moments can slip by;
+    getrusage's figure for a child would also count the size of this process when it
+    started the child. A run whose resident memory passes limit_mb is killed and
+    reported (stopped), rather than left to take the machine down; any other failure
+    raises RuntimeError with the end of its stderr. stderr goes to stderr_path, a file:
+    TensorFlow writes a lot there, and a full pipe would stall the program."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1")  # lines as they come, flushed or not
+    found = []
+    start = time.perf_counter()
+    with open(stderr_path, "wb") as err:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=err)
+    reader = threading.Thread(target=note_first_step, args=(proc.stdout, start, found))
+    reader.start()
+    try:
+        peak_mb, stopped, status, usage = poll_until_exit(proc.pid, limit_mb)
+    except BaseException:  # Ctrl-C, say: the program must not outlive the bench
+        os.kill(proc.pid, signal.SIGKILL)
+        os.wait4(proc.pid, 0)
+        raise
+    finally:
+        reader.join()  # the output ends when the program does
+        proc.stdout.close()
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped: Popen must not wait again
+    if not peak_mb:  # no /proc (not Linux): the child's getrusage figure, the best there is
+        peak_mb = usage.ru_maxrss / (2**20 if sys.platform == "darwin" else 1024)
+    if proc.returncode != 0 and not stopped:
+        with open(stderr_path, "rb") as f:
+            f.seek(max(0, os.path.getsize(stderr_path) - 2000))
+            tail = f.read().decode(errors="replace").strip()[-500:]
+        program = os.path.basename(argv[1])
+        raise RuntimeError(f"{program} failed (exit status {proc.returncode}): {tail}")
+    return Watched(peak_mb, found[0] if found else None, seconds, stopped)
+
+
+def note_first_step(stream, start, found):
+    """Read a program's output to its end (a full pipe would stall it), appending to
+    `found` the seconds from start to its first progress line, `step 1/3  epoch 1/10
+    loss 4.585 ...`. Bytes, not text: a sample may hold what the locale cannot decode."""
+    for line in stream:
+        if not found and line.startswith(b"step "):
+            found.append(time.perf_counter() - start)
+
+
+def poll_until_exit(pid, limit_mb):
+    """Wait for the child pid to end, reading its memory every POLL_SECONDS and killing
+    it once its resident memory passes limit_mb. Returns (peak MB, 0 if there is no
+    /proc; whether it was killed; its wait status; its rusage). os.wait4 reaps it: the
+    rusage is the fallback figure where /proc is missing."""
+    peak_mb, stopped = 0.0, False
+    while True:
+        done, status, usage = os.wait4(pid, os.WNOHANG)
+        if done:
+            return peak_mb, stopped, status, usage
+        memory = proc_memory_mb(pid)
+        if memory:
+            rss, hwm = memory
+            peak_mb = max(peak_mb, hwm)
+            if rss > limit_mb and not stopped:
+                os.kill(pid, signal.SIGKILL)
+                stopped = True
+        time.sleep(POLL_SECONDS)
+
+
+def proc_memory_mb(pid):
+    """(resident, peak resident) memory of a running process in MB, VmRSS and VmHWM of
+    /proc/PID/status; None where there are none: not Linux, or the process has just
+    ended (a zombie has no memory lines)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith("Vm"))
+        return tuple(int(fields[key].split()[0]) / 1024 for key in ("VmRSS", "VmHWM"))
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def takes_flag(code, flag):
+    """Whether code's rnn_train.py takes flag, by its --help: --cache-dir is new, and an
+    older checkout, run for before-and-after figures, would refuse it."""
+    result = subprocess.run(
+        [sys.executable, "rnn_train.py", "--help"], cwd=code, capture_output=True, text=True
+    )
+    return flag in result.stdout
+
+
+def train_argv(code, folder, train_glob, valid, model_flags, cache_dir, resume):
+    """The rnn_train.py command of a text row: TEXT_STEPS steps, a progress line each
+    (the first one marks the first step), of the program's default model or model_flags;
+    resume: --resume to RESUME_STEPS. Everything it writes goes into folder.
+    train_glob is one argument, a quoted glob: the program expands it."""
+    flags = {
+        "--data": train_glob,
+        "--validation": valid,
+        "--max-steps": RESUME_STEPS if resume else TEXT_STEPS,
+        "--log-every": 1,
+        "--checkpoint-dir": os.path.join(folder, "checkpoints"),
+        "--log-dir": os.path.join(folder, "log"),
+        "--run": "bench",
+    }
+    if cache_dir:
+        flags["--cache-dir"] = os.path.join(folder, "cache")
+    if resume:
+        flags["--resume"] = "bench"
+    argv = [sys.executable, os.path.join(code, "rnn_train.py")]
+    return argv + [str(a) for kv in flags.items() for a in kv] + model_flags
+
+
+def text_run_figures(key, code, folder, train_glob, valid, model_flags, cache_dir, limit_mb):
+    """The figures of one text size, keys starting with key: a real rnn_train.py run on
+    the text, then its --resume (which reads the text again, and checks it is the one
+    it trained on). For each: the peak memory, MB; the seconds to the first step (what
+    a user waits for before training starts: reading, counting and encoding the text
+    included) and to the end; whether the memory limit stopped it (a stopped run has no
+    --resume: its figures are None)."""
+    figures = {}
+    watched = None
+    for name, resume in ((key, False), (key + "_resume", True)):
+        if watched is None or not watched.stopped:
+            argv = train_argv(code, folder, train_glob, valid, model_flags, cache_dir, resume)
+            stderr = os.path.join(folder, f"{name}.stderr")
+            watched = watch_run(argv, code, limit_mb, stderr)
+            first = watched.first_step_s
+            figures[name + "_peak_rss_mb"] = round(watched.peak_mb)
+            figures[name + "_first_step_s"] = None if first is None else round(first, 2)
+            figures[name + "_run_s"] = round(watched.seconds, 2)
+            figures[name + "_stopped"] = watched.stopped
+        else:
+            for figure in ("peak_rss_mb", "first_step_s", "run_s", "stopped"):
+                figures[f"{name}_{figure}"] = None
+    return figures
+
+
+def encoding_mb_per_s(train_glob, valid, text_bytes, folder):
+    """MB/s (10^6 bytes of text a second) of txtutils.read_corpus reading, counting and
+    encoding the text into a fresh cache folder: what a first run on a new text does
+    before it can start, timed in this process on this checkout's txtutils."""
+    start = time.perf_counter()
+    corpus = txtutils.read_corpus(
+        [train_glob], [valid], cache_dir=os.path.join(folder, "encode-cache")
+    )
+    seconds = time.perf_counter() - start
+    del corpus  # its arrays map the cache's files, deleted with the folder
+    return text_bytes / seconds / 1e6
+
+
+def flags_of_model(config):
+    """config's model as rnn_train.py's flags."""
+    keys = ("layers", "cell_size", "batch_size", "seqlen")
+    return [str(a) for k in keys for a in ("--" + k.replace("_", "-"), config[k])]
+
+
+def text_figures(sizes, code, model_flags, limit_mb, valid_bytes=VALID_BYTES):
+    """The large-text figures (issue 17), keyed as the JSON names them: for each size,
+    ascending, text_run_figures on that much generated text (train/part-*.txt, and
+    the same valid.txt of valid_bytes at every size), then the encoding speed of the
+    largest. Each size's text is deleted before the next is written: the disk holds
+    one at a time."""
+    figures = {"text_sizes_bytes": sizes, "memory_limit_gb": limit_mb / 1024}
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-text-") as tmp,
+        concurrent.futures.ThreadPoolExecutor(1) as pool,
+    ):
+        # rnn_train.py --help imports TensorFlow, seconds: it runs while the text is made
+        cache_dir = pool.submit(takes_flag, code, "--cache-dir")
+        valid = os.path.join(tmp, "valid.txt")
+        english_text(valid_bytes, seed=1).tofile(valid)
+        block = english_text(min(BLOCK_BYTES, sizes[-1]), seed=0)
+        for size in sizes:
+            key = text_key(size)
+            folder = os.path.join(tmp, key)
+            train_glob = write_text(os.path.join(folder, "train"), size, block)
+            figures.update(
+                text_run_figures(
+                    key, code, folder, train_glob, valid, model_flags, cache_dir.result(), limit_mb
+                )
+            )
+            if size == sizes[-1]:
+                speed = encoding_mb_per_s(train_glob, valid, size + valid_bytes, folder)
+                figures["encode_mb_per_s"] = round(speed, 1)
+            shutil.rmtree(folder)
+    return figures
 
 
 def train_flops_per_char(config):
@@ -152,9 +481,9 @@ def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_ch
     return gen_1, gen_256, score, gen_rss
 
 
-def real_run_memory_mb(config, steps, folder):
-    """The peak resident memory, MB, of a real `rnn_train.py` run: `steps` steps of
-    config's model on a text of random characters written into folder, then a
+def real_run_memory_mb(config, steps, folder, code, limit_mb):
+    """The peak resident memory, MB, of a real `rnn_train.py` run (code's): `steps` steps
+    of config's model on a text of random characters written into folder, then a
     validation pass over 256 rows of 1,024 characters, a sample and a checkpoint. The
     step's own figure leaves out what the program adds around it (validation above
     all: whole rows once held 2 GB more), so the program is measured too."""
@@ -177,13 +506,12 @@ def real_run_memory_mb(config, steps, folder):
         "--checkpoint-dir": os.path.join(folder, "checkpoints"),
         "--log-dir": os.path.join(folder, "log"),
     }
-    program = os.path.join(os.path.dirname(os.path.abspath(__file__)), "rnn_train.py")
+    program = os.path.join(code, "rnn_train.py")
     argv = [sys.executable, program, *(str(a) for kv in flags.items() for a in kv)]
-    result = subprocess.run(argv, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"rnn_train.py failed: {result.stderr.strip()[-500:]}")
-    # the largest peak of the children waited for: this one, the only child
-    return max_rss_mb(resource.RUSAGE_CHILDREN)
+    watched = watch_run(argv, code, limit_mb, os.path.join(folder, "stderr.txt"))
+    if watched.stopped:  # a few steps of a small text: a bug, not a figure
+        raise RuntimeError(f"rnn_train.py passed the memory limit, {limit_mb:,.0f} MB")
+    return watched.peak_mb
 
 
 def reset_peak_memory():
@@ -218,24 +546,63 @@ def parse_args(argv):
     p.add_argument(
         "--quick",
         action="store_true",
-        help="a tiny model and few repeats: checks that the bench runs, in seconds",
+        help="a tiny model, few repeats, small texts: checks that the bench runs, in a minute "
+        "or two",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--text-sizes",
+        metavar="SIZES",
+        type=parse_sizes,
+        help="sizes of generated training text to time a real rnn_train.py run on, "
+        "comma-separated; K, M, G are powers of 1000 bytes "
+        f"(default {TEXT_SIZES}; with --quick {QUICK_TEXT_SIZES})",
+    )
+    p.add_argument(
+        "--code",
+        metavar="DIR",
+        type=os.path.abspath,
+        default=HERE,
+        help="the checkout whose rnn_train.py the real runs run, e.g. a git worktree of an "
+        "older commit, for before-and-after figures; the other figures, the encoding "
+        "speed included, are this checkout's (default: the folder of bench.py)",
+    )
+    p.add_argument(
+        "--memory-limit",
+        metavar="GB",
+        type=float,
+        default=16,
+        help="kill a real run whose resident memory passes this many GB (of 1024 MB), "
+        "reported as 'over GB (stopped)', before it takes the machine down (default 16)",
+    )
+    args = p.parse_args(argv)
+    if args.text_sizes is None:
+        args.text_sizes = parse_sizes(QUICK_TEXT_SIZES if args.quick else TEXT_SIZES)
+    if not os.path.isfile(os.path.join(args.code, "rnn_train.py")):
+        p.error(f"--code {args.code} holds no rnn_train.py")
+    if not args.memory_limit > 0:
+        p.error("--memory-limit must be more than 0 GB")
+    return args
 
 
-def measure(config, quick):
+def measure(config, quick, text_sizes, code, limit_gb):
     """Every figure, in an order that keeps each peak memory figure its own:
     a dict of the JSON's figures, and the training limit's (shape, FLOPs per char,
-    chars/s) for the table."""
+    chars/s) for the table. text_sizes, code and limit_gb: text_figures'."""
     steps, warmup, repeats = (5, 2, 3) if quick else (30, 5, 20)
     run_steps = 3 if quick else 20
     one_stream_chars, many_stream_chars = (128, 64) if quick else (2048, 256)
     score_chars = 2000 if quick else 5 * SCORE_CHUNK
+    limit_mb = limit_gb * 1024
+    # the text rows run the default model, as a user does; --quick, the tiny one: seconds
+    text_model = flags_of_model(config) if quick else []
 
-    # First, while this process is small: getrusage's peak for children is the larger of
-    # the child's own and this process's size when it forked the child
+    # First the real runs, children, while this process is small: a run on a big text may
+    # need much of the machine's memory. (Their peaks are read from /proc, so that this
+    # process's own size does not count, as it does in getrusage's figure for a child.)
+    valid_bytes = QUICK_VALID_BYTES if quick else VALID_BYTES
+    texts = text_figures(text_sizes, code, text_model, limit_mb, valid_bytes)
     with tempfile.TemporaryDirectory() as tmp:
-        run_rss = real_run_memory_mb(config, run_steps, tmp)
+        run_rss = real_run_memory_mb(config, run_steps, tmp, code, limit_mb)
     shape, gflops, flops, limit = training_limit(config, repeats)
     gen_1, gen_256, score, gen_rss = generation_and_scoring(
         config, one_stream_chars, many_stream_chars, score_chars
@@ -259,6 +626,7 @@ def measure(config, quick):
         "train_peak_rss_mb": round(train_rss),
         "generate_peak_rss_mb": round(gen_rss),
         "train_run_peak_rss_mb": round(run_rss),
+        **texts,
     }
     return figures, (shape, flops, limit)
 
@@ -294,7 +662,32 @@ def table(figures, config, shape, flops, limit):
         ("peak memory, training step", f"{f['train_peak_rss_mb']:,.0f} MB"),
         ("peak memory, rnn_train.py run (validation on)", f"{f['train_run_peak_rss_mb']:,.0f} MB"),
         ("peak memory, generation", f"{f['generate_peak_rss_mb']:,.0f} MB"),
+        *text_rows(f),
     ]
+
+
+def text_rows(f):
+    """The large-text rows, from the JSON's figures: for each size, a run's peak memory,
+    seconds to its first step and to its end, the same for its --resume; then the
+    encoding speed of the largest text."""
+    limit = f"over {f['memory_limit_gb']:g} GB (stopped)"
+
+    def run(key):
+        if f[key + "_stopped"] is None:
+            return "not run: the first run was stopped"
+        memory = limit if f[key + "_stopped"] else f"{f[key + '_peak_rss_mb']:,} MB"
+        first = f[key + "_first_step_s"]
+        first = "no step" if first is None else f"{first:.1f} s"
+        return f"{memory} / {first} / {f[key + '_run_s']:.1f} s"
+
+    rows = []
+    for size in f["text_sizes_bytes"]:
+        key, label = text_key(size), size_label(size)
+        rows.append((f"text {label}: peak memory / first step / whole run", run(key)))
+        rows.append((f"text {label}, --resume: the same", run(key + "_resume")))
+    largest = size_label(f["text_sizes_bytes"][-1])
+    rows.append((f"encoding (read, count, encode) {largest}", f"{f['encode_mb_per_s']:,.1f} MB/s"))
+    return rows
 
 
 def main(argv=None):
@@ -306,14 +699,22 @@ def main(argv=None):
         f"{' (--quick: a tiny model)' if args.quick else ''}",
         flush=True,
     )
-    figures, (shape, flops, limit) = measure(config, args.quick)
+    if args.code != HERE:
+        print(f"rnn_train.py runs: {args.code}'s", flush=True)
+    figures, (shape, flops, limit) = measure(
+        config, args.quick, args.text_sizes, args.code, args.memory_limit
+    )
     rows = table(figures, config, shape, flops, limit)
     width = max(len(what) for what, _ in rows)
     for what, value in rows:
         print(f"{what:<{width}}  {value}")
     if args.json:
         figures.update(
-            cpu=cpu_name(), tensorflow=tf.__version__, quick=args.quick, train_flops_per_char=flops
+            cpu=cpu_name(),
+            tensorflow=tf.__version__,
+            quick=args.quick,
+            train_flops_per_char=flops,
+            code=args.code,
         )
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
