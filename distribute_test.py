@@ -95,7 +95,7 @@ def finish(procs, timeout=240):
     return results
 
 
-def assert_same_checkpoint(a, b, atol=1e-5):
+def assert_same_checkpoint(a, b, atol=1e-5, rtol=0.0):
     """Every weight, Adam moment and the RNN state of every batch row."""
     a, b = tf.train.load_checkpoint(str(a)), tf.train.load_checkpoint(str(b))
     skip = ("config", "save", "_", "log")  # the log's figures hold timings
@@ -103,7 +103,7 @@ def assert_same_checkpoint(a, b, atol=1e-5):
     assert "state/.ATTRIBUTES/VARIABLE_VALUE" in keys
     for key in keys:
         np.testing.assert_allclose(
-            a.get_tensor(key), b.get_tensor(key), rtol=0, atol=atol, err_msg=key
+            a.get_tensor(key), b.get_tensor(key), rtol=rtol, atol=atol, err_msg=key
         )
     state = a.get_tensor("state/.ATTRIBUTES/VARIABLE_VALUE")
     assert np.abs(state).min(axis=1).max() > 0  # every row has a state of its own
@@ -160,7 +160,12 @@ def test_fine_tuning_under_mirrored_equals_one_process(plain, tmp_path):
     assert mirrored.returncode == 0, mirrored.stderr
     assert f"new, fine-tuning {parent}" in mirrored.stdout and "2 replicas" in mirrored.stdout
     assert "the talk's 98 + 12 from the text" in mirrored.stdout, mirrored.stdout
-    assert_same_checkpoint(tmp_path / "ck" / "one" / "ckpt-10", tmp_path / "ck" / "two" / "ckpt-10")
+    # A trained parent's weights are larger than a new model's, and so are the float32
+    # differences of summing the replicas' gradients in another order: on a CPU
+    # without AVX-512 (2026-12-02) 3 of 3,072 weights of ~0.2 differed by 1.1e-5.
+    assert_same_checkpoint(
+        tmp_path / "ck" / "one" / "ckpt-10", tmp_path / "ck" / "two" / "ckpt-10", rtol=1e-4
+    )
 
 
 def test_two_workers_equal_one_process_and_only_the_chief_writes(plain):

@@ -319,8 +319,8 @@ class Saver:
                 f"({ckpt.short_reason(e)}); the one at step {self.saved_step} is intact"
             )
             return self.dist.agree(False)
+        self.saved_step = step  # on disk, whatever happens to the others next
         self.dist.agree(True)
-        self.saved_step = step
         if self.best and self.validation and self.validation[0] == step:
             self.best.offer(self.manager.latest_checkpoint, step, self.validation[1])
         try:
