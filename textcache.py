@@ -212,7 +212,7 @@ class Codes:
     .rows(starts, length); np.asarray() reads them all (tests, small texts).
 
     Rows are read with pread, not through a memory map: a mapped page stays in the
-    process's resident memory, and the kernel maps the page cache in large pages,
+    process's resident memory, and the kernel maps the page cache in large pieces,
     measured at ~1.5 MB a row touched here (300 MB for the 200 rows of one batch)."""
 
     def __init__(self, f, dtype):
