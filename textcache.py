@@ -78,6 +78,16 @@ class Cache:
                 with contextlib.suppress(OSError):
                     os.remove(tmp)
 
+    def forget_file_stats(self, sha256):
+        if self.folder:
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.folder, "files", sha256 + ".json"))
+
+    def forget(self, codes_folder):
+        """Remove an entry of codes (made from a file that changed while it was read)."""
+        if codes_folder:
+            shutil.rmtree(codes_folder, ignore_errors=True)
+
     # -- encoded texts: big binary files, read a few rows at a time
 
     def codes_folder(self, key):

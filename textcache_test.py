@@ -214,3 +214,24 @@ def test_rows_are_read_from_the_file_as_indexing_the_codes_would(tmp_path):
     assert np.array_equal(codes.rows(starts, 31), whole[starts[:, None] + np.arange(31)])
     with pytest.raises(ValueError, match="beyond the end"):
         codes.rows([len(whole) - 30], 31)
+
+
+def test_a_file_written_while_it_is_read_is_refused_and_nothing_it_made_is_kept(tmp_path):
+    """Its fingerprint was taken before the write: codes or counts kept under it
+    would hold some of the new text, and a later run would trust them."""
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+
+    def append_halfway(what, done, total):
+        if what == "encoding" and done > total // 2 and not appended:
+            appended.append(True)
+            with open(tmp_path / "text" / "c.txt", "a") as f:
+                f.write("a line written meanwhile\n")
+
+    appended = []
+
+    with pytest.raises(txtutils.CorpusError, match=r"c.txt changed while it was read"):
+        txtutils.read_corpus(data, [], cache_dir=str(cache), progress=append_halfway)
+    assert not [p for p in os.listdir(cache) if "codes-" in p]
+    assert len(os.listdir(cache / "files")) == len(TEXTS) + len(RAW) - 1  # not c.txt's
+    corpus = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))

@@ -322,6 +322,13 @@ def read_corpus(
         )
 
     codes, folder, encoded = _encode(train_files, valid_files, stats, alphabet, cache, progress)
+    changed = [p for p in every if _stamp(p) != stats[p].stamp]
+    if changed:  # what was stored under its old fingerprint holds some of the new text
+        if encoded:
+            cache.forget(folder)
+        for path in changed:
+            cache.forget_file_stats(stats[path].sha256)
+        raise CorpusError(f"{changed[0]} changed while it was read: run again once it is written")
 
     def fingerprint(paths):
         return [[p, stats[p].size, stats[p].sha256] for p in paths]
@@ -346,6 +353,7 @@ class FileStats(NamedTuple):
 
     size: int  # bytes in the file
     sha256: str
+    stamp: tuple  # (size, mtime, inode) when it was first read: a change is noticed
     points: np.ndarray  # the code points of its characters (CRLF read as LF)...
     counts: np.ndarray  # ...and how often each occurs
 
@@ -361,12 +369,13 @@ class FileStats(NamedTuple):
 def _file_stats(paths, cache, progress):
     """{path: FileStats}: every file fingerprinted (a quick pass), then counted (a
     slower one) unless the cache knows its content."""
-    sizes = {p: _size_of(p) for p in paths}
+    stamps = {p: _stamp(p) for p in paths}
+    sizes = {p: stamps[p][0] for p in paths}
     fingerprinting = _Pass(progress, "fingerprinting", sum(sizes.values()))
     hashes = {p: _sha256(p, fingerprinting) for p in paths}
     stats, to_count = {}, []
     for path in paths:
-        known = _stats_from_json(cache.file_stats(hashes[path]), sizes[path], hashes[path])
+        known = _stats_from_json(cache.file_stats(hashes[path]), stamps[path], hashes[path])
         if known:
             stats[path] = known
         else:
@@ -388,7 +397,7 @@ def _file_stats(paths, cache, progress):
             counting.add(len(text))  # characters: near enough to bytes for a progress line
         counting.add(sizes[path] - (counting.done - counted))  # bytes beyond its characters
         points = np.flatnonzero(counts)
-        stats[path] = FileStats(sizes[path], hashes[path], points, counts[points])
+        stats[path] = FileStats(sizes[path], hashes[path], stamps[path], points, counts[points])
         cache.put_file_stats(
             hashes[path],
             {"size": sizes[path], "points": points.tolist(), "counts": counts[points].tolist()},
@@ -396,13 +405,13 @@ def _file_stats(paths, cache, progress):
     return stats
 
 
-def _stats_from_json(known, size, sha256):
+def _stats_from_json(known, stamp, sha256):
     """FileStats from the cache's JSON, or None if there is none or it does not make
     sense (then the file is counted again)."""
     try:
         points, counts = (np.array(known[k], dtype=np.int64) for k in ("points", "counts"))
-        if known["size"] == size and points.shape == counts.shape and points.ndim == 1:
-            return FileStats(size, sha256, points, counts)
+        if known["size"] == stamp[0] and points.shape == counts.shape and points.ndim == 1:
+            return FileStats(stamp[0], sha256, stamp, points, counts)
     except (TypeError, KeyError, ValueError):
         pass
     return None
@@ -420,12 +429,14 @@ class _Pass:
             self.progress(self.what, self.done, self.total)
 
 
-def _size_of(path):
+def _stamp(path):
+    """(size, mtime, inode) of a regular file: what changes when it is written."""
     _check_regular(path)
     try:
-        return os.path.getsize(path)
+        st = os.stat(path)
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 def _sha256(path, progress):
