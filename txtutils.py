@@ -315,11 +315,9 @@ def read_corpus(
     if min_count is not None:
         alphabet = alphabet.grown(*train_counts, min_count)
 
-    def share_unknown(paths):
+    def share_unknown(paths, counts):
         chars = sum(stats[p].chars for p in paths)
-        return (
-            alphabet.unknown_count(*_sum_counts(stats[p] for p in paths)) / chars if chars else 0.0
-        )
+        return alphabet.unknown_count(*counts) / chars if chars else 0.0
 
     codes, folder, encoded = _encode(train_files, valid_files, stats, alphabet, cache, progress)
     changed = [p for p in every if _stamp(p) != stats[p].stamp]
@@ -341,7 +339,10 @@ def read_corpus(
         alphabet=alphabet,
         not_utf8={p: stats[p].not_utf8 for p in every if stats[p].not_utf8},
         fingerprint={"train": fingerprint(train_files), "valid": fingerprint(valid_files)},
-        unknown=(share_unknown(train_files), share_unknown(valid_files)),
+        unknown=(
+            share_unknown(train_files, train_counts),
+            share_unknown(valid_files, _sum_counts(stats[p] for p in valid_files)),
+        ),
         min_count=min_count,
         codes_folder=folder,
         encoded=encoded,
