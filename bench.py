@@ -408,31 +408,32 @@ def training_limit(config, repeats):
     return (m, k, n), gflops, flops, gflops * 1e9 / flops
 
 
-def training_speeds(config, steps, warmup, precisions=(False, True)):
-    """Characters per second of the real training step (training.make_train_step),
-    float32 and mixed precision, timed in alternating blocks so that both see the
-    same machine load. Returns {mixed_precision: median chars/s}."""
-    B, T = config["batch_size"], config["seqlen"]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, config["alphasize"], size=(B, T)).astype(np.int32)  # [BATCH, SEQLEN]
-    y = np.roll(x, -1, axis=1)
+def training_speeds(variants, steps, warmup):
+    """Characters per second of the real training step (training.make_train_step) of
+    each variant, {key: (config, mixed_precision)}, timed in alternating blocks so that
+    all see the same machine load. Returns {key: median chars/s}."""
     runs = {}
-    for mixed in precisions:
+    for key, (config, mixed) in variants.items():
+        B, T = config["batch_size"], config["seqlen"]
+        rng = np.random.default_rng(0)
+        x = rng.integers(0, config["alphasize"], size=(B, T)).astype(np.int32)  # [BATCH, SEQLEN]
         keras.utils.set_random_seed(0)
         model = build_model(config, mixed_precision=mixed)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
         step_config = dict(config, seed=0, clip_norm=settings.DEFAULTS["clip_norm"])
-        runs[mixed] = {
+        runs[key] = {
             "step": training.make_train_step(model, optimizer, step_config),
             "state": model.zero_state(B),
+            "x": x,
+            "y": np.roll(x, -1, axis=1),
             "times": [],
         }
 
     def one_step(run, step, timed):
         t0 = time.perf_counter()
         loss, _, run["state"] = run["step"](
-            x, y, run["state"], tf.constant(step, tf.int64), True
+            run["x"], run["y"], run["state"], tf.constant(step, tf.int64), True
         )  # dropout on
         float(loss)  # waits for the step to finish
         if timed:
@@ -447,38 +448,56 @@ def training_speeds(config, steps, warmup, precisions=(False, True)):
             for run in runs.values():
                 for i in range(min(block, warmup + steps - step)):
                     one_step(run, step + i, timed=True)
-    return {mixed: B * T / float(np.median(run["times"])) for mixed, run in runs.items()}
+    return {
+        key: config["batch_size"] * config["seqlen"] / float(np.median(runs[key]["times"]))
+        for key, (config, _) in variants.items()
+    }
 
 
-def scoring_run(model, folder, chars):
+def big_alphabet(size):
+    """The talk's 98 symbols, then CJK ideographs (from U+4E00) up to size symbols."""
+    return txtutils.Alphabet(
+        txtutils.ALPHABET + "".join(map(chr, range(0x4E00, 0x4E00 + size - 98)))
+    )
+
+
+def scoring_run(model, folder, chars, alphabet=txtutils.DEFAULT):
     """rnn_play.py --score (reading the file included, loading the model not),
     compiled: a function that scores a file of `chars` random characters of the
     alphabet, written into folder (the speed does not depend on what the text says),
     and the characters it scores."""
     rng = np.random.default_rng(0)
-    text = txtutils.decode(rng.integers(1, txtutils.ALPHASIZE, size=chars))
+    text = alphabet.decode(rng.integers(1, alphabet.size, size=chars))
     path, first = os.path.join(folder, "text.txt"), os.path.join(folder, "compile.txt")
     with open(path, "w") as f, open(first, "w") as g:
         f.write(text)
         g.write(text[:2])
     scorer = Scorer(model)
-    score(scorer, first)  # compiles
-    return lambda: score(scorer, path), chars - 1
+    score(scorer, first, alphabet)  # compiles
+    return lambda: score(scorer, path, alphabet), chars - 1
 
 
 def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_chars):
     """(1-stream generation, 256-stream generation, scoring) in chars/s and the peak
-    memory of generation, MB. Scoring is held to 1-stream generation (its floor), so
-    the two are timed in turn."""
+    memory of generation, MB, of config's model; then 1-stream generation and scoring
+    with a BIG_ALPHABET of symbols. Scoring is held to 1-stream generation (its floor),
+    and the big alphabet to the small, so the four are timed in turn."""
     keras.utils.set_random_seed(0)
     reset_peak_memory()
     model = build_model(config)
     one_stream = generation_run(model, 1, one_stream_chars)
     (gen_256,) = speeds_in_turn([generation_run(model, 256, many_stream_chars)], 3)
     gen_rss = peak_memory_mb()
-    with tempfile.TemporaryDirectory() as tmp:
-        gen_1, score = speeds_in_turn([one_stream, scoring_run(model, tmp, score_chars)], 5)
-    return gen_1, gen_256, score, gen_rss
+    big = build_model(dict(config, alphasize=BIG_ALPHABET))
+    with tempfile.TemporaryDirectory() as small_dir, tempfile.TemporaryDirectory() as big_dir:
+        runs = [
+            one_stream,
+            scoring_run(model, small_dir, score_chars),
+            generation_run(big, 1, one_stream_chars),
+            scoring_run(big, big_dir, score_chars, big_alphabet(BIG_ALPHABET)),
+        ]
+        gen_1, score, big_gen_1, big_score = speeds_in_turn(runs, 5)
+    return gen_1, gen_256, score, gen_rss, big_gen_1, big_score
 
 
 def real_run_memory_mb(config, steps, folder, code, limit_mb):
@@ -604,22 +623,31 @@ def measure(config, quick, text_sizes, code, limit_gb):
     with tempfile.TemporaryDirectory() as tmp:
         run_rss = real_run_memory_mb(config, run_steps, tmp, code, limit_mb)
     shape, gflops, flops, limit = training_limit(config, repeats)
-    gen_1, gen_256, score, gen_rss = generation_and_scoring(
+    gen_1, gen_256, score, gen_rss, big_gen_1, big_score = generation_and_scoring(
         config, one_stream_chars, many_stream_chars, score_chars
     )
     reset_peak_memory()
-    speeds = training_speeds(config, steps, warmup)
+    speeds = training_speeds({m: (config, m) for m in (False, True)}, steps, warmup)
     train_rss = peak_memory_mb()
-    # a CJK corpus: thousands of symbols widen the input kernel and the logits
+    # a CJK corpus: thousands of symbols widen the input kernel and the logits; timed
+    # beside the small alphabet's again, so that each ratio is of one machine load
     big = dict(config, alphasize=BIG_ALPHABET)
-    (big_speed,) = training_speeds(big, steps, warmup, precisions=(False,)).values()
+    variants = {
+        (a, m): (c, m) for a, c in ((98, config), (BIG_ALPHABET, big)) for m in (False, True)
+    }
+    both = training_speeds(variants, steps, warmup)
 
     figures = {
         "matmul_gflops": round(gflops, 1),
         "train_chars_per_s": round(speeds[False]),
         "train_fraction_of_limit": round(speeds[False] / limit, 3),
         "train_bf16_chars_per_s": round(speeds[True]),
-        "train_5000_symbols_chars_per_s": round(big_speed),
+        "train_5000_symbols_chars_per_s": round(both[BIG_ALPHABET, False]),
+        "train_5000_symbols_ratio": round(both[BIG_ALPHABET, False] / both[98, False], 3),
+        "train_bf16_5000_symbols_chars_per_s": round(both[BIG_ALPHABET, True]),
+        "train_bf16_5000_symbols_ratio": round(both[BIG_ALPHABET, True] / both[98, True], 3),
+        "generate_1_5000_symbols_chars_per_s": round(big_gen_1),
+        "score_5000_symbols_chars_per_s": round(big_score),
         "generate_1_chars_per_s": round(gen_1),
         "generate_256_chars_per_s": round(gen_256),
         "score_chars_per_s": round(score),
@@ -637,8 +665,11 @@ def table(figures, config, shape, flops, limit):
     m, k, n = shape
     f = figures
     fp32, bf16 = f["train_chars_per_s"], f["train_bf16_chars_per_s"]
-    big = f["train_5000_symbols_chars_per_s"]
     gen_1, score = f["generate_1_chars_per_s"], f["score_chars_per_s"]
+    big_gen_1, big_score = (
+        f["generate_1_5000_symbols_chars_per_s"],
+        f["score_5000_symbols_chars_per_s"],
+    )
     model = f"{config['layers']}x{config['cell_size']} GRU"
     model += f", batch {config['batch_size']} x {config['seqlen']}"
     return [
@@ -654,11 +685,25 @@ def table(figures, config, shape, flops, limit):
         ("training, --mixed-precision", f"{bf16:,.0f} chars/s = {bf16 / fp32:.2f}x float32"),
         (
             f"training, float32, {BIG_ALPHABET:,}-symbol alphabet",
-            f"{big:,.0f} chars/s = {big / fp32:.2f}x 98 symbols",
+            f"{f['train_5000_symbols_chars_per_s']:,.0f} chars/s = "
+            f"{f['train_5000_symbols_ratio']:.2f}x 98 symbols (timed in turn)",
+        ),
+        (
+            f"training, --mixed-precision, {BIG_ALPHABET:,} symbols",
+            f"{f['train_bf16_5000_symbols_chars_per_s']:,.0f} chars/s = "
+            f"{f['train_bf16_5000_symbols_ratio']:.2f}x 98 symbols (timed in turn)",
         ),
         ("generation, 1 stream", f"{gen_1:,.0f} chars/s"),
         ("generation, 256 streams", f"{f['generate_256_chars_per_s']:,.0f} chars/s in all"),
         ("scoring (rnn_play.py --score)", f"{score:,.0f} chars/s = {score / gen_1:.1f}x 1 stream"),
+        (
+            f"generation, 1 stream, {BIG_ALPHABET:,} symbols",
+            f"{big_gen_1:,.0f} chars/s = {big_gen_1 / gen_1:.2f}x 98 symbols",
+        ),
+        (
+            f"scoring, {BIG_ALPHABET:,} symbols",
+            f"{big_score:,.0f} chars/s = {big_score / score:.2f}x 98 symbols",
+        ),
         ("peak memory, training step", f"{f['train_peak_rss_mb']:,.0f} MB"),
         ("peak memory, rnn_train.py run (validation on)", f"{f['train_run_peak_rss_mb']:,.0f} MB"),
         ("peak memory, generation", f"{f['generate_peak_rss_mb']:,.0f} MB"),
