@@ -2,12 +2,14 @@
 #   make train [ARGS="--flags"]   make play [ARGS="..."]   make export ARGS="RUN DIR"
 #   make tensorboard   make test   make bench   make bench-export ARGS="RUN TEXT DIR"
 #   make gpu-check   (after installing TensorFlow's CUDA build: README, "GPU")
+#   make corpus (Shakespeare, into shakespeare/)   make corpus-zh (Chinese, into
+#   fortunes-zh/: Debian's fortunes-zh 2.98; the tests train on it, so make test fetches it)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv corpus train play export tensorboard test bench bench-export gpu-check
+.PHONY: venv corpus corpus-zh train play export tensorboard test bench bench-export gpu-check
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,6 +20,9 @@ venv: $(VENV)/.installed
 
 corpus: venv
 	$(PY) fetch_corpus.py shakespeare
+
+corpus-zh: venv
+	$(PY) fetch_corpus.py fortunes-zh
 
 train: corpus
 	$(PY) rnn_train.py $(ARGS)
@@ -34,7 +39,7 @@ tensorboard: venv
 # pytest on 2 workers (pytest-xdist): the machines have 2 cores, and most tests wait
 # on one process at a time. A test file runs on one worker, so that its module
 # fixtures are made once. ARGS="-n 0" runs every test in one process.
-test: venv
+test: venv corpus-zh
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)

