@@ -26,7 +26,7 @@ from ai_edge_litert.interpreter import Interpreter
 import runs
 import txtutils
 from export import export
-from generate import CHUNK, TOPN
+from generate import CHUNK, default_topn
 from hardware import cpu_name
 from timing import generation_run, median_time, speeds_in_turn
 
@@ -37,12 +37,12 @@ def size(path):
     return sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
 
 
-def saved_run(saved, streams, chars):
+def saved_run(saved, streams, chars, alphasize):
     generate = saved.signatures["generate"]
     args = dict(
         prime=tf.constant(["\n"] * streams),
         temperature=tf.constant(1.0),
-        top_n=tf.constant(TOPN),
+        top_n=tf.constant(default_topn(alphasize)),  # rnn_play.py's, as generation_run
         seed=tf.constant(0, tf.int64),
     )
     generate(length=tf.constant(CHUNK), **args)  # compiles
@@ -107,8 +107,12 @@ def main(argv=None):  # a measuring tool: bad arguments may end in a traceback
     }
     saved = tf.saved_model.load(os.path.join(out, "saved_model"))
     # 1 stream then 256, each way timed in turn with the other
-    one = speeds_in_turn([generation_run(model, 1, 1024), saved_run(saved, 1, 1024)], 5)
-    many = speeds_in_turn([generation_run(model, 256, 512), saved_run(saved, 256, 512)], 3)
+    one = speeds_in_turn(
+        [generation_run(model, 1, 1024), saved_run(saved, 1, 1024, model.alphasize)], 5
+    )
+    many = speeds_in_turn(
+        [generation_run(model, 256, 512), saved_run(saved, 256, 512, model.alphasize)], 3
+    )
     figures["generation_chars_per_s"] = {
         "rnn_play (Generator), 1 stream": one[0],
         "SavedModel generate, 1 stream": one[1],

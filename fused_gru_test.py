@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import fused_gru
 import training
 import txtutils
 from model_test import CONFIG, ROUNDOFF, forward_and_gradients, random_codes, twins
@@ -26,6 +27,25 @@ def test_fused_gru_computes_what_the_keras_layers_compute(training):
     for ga, gb, v in zip(a[2], b[2], fused.trainable_variables, strict=True):
         assert np.abs(gb).max() > 0, v.path  # every weight gets a gradient
         np.testing.assert_allclose(ga, gb, atol=1e-6, err_msg=v.path)
+
+
+def test_the_first_layers_gradient_is_the_one_hot_products():
+    """lookup's gradient, summed row by row, against the one-hot matmul it stands
+    for: codes repeated, codes never seen (rows of zeros), a table of 5,000 rows."""
+    rng = np.random.default_rng(0)
+    table = tf.constant(rng.normal(size=[5000, 6]), tf.float32)
+    codes = tf.constant([[3, 3, 4999], [0, 3, 17]], tf.int32)  # [SEQLEN, BATCH]
+    d = tf.constant(rng.normal(size=[2, 3, 6]), tf.float32)  # the gradient on the products
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(table)
+        looked_up = fused_gru.lookup(table, codes)
+        multiplied = tf.one_hot(codes, 5000) @ table
+    np.testing.assert_array_equal(looked_up, multiplied)
+    grad = tape.gradient(looked_up, table, output_gradients=d)
+    np.testing.assert_allclose(
+        grad, tape.gradient(multiplied, table, output_gradients=d), rtol=1e-6, atol=1e-7
+    )
+    assert np.count_nonzero(np.abs(grad.numpy()).sum(axis=1)) == 4  # rows 0, 3, 17, 4999
 
 
 # Keras' layers against the fused path after STEPS training steps from the same weights:

@@ -10,7 +10,8 @@ import tensorflow as tf
 
 import txtutils
 
-TOPN = 2  # rnn_play.py's default: the original's choice for a trained model, likely yet varied
+TOPN = 2  # rnn_play.py's default per 98 symbols: the original's 2 for a trained model of
+# the talk's alphabet, likely yet varied; default_topn keeps that share of a bigger one
 CHUNK = 256  # characters per compiled call of generation: ~30 ms for one stream, still smooth
 # characters per compiled call when scoring: long enough that a call's overhead is
 # nothing, short enough for a progress line to move (16384 measured slower)
@@ -29,6 +30,16 @@ def score_chunk(alphasize, rows=1):
     streams at once: SCORE_CHUNK, fewer for an alphabet whose logits [ROWS, CHUNK,
     ALPHASIZE] would pass SCORE_LOGITS floats."""
     return max(1, min(SCORE_CHUNK, SCORE_LOGITS // (alphasize * rows)))
+
+
+def default_topn(alphasize, per_98=TOPN):
+    """A top-n cut for an alphabet: per_98 for the talk's 98 symbols, the same share of
+    a bigger alphabet (TOPN: 2 for 98 symbols, 3 for Russian's 169, 98 for 4,785).
+    A count fixed whatever the alphabet keeps what English needs and starves a big one:
+    in a Chinese text, spaces, line feeds and punctuation each outnumber any one of
+    thousands of ideographs, so the 2 or 10 likeliest characters of an early model are
+    those alone, and its samples nothing else."""
+    return max(per_98, round(per_98 * alphasize / 98))
 
 
 def sample_logits(logits, seed, topn, temperature):

@@ -85,6 +85,31 @@ def test_the_state_carries_information(model):
     assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
 
 
+@pytest.mark.parametrize("alphasize", [98, 5000])
+def test_the_loss_its_gradient_and_the_accuracy_are_tensorflows(alphasize):
+    """loss_and_accuracy's one XLA pass and its own gradient against TensorFlow's
+    softmax cross-entropy, its gradient and argmax, for the talk's alphabet and a big
+    one (the pass matters there); logits of either sign, one row far from the rest."""
+    rng = np.random.default_rng(3)
+    logits = tf.constant(rng.normal(0, 4, size=[3, 7, alphasize]), tf.float32)
+    logits = tf.tensor_scatter_nd_add(logits, [[0, 0, 5]], [80.0])  # a sure character
+    y = tf.constant(rng.integers(0, alphasize, size=[3, 7]), tf.int32)
+    y = tf.tensor_scatter_nd_update(y, [[1, 2]], [int(tf.argmax(logits[1, 2]))])  # a hit
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(logits)
+        loss, accuracy = loss_and_accuracy(logits, y)
+        expected = tf.reduce_mean(
+            tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
+        )
+    hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
+    np.testing.assert_allclose(float(loss), float(expected), rtol=1e-6)
+    assert float(accuracy) == pytest.approx(float(tf.reduce_mean(tf.cast(hits, tf.float32))))
+    assert float(accuracy) > 0
+    np.testing.assert_allclose(
+        tape.gradient(loss, logits), tape.gradient(expected, logits), rtol=1e-5, atol=1e-9
+    )
+
+
 def test_mean_loss_and_accuracy_weighs_pieces_by_their_characters(model):
     """Pieces with the state carried score what the whole text scores in one call;
     from zero states, each piece counts for its characters."""

@@ -20,7 +20,7 @@ import cli
 import memory
 import runs
 import txtutils
-from generate import CHUNK, TOPN, Generator, Scorer, score, score_chunk
+from generate import CHUNK, TOPN, Generator, Scorer, default_topn, score, score_chunk
 
 PROG = "rnn_play.py"
 
@@ -70,9 +70,10 @@ def parse_args(argv):
     p.add_argument(
         "--topn",
         type=cli.non_negative_int,
-        default=TOPN,
-        help=f"sample among the N likeliest characters, 0 = all, 1 = always the "
-        f"likeliest (default {TOPN})",
+        help="sample among the N likeliest characters, 0 = all, 1 = always the "
+        f"likeliest (default: {TOPN} per 98 symbols of the model's alphabet, the original's "
+        f"{TOPN} for the talk's 98 and that share of a bigger one: {default_topn(4785)} for "
+        "4,785 Chinese symbols)",
     )
     p.add_argument(
         "--temperature",
@@ -180,7 +181,8 @@ def play(args):
             f"--stop {args.stop!r} holds characters that are not in the model's alphabet: "
             "it could never be generated"
         )
-    generator = Generator(model, topn=args.topn, temperature=args.temperature)
+    topn = default_topn(model.alphasize) if args.topn is None else args.topn
+    generator = Generator(model, topn=topn, temperature=args.temperature)
     out = sys.stdout if args.streams == 1 and not args.out_dir else None
     pieces = [args.prime] if args.prime_file is None else txtutils.read_text_pieces(args.prime_file)
     prime = feed_prime(generator, pieces, alphabet, args.streams, seed, echo=out)

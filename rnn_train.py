@@ -30,7 +30,7 @@ import settings
 import txtutils
 from cli import UsageError
 from distribute import Distribution, WorkerLost
-from generate import Generator
+from generate import Generator, default_topn
 from model import Diverged
 from reports import GO_ON, OUT_OF_TIME, ReadingProgress, Reports, TrainingFailed, Window
 from tensorboard_log import HeldBackLog
@@ -142,7 +142,7 @@ def train(args):
         return 0
     reports.start(text, model, dist, step)
     train_step = make_train_step(model, optimizer, config, dist)
-    sampler = Generator(model, topn=SAMPLE_TOPN)
+    sampler = Generator(model, topn=default_topn(model.alphasize, SAMPLE_TOPN))
     window, first_step, since = Window(), step, clock.elapsed()
     reason = GO_ON
     try:

@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.util.tensor_util import make_ndarray
 
 import ckpt
+import fetch_corpus
 import rnn_train
 import runs
 import training
@@ -523,6 +524,52 @@ def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_pa
     assert "1 of the prime's 7 characters are not in the model's alphabet" in play.stderr
     assert score.returncode == 0, score.stderr
     assert f"{unknown:.2%} of them not in the model's alphabet" in score.stdout
+
+
+@pytest.fixture(scope="module")
+def fortunes_zh():
+    """Debian's fortunes-zh, a real Chinese text of ~4,800 symbols (make corpus-zh;
+    fetched here if it is missing, its hash checked)."""
+    folder = os.path.join(HERE, "fortunes-zh")
+    assert fetch_corpus.main(["fortunes-zh", "--into", folder]) == 0, "make corpus-zh"
+    return folder
+
+
+def ideograph_share(text):
+    return sum(0x4E00 <= ord(c) <= 0x9FFF for c in text) / len(text)
+
+
+def test_a_real_chinese_text_trains_plays_and_scores(tmp_path, fortunes_zh):
+    """A real Chinese text: thousands of symbols from the text itself, a loss that goes
+    down, and an early model whose samples - the training's and rnn_play.py's at its
+    defaults - hold Chinese: a cut of the 2 or 10 likeliest characters, whatever the
+    alphabet, gave only spaces and table rules, each likelier than any ideograph."""
+    dirs = where(tmp_path)
+    data = ["--data", os.path.join(fortunes_zh, "*.txt")]
+    valid = os.path.join(fortunes_zh, "tang300.txt")
+    flags = [*TINY, "--max-steps", "30", "--eval-every", "30", "--sample-every", "30"]
+    train = run_cli("rnn_train.py", *data, "--validation", valid, "--run", "zh", *flags, *dirs)
+    assert train.returncode == 0, train.stderr
+    config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "zh")))
+    assert config["alphasize"] > 4000
+    losses = [float(x) for x in re.findall(r"^step .* loss (\d+\.\d+)", train.stdout, re.M)]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert re.search(r"^validation: loss \d+\.\d+", train.stdout, re.M)
+    sample = train.stdout.split("---- sample at step 30 ----\n")[1].split("\n----")[0]
+    assert ideograph_share(sample) > 0.02, sample
+
+    play, score = run_clis(
+        ("rnn_play.py", "zh", "--length", "600", "--seed", "1", *dirs[:2]),
+        ("rnn_play.py", "zh", "--score", valid, *dirs[:2]),
+    )
+    assert play.returncode == 0, play.stderr
+    assert ideograph_share(play.stdout) > 0.02, play.stdout
+    assert score.returncode == 0, score.stderr
+    with open(valid, encoding="utf-8") as f:
+        scored = len(f.read()) - 1  # every character predicted from those before it
+    figures = re.search(r"\(([\d.]+) nats/char\), accuracy ([\d.]+), over ([\d,]+) ", score.stdout)
+    assert float(figures[1]) > 0 and 0 <= float(figures[2]) < 1
+    assert int(figures[3].replace(",", "")) == scored
 
 
 def test_a_checkpoint_of_the_fixed_alphabet_still_plays_scores_and_resumes(tmp_path):

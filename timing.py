@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from generate import CHUNK, TOPN, Generator
+from generate import CHUNK, Generator, default_topn
 
 
 def median_time(fn, repeats):
@@ -31,7 +31,7 @@ def generation_run(model, streams, chars):
     """rnn_play.py's generation (sampling included, the console not), compiled: a
     function that generates `streams` independent samples of at least `chars`
     characters, and the characters it generates in all."""
-    generator = Generator(model, topn=TOPN)
+    generator = Generator(model, topn=default_topn(model.alphasize))  # rnn_play.py's
     generator.start(np.zeros([streams, 1], np.int32), seed=0)
     generator.next(CHUNK)  # compiles
     calls = -(-chars // CHUNK)

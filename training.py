@@ -25,7 +25,7 @@ from model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 # resumed run starts here again.
 LOSS_SCALE = 2.0**15
 SAMPLE_LENGTH = 600  # characters in each sample
-SAMPLE_TOPN = 10  # sample among the 10 likeliest characters: early models need it
+SAMPLE_TOPN = 10  # per 98 symbols (generate.default_topn): an early model needs a wide cut
 VALID_ROWS = 256  # validation rows per compiled call (txtutils: how many, how long)...
 VALID_CHUNK = 128  # ...and characters of each (valid_chunk: fewer for a big alphabet)
 
