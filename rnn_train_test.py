@@ -539,7 +539,7 @@ def ideograph_share(text):
     return sum(0x4E00 <= ord(c) <= 0x9FFF for c in text) / len(text)
 
 
-def test_a_real_chinese_text_trains_plays_and_scores(tmp_path, fortunes_zh):
+def test_a_real_chinese_text_trains_plays_and_scores(tmp_path, fortunes_zh, capsys):
     """A real Chinese text: thousands of symbols from the text itself, a loss that goes
     down, and an early model whose samples - the training's and rnn_play.py's at its
     defaults - hold Chinese: a cut of the 2 or 10 likeliest characters, whatever the
@@ -548,7 +548,9 @@ def test_a_real_chinese_text_trains_plays_and_scores(tmp_path, fortunes_zh):
     data = ["--data", os.path.join(fortunes_zh, "*.txt")]
     valid = os.path.join(fortunes_zh, "tang300.txt")
     flags = [*TINY, "--max-steps", "30", "--eval-every", "30", "--sample-every", "30"]
-    train = run_cli("rnn_train.py", *data, "--validation", valid, "--run", "zh", *flags, *dirs)
+    train = run_main(
+        rnn_train.main, *data, "--validation", valid, "--run", "zh", *flags, *dirs, capsys=capsys
+    )
     assert train.returncode == 0, train.stderr
     config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "zh")))
     assert config["alphasize"] > 4000
