@@ -37,7 +37,7 @@ import cli
 import settings
 import training
 import txtutils
-from generate import SCORE_CHUNK, Scorer, score
+from generate import Scorer, score, score_chunk
 from hardware import cpu_name
 from model import build_model
 from timing import generation_run, median_time, speeds_in_turn
@@ -461,11 +461,13 @@ def big_alphabet(size):
     )
 
 
-def scoring_run(model, folder, chars, alphabet=txtutils.DEFAULT):
+def scoring_run(model, folder, chunks, alphabet=txtutils.DEFAULT):
     """rnn_play.py --score (reading the file included, loading the model not),
-    compiled: a function that scores a file of `chars` random characters of the
-    alphabet, written into folder (the speed does not depend on what the text says),
-    and the characters it scores."""
+    compiled: a function that scores a file of random characters of the alphabet,
+    written into folder (the speed does not depend on what the text says), and the
+    characters it scores: `chunks` whole compiled calls of the model's score_chunk,
+    so that a big alphabet's shorter chunk is not timed with a padded last one."""
+    chars = chunks * score_chunk(model.alphasize) + 1  # every character but the first scored
     rng = np.random.default_rng(0)
     text = alphabet.decode(rng.integers(1, alphabet.size, size=chars))
     path, first = os.path.join(folder, "text.txt"), os.path.join(folder, "compile.txt")
@@ -477,7 +479,7 @@ def scoring_run(model, folder, chars, alphabet=txtutils.DEFAULT):
     return lambda: score(scorer, path, alphabet), chars - 1
 
 
-def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_chars):
+def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_chunks):
     """(1-stream generation, 256-stream generation, scoring) in chars/s and the peak
     memory of generation, MB, of config's model; then 1-stream generation and scoring
     with a BIG_ALPHABET of symbols. Scoring is held to 1-stream generation (its floor),
@@ -492,9 +494,9 @@ def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_ch
     with tempfile.TemporaryDirectory() as small_dir, tempfile.TemporaryDirectory() as big_dir:
         runs = [
             one_stream,
-            scoring_run(model, small_dir, score_chars),
+            scoring_run(model, small_dir, score_chunks),
             generation_run(big, 1, one_stream_chars),
-            scoring_run(big, big_dir, score_chars, big_alphabet(BIG_ALPHABET)),
+            scoring_run(big, big_dir, score_chunks, big_alphabet(BIG_ALPHABET)),
         ]
         gen_1, score, big_gen_1, big_score = speeds_in_turn(runs, 5)
     return gen_1, gen_256, score, gen_rss, big_gen_1, big_score
@@ -610,7 +612,7 @@ def measure(config, quick, text_sizes, code, limit_gb):
     steps, warmup, repeats = (5, 2, 3) if quick else (30, 5, 20)
     run_steps = 3 if quick else 20
     one_stream_chars, many_stream_chars = (128, 64) if quick else (2048, 256)
-    score_chars = 2000 if quick else 5 * SCORE_CHUNK
+    score_chunks = 1 if quick else 5
     limit_mb = limit_gb * 1024
     # the text rows run the default model, as a user does; --quick, the tiny one: seconds
     text_model = flags_of_model(config) if quick else []
@@ -624,7 +626,7 @@ def measure(config, quick, text_sizes, code, limit_gb):
         run_rss = real_run_memory_mb(config, run_steps, tmp, code, limit_mb)
     shape, gflops, flops, limit = training_limit(config, repeats)
     gen_1, gen_256, score, gen_rss, big_gen_1, big_score = generation_and_scoring(
-        config, one_stream_chars, many_stream_chars, score_chars
+        config, one_stream_chars, many_stream_chars, score_chunks
     )
     reset_peak_memory()
     speeds = training_speeds({m: (config, m) for m in (False, True)}, steps, warmup)

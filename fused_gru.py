@@ -117,7 +117,7 @@ def first_layer_products(codes, W, b, keep=None, rate=0.0):
 # Inference: the stack over a sequence of any length, no gradient
 
 
-def gru_stack_inference(xw0, states, weights):
+def gru_stack_inference(xw0, states, weights, scan=None):
     """The whole GRU stack over a sequence, a layer at a time, no dropout: validation,
     scoring and generation, whose one-character step is a sequence of length 1.
 
@@ -127,7 +127,9 @@ def gru_stack_inference(xw0, states, weights):
     the last states.
 
     A layer runs once the one below has finished, so its input products are one
-    matmul over the whole sequence (there is no gradient to keep a wavefront for)."""
+    matmul over the whole sequence (there is no gradient to keep a wavefront for).
+    scan: how a layer runs its time steps, gru_scan (None) or gru_scan_compiled."""
+    scan = scan or gru_scan
     seqlen = xw0.shape[0] or tf.shape(xw0)[0]  # static when traced for one character
     batch = tf.shape(xw0)[1]
     h, last = None, []  # h: the outputs of the layer below
@@ -138,7 +140,7 @@ def gru_stack_inference(xw0, states, weights):
             flat = tf.reshape(h, [-1, U.shape[0]])  # [SEQLEN*BATCH, CELL]
             xw = tf.reshape(matmul(flat, W) + b, [seqlen, batch, -1])  # [SEQLEN, BATCH, 3*CELL]
         # read once, not at every time step of the loop
-        h, s = gru_scan(xw, s, tf.convert_to_tensor(U), c)  # [SEQLEN, BATCH, CELL]
+        h, s = scan(xw, s, tf.convert_to_tensor(U), c)  # [SEQLEN, BATCH, CELL]
         last.append(s)
     return h, last
 
@@ -152,6 +154,14 @@ def gru_scan(xw, s0, U, c):
         return s[None], s
     states = tf.scan(lambda s, xw_t: gru_step(xw_t, s, U, c), xw, initializer=s0)
     return states, states[-1]
+
+
+# A layer's time steps as one XLA-compiled loop, its input products and the logits left
+# to oneDNN outside it: for one long row (scoring) faster than all of it compiled, as
+# XLA's matmuls are slower than oneDNN's ([3355 x 512] x [512 x 5000]: 153 ms against
+# 92), and than none of it, as TensorFlow's own loop pays for each of its time steps.
+# (Many rows - validation - are faster with none: XLA's recurrent matmul is slower too.)
+gru_scan_compiled = tf.function(gru_scan, jit_compile=True, autograph=False)
 
 
 # ---------------------------------------------------------------------------

@@ -144,7 +144,8 @@ class Scorer:
 
     def __init__(self, model, chunk=None):
         self.model, self.chunk = model, chunk or score_chunk(model.alphasize)
-        self._run = tf.function(self._chunk_graph, jit_compile=True, autograph=False)
+        # compiled in parts (model.scoring_call), not whole: faster for one long row
+        self._run = tf.function(self._chunk_graph, autograph=False)
         self.start()
 
     def start(self):
@@ -184,7 +185,7 @@ class Scorer:
     def _chunk_graph(self, x, y, state, n):
         """x, y: int [CHUNK], y the characters that follow x, the first n of them real.
         Returns the summed loss and hits of those n, and the state after all CHUNK."""
-        logits, state = self.model(x[None], state)  # [1, CHUNK, ALPHASIZE]
+        logits, state = self.model.scoring_call(x[None], state)  # [1, CHUNK, ALPHASIZE]
         logits = logits[0]  # [CHUNK, ALPHASIZE]
         real = tf.range(tf.shape(x)[0]) < n  # [CHUNK]
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)

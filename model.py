@@ -21,7 +21,13 @@ import keras
 import tensorflow as tf
 
 import hardware
-from fused_gru import first_layer_products, gru_stack, gru_stack_inference, matmul
+from fused_gru import (
+    first_layer_products,
+    gru_scan_compiled,
+    gru_stack,
+    gru_stack_inference,
+    matmul,
+)
 
 
 def training_dtype(mixed_precision):
@@ -159,7 +165,16 @@ class CharRNN(keras.Model):
             masks.append(tf.cast(u >= self.dropout_rate, tf.float32) / (1 - self.dropout_rate))
         return masks
 
-    def _fused(self, x, states_in, keep, training):
+    def scoring_call(self, x, state):
+        """call() without dropout for one long stream of text (generate.Scorer): each
+        layer's time steps one XLA-compiled loop, the matmuls over the whole sequence
+        outside it (fused_gru.gru_scan_compiled). Not for a caller compiled whole."""
+        states_in = tf.split(state, self.layers_count, axis=1)  # LAYERS x [BATCH, CELL]
+        keep = [None] * (self.layers_count + 1)
+        logits, states_out = self._fused(x, states_in, keep, False, gru_scan_compiled)
+        return logits, tf.concat(states_out, axis=1)  # [BATCH, LAYERS*CELL]
+
+    def _fused(self, x, states_in, keep, training, scan=None):
         """The fused GRU (fused_gru.py) over these weights: gru_stack in training, for
         its backward pass; otherwise gru_stack_inference, for sequences of any length."""
         seqlen, batch = tf.shape(x)[1], tf.shape(x)[0]
@@ -181,7 +196,9 @@ class CharRNN(keras.Model):
         if training:
             h, states_out = gru_stack(xw0, states_in, weights, keep[1:])  # [SEQLEN, BATCH, CELL]
         else:  # no dropout
-            h, states_out = gru_stack_inference(xw0, states_in, weights)  # [SEQLEN, BATCH, CELL]
+            h, states_out = gru_stack_inference(
+                xw0, states_in, weights, scan
+            )  # [SEQLEN, BATCH, CELL]
         # batch-major before the logits, not after: CELL values a character, not ALPHASIZE
         h = tf.transpose(h, [1, 0, 2])  # [BATCH, SEQLEN, CELL]
         # One logits layer for every time step: put them all in the same bag.
