@@ -137,10 +137,11 @@ class Scorer:
         scorer.feed(codes)            # int [N], as many times as there are pieces
         scorer.finish()               # (nats per character, accuracy, characters)
 
-    The text runs through the model `chunk` characters per compiled call, a layer at a
-    time (each layer's input products one matmul over the chunk, only the recurrent
-    ones a time step at a time): faster than the generation loop, which must run the
-    whole stack for each character it samples (make bench shows both)."""
+    The text runs through the model `chunk` characters per call, a layer at a time
+    (each layer's input products one matmul over the chunk, only the recurrent ones a
+    time step at a time, in an XLA-compiled loop: model.scoring_call): faster than the
+    generation loop, which must run the whole stack for each character it samples
+    (make bench shows both)."""
 
     def __init__(self, model, chunk=None):
         self.model, self.chunk = model, chunk or score_chunk(model.alphasize)
