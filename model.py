@@ -141,11 +141,13 @@ class CharRNN(keras.Model):
         fused path."""
         return self._forward(x, state, training, dropout_seed, rows, keras_layers=True)
 
-    def _forward(self, x, state, training, dropout_seed, rows, keras_layers):
+    def _forward(self, x, state, training, dropout_seed, rows, keras_layers, scan=None):
         keep = self._keep_masks(tf.shape(x), training, dropout_seed, rows)
         states_in = tf.split(state, self.layers_count, axis=1)  # LAYERS x [BATCH, CELL]
-        compute = self._keras if keras_layers else self._fused
-        logits, states_out = compute(x, states_in, keep, training)
+        if keras_layers:
+            logits, states_out = self._keras(x, states_in, keep, training)
+        else:
+            logits, states_out = self._fused(x, states_in, keep, training, scan)
         return logits, tf.concat(states_out, axis=1)  # [BATCH, LAYERS*CELL]
 
     def _keep_masks(self, shape, training, seed, rows=None):
@@ -169,10 +171,7 @@ class CharRNN(keras.Model):
         """call() without dropout for one long stream of text (generate.Scorer): each
         layer's time steps one XLA-compiled loop, the matmuls over the whole sequence
         outside it (fused_gru.gru_scan_compiled). Not for a caller compiled whole."""
-        states_in = tf.split(state, self.layers_count, axis=1)  # LAYERS x [BATCH, CELL]
-        keep = [None] * (self.layers_count + 1)
-        logits, states_out = self._fused(x, states_in, keep, False, gru_scan_compiled)
-        return logits, tf.concat(states_out, axis=1)  # [BATCH, LAYERS*CELL]
+        return self._forward(x, state, False, None, None, False, gru_scan_compiled)
 
     def _fused(self, x, states_in, keep, training, scan=None):
         """The fused GRU (fused_gru.py) over these weights: gru_stack in training, for
