@@ -1,6 +1,7 @@
 # Each target sets up what it needs: the virtual env, the requirements, the corpus.
 #   make train [ARGS="--flags"]   make play [ARGS="..."]   make export ARGS="RUN DIR"
 #   make tensorboard   make test   make bench   make bench-export ARGS="RUN TEXT DIR"
+#   make bench-quality [ARGS="--minutes 5 15"]   (held-out loss per minute, against Keras)
 #   make gpu-check   (after installing TensorFlow's CUDA build: README, "GPU")
 #   make corpus (Shakespeare, into shakespeare/)   make corpus-zh (Chinese, into
 #   fortunes-zh/: Debian's fortunes-zh 2.98; the tests train on it, so make test fetches it)
@@ -9,7 +10,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv corpus corpus-zh train play export tensorboard test bench bench-export gpu-check
+.PHONY: venv corpus corpus-zh train play export tensorboard test bench bench-export bench-quality gpu-check
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +47,9 @@ test: venv corpus-zh
 
 bench: venv
 	$(PY) bench.py $(ARGS)
+
+bench-quality: corpus
+	$(PY) bench_quality.py $(ARGS)
 
 bench-export: venv
 	$(PY) bench_export.py $(ARGS)

@@ -107,9 +107,9 @@ TINY = [
     "50",
 ]
 # A run extended by --resume --max-steps changes its length, so a cosine schedule or
-# --dropout-from would take another path than the run trained in one go: tests of
+# --dropout-from-epoch would take another path than the run trained in one go: tests of
 # exact resumes use these.
-FIXED_SCHEDULE = ["--schedule", "constant", "--dropout-from", "0"]
+FIXED_SCHEDULE = ["--schedule", "constant", "--dropout-from-epoch", "0"]
 
 
 def where(root):

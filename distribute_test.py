@@ -37,7 +37,7 @@ EXACT = [
     "--no-mixed-precision",
     "--dropout",
     "0.3",
-    "--dropout-from",
+    "--dropout-from-epoch",
     "0",
     "--clip-norm",
     "0.5",

@@ -163,7 +163,7 @@ def train(args):
                     dist.split(y, B),
                     state,
                     tf.constant(step, tf.int64),
-                    progress >= config["dropout_from"],
+                    step >= config["dropout_from_epoch"] * text.batches_per_epoch,
                 )
                 loss, accuracy = float(loss), float(accuracy)  # float() waits for the step
                 if not math.isfinite(loss):

@@ -1,5 +1,6 @@
 """The real rnn_train.py CLI on a tiny model and a tiny corpus."""
 
+import glob
 import hashlib
 import itertools
 import os
@@ -415,10 +416,15 @@ def test_recipe_talk_is_the_talks_settings(tmp_path, capsys):
     }
 
 
-def test_dropout_starts_where_dropout_from_says(tmp_path):
-    """With --dropout-from 0.5, the first half of a run trains exactly as a run without
-    dropout (same losses, bit for bit with --deterministic), and the second half not."""
+def test_dropout_starts_where_dropout_from_epoch_says(tmp_path):
+    """With --dropout-from-epoch E, the steps before E epochs train exactly as a run
+    without dropout (same losses, bit for bit with --deterministic), and later ones
+    not: here E is 25 steps' worth of epochs, so the progress lines of steps 10 and 20
+    agree and the one of step 30 does not."""
     corpus = write_corpus(str(tmp_path / "corpus"))
+    chars = sum(os.path.getsize(p) for p in glob.glob(os.path.join(corpus, "*.txt")))  # ASCII
+    epochs = 25 / txtutils.batches_per_epoch(chars, 4, 8)  # TINY: batches of 4 x 8
+    assert epochs < 1  # (not a run that ends first)
     common = [*tiny_flags(tmp_path, corpus), "--deterministic"]  # (global: in processes)
     late, never = run_clis(
         (
@@ -430,8 +436,8 @@ def test_dropout_starts_where_dropout_from_says(tmp_path):
             "40",
             "--dropout",
             "0.3",
-            "--dropout-from",
-            "0.5",
+            "--dropout-from-epoch",
+            f"{epochs!r}",
         ),
         ("rnn_train.py", *common, "--run", "never", "--max-steps", "40", "--dropout", "0"),
     )

@@ -78,7 +78,9 @@ class Setting:
     help: str  # what it is, and why the default
     talk: Any = None  # RECIPE: the talk's own value, for --recipe talk
     flag: dict | None = None  # argparse's keywords for a flag of another shape
-    absent: Any = None  # what a checkpoint without this key was made with (None: default)
+    # what a checkpoint without this key was made with (None: the default), or a
+    # function of that checkpoint's config that says
+    absent: Any = None
 
     @property
     def option(self):
@@ -138,9 +140,13 @@ SETTINGS = [
     S("dropout", 0.1, fraction, RECIPE,
       "fraction of activations dropped on each layer's input and the output, in "
       "training (the talk's keep 0.8 is 0.2)", talk=0.2),
-    S("dropout_from", 0.5, fraction, RECIPE,
-      "start dropout only after this fraction of the run (of its steps, or of its "
-      "--time-limit): early on, it only slows", talk=0.0),
+    S("dropout_from_epoch", 5.0, non_negative_float, RECIPE,
+      "start dropout only after this many epochs (passes over the text, fractions "
+      "too): overfitting comes from passes, and before them dropout only slows "
+      "learning (5: half the default run; a 15-minute run on a CPU never gets there)",
+      talk=0.0, flag=dict(metavar="EPOCHS"),
+      # checkpoints before it said when as a fraction of the run (of its epochs)
+      absent=lambda saved: saved.get("dropout_from", 0.5) * saved.get("epochs", 10)),
     S("seed", 0, seed, RECIPE, "random seed: same seed, same initial weights and dropout masks"),
     S("mixed_precision", "auto", precision, RECIPE,
       "compute the matmuls of training in 16 bits (bfloat16 on a CPU, ~1.6x the speed "
@@ -158,10 +164,13 @@ SETTINGS = [
       "stop after this many batches, counted from the start of the run"),
     S("log_every", 10, positive_int, RUN,
       "batches between training figures (averaged over them)"),
-    S("eval_every", 100, positive_int, RUN, "batches between validations"),
+    S("eval_every", 500, positive_int, RUN,
+      "batches between validations: one costs ~20 batches' time, so 500 keeps them "
+      "to ~3%% of a run"),
     S("sample_every", 500, positive_int, RUN, "batches between generated samples"),
-    S("save_every", 200, positive_int, RUN,
-      "batches between checkpoints; the TensorBoard log is written out with each"),
+    S("save_every", 250, positive_int, RUN,
+      "batches between checkpoints (a minute or two on a CPU); the TensorBoard log is "
+      "written out with each, and every other one follows a validation, for the best"),
     S("keep", 5, positive_int, RUN, "checkpoints kept per run, newest first"),
     S("time_limit", None, positive_float, SESSION,
       "stop after this much time (checkpoint saved), whatever the epoch; a cosine "
@@ -252,7 +261,11 @@ def resolve(args, saved=None, parent=None):
     if saved:
         for k in DEFAULTS:
             absent = BY_NAME[k].absent
-            config[k] = saved.get(k, config[k] if absent is None else absent)
+            if absent is None:
+                absent = config[k]
+            elif callable(absent):
+                absent = absent(saved)
+            config[k] = saved.get(k, absent)
     if parent:
         config.update({key: parent[key] for key in INHERITED})
         if getattr(args, "data", None) is None:

@@ -45,7 +45,7 @@ def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
         "schedule": "constant",
         "clip_norm": 0.0,
         "dropout": 0.2,
-        "dropout_from": 0.0,
+        "dropout_from_epoch": 0.0,
     }
     assert parse("--recipe", "talk", "--dropout", "0.3")["dropout"] == 0.3  # a flag still wins
     kept = {"cell_size", "layers", "batch_size", "seqlen", "min_char_count"}
@@ -127,3 +127,14 @@ def test_the_readme_gives_every_flag_with_its_default():
             assert float(shown) == s.default, (s.option, shown)
         else:
             assert shown == settings.shown(s.default), (s.option, shown)
+
+
+def test_a_checkpoint_from_before_dropout_from_epoch_keeps_when_its_dropout_started():
+    """Checkpoints made before --dropout-from-epoch said when dropout starts as a
+    fraction of the run (--dropout-from): a resume reads it as that many epochs."""
+    old = {k: v for k, v in settings.DEFAULTS.items() if k != "dropout_from_epoch"}
+    resumed = settings.resolve(rnn_train.parse_args([]), dict(old, dropout_from=0.25, epochs=8))
+    assert resumed["dropout_from_epoch"] == 2.0
+    assert settings.resolve(rnn_train.parse_args([]), old)["dropout_from_epoch"] == 5.0
+    given = rnn_train.parse_args(["--dropout-from-epoch", "1"])
+    assert settings.resolve(given, dict(old, dropout_from=0.25))["dropout_from_epoch"] == 1.0
