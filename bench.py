@@ -505,7 +505,7 @@ def generation_and_scoring(config, one_stream_chars, many_stream_chars, score_ch
 def real_run_memory_mb(config, steps, folder, code, limit_mb):
     """The peak resident memory, MB, of a real `rnn_train.py` run (code's): `steps` steps
     of config's model on a text of random characters written into folder, then a
-    validation pass over 256 rows of 512 characters, a sample and a checkpoint. The
+    validation pass over 128 rows of 512 characters, a sample and a checkpoint. The
     step's own figure leaves out what the program adds around it (validation above
     all: whole rows once held 2 GB more), so the program is measured too."""
     rng = np.random.default_rng(0)

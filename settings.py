@@ -133,8 +133,9 @@ SETTINGS = [
     S("schedule", "cosine", cli.one_of("constant", "cosine"), RECIPE,
       "the learning rate after warm-up: constant, or a cosine down to --min-lr x the "
       "peak at the end of the run", talk="constant"),
-    S("min_lr", 0.1, fraction, RECIPE,
-      "the end of the cosine schedule, a fraction of the peak"),
+    S("min_lr", 0.01, fraction, RECIPE,
+      "the end of the cosine schedule, a fraction of the peak: near 0, so that the "
+      "last steps settle the weights, as a short run needs"),
     S("clip_norm", 1.0, non_negative_float, RECIPE,
       "clip the gradients' global norm to this, 0 = never: no early blow-ups", talk=0.0),
     S("dropout", 0.1, fraction, RECIPE,
@@ -165,8 +166,8 @@ SETTINGS = [
     S("log_every", 10, positive_int, RUN,
       "batches between training figures (averaged over them)"),
     S("eval_every", 500, positive_int, RUN,
-      "batches between validations: one costs ~20 batches' time, so 500 keeps them "
-      "to ~3%% of a run"),
+      "batches between validations: one costs ~10 batches' time, so 500 keeps them "
+      "to ~2%% of a run"),
     S("sample_every", 500, positive_int, RUN, "batches between generated samples"),
     S("save_every", 250, positive_int, RUN,
       "batches between checkpoints (a minute or two on a CPU); the TensorBoard log is "
