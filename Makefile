@@ -46,13 +46,13 @@ test: venv corpus-zh
 	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
 
 bench: venv
-	$(PY) bench.py $(ARGS)
+	$(PY) -m tools.bench $(ARGS)
 
 bench-quality: corpus
-	$(PY) bench_quality.py $(ARGS)
+	$(PY) -m tools.bench_quality $(ARGS)
 
 bench-export: venv
-	$(PY) bench_export.py $(ARGS)
+	$(PY) -m tools.bench_export $(ARGS)
 
 gpu-check: venv
-	$(PY) gpu_check.py $(ARGS)
+	$(PY) -m tools.gpu_check $(ARGS)

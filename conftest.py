@@ -158,8 +158,13 @@ def run_cli(script, *args, cwd=None, env=None, timeout=300):
     """Run one of the project's scripts as a user would; returns CompletedProcess.
     env: the environment it gets (default: this one), plus the session's XLA cache,
     whose log lines are taken out of stderr."""
+    if script.startswith("tools/"):  # a maintainer tool runs as a module of the checkout
+        env = dict(os.environ if env is None else env, PYTHONPATH=HERE)
+        command = [sys.executable, "-m", script.removesuffix(".py").replace("/", ".")]
+    else:
+        command = [sys.executable, os.path.join(HERE, script)]
     result = subprocess.run(
-        [sys.executable, os.path.join(HERE, script), *args],
+        [*command, *args],
         capture_output=True,
         text=True,
         cwd=cwd,

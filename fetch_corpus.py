@@ -40,7 +40,7 @@ import tempfile
 import urllib.error
 import urllib.request
 
-import cli
+from charrnn import cli
 
 PROG = "fetch_corpus.py"
 HERE = os.path.dirname(os.path.abspath(__file__))

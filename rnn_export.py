@@ -24,19 +24,15 @@ generation loop of generate.py. The graph holds no op that needs a GPU (the fuse
 GRU's plain matmuls, as generation runs on every device), so it loads anywhere.
 """
 
-import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
+from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import os
 import shutil
 import sys
 import tempfile
 
-
-import ckpt
-import cli
-import memory
-import runs
-from export import export
+from charrnn import ckpt, cli, memory, runs
+from charrnn.export import export
 
 PROG = "rnn_export.py"
 

@@ -7,7 +7,7 @@ character and the state, sample the next character, feed both back.
     python rnn_play.py --score hamlet.txt     # bits per character on a text
 """
 
-import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
+from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import os
 import sys
@@ -15,12 +15,9 @@ import time
 
 import numpy as np
 
-import ckpt
-import cli
-import memory
-import runs
 import txtutils
-from generate import CHUNK, TOPN, Generator, Scorer, default_topn, score, score_chunk
+from charrnn import ckpt, cli, memory, runs
+from charrnn.generate import CHUNK, TOPN, Generator, Scorer, default_topn, score, score_chunk
 
 PROG = "rnn_play.py"
 

@@ -12,7 +12,7 @@ calls is in training.py (the step, the schedule, validation), runs.py (folders,
 checkpoints) and reports.py (what it says).
 """
 
-import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
+from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import math
 import os
@@ -22,19 +22,15 @@ import time
 
 import tensorflow as tf
 
-import ckpt
-import cli
-import memory
-import runs
-import settings
 import txtutils
-from cli import UsageError
-from distribute import Distribution, WorkerLost
-from generate import Generator, default_topn
-from model import Diverged
-from reports import GO_ON, OUT_OF_TIME, ReadingProgress, Reports, TrainingFailed, Window
-from tensorboard_log import HeldBackLog
-from training import (
+from charrnn import ckpt, cli, memory, runs, settings
+from charrnn.cli import UsageError
+from charrnn.distribute import Distribution, WorkerLost
+from charrnn.generate import Generator, default_topn
+from charrnn.model import Diverged
+from charrnn.reports import GO_ON, OUT_OF_TIME, ReadingProgress, Reports, TrainingFailed, Window
+from charrnn.tensorboard_log import HeldBackLog
+from charrnn.training import (
     SAMPLE_TOPN,
     VALID_ROWS,
     learning_rate_at,

@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-import textcache
+from charrnn import textcache
 
 # The talk's alphabet, 98 symbols, comes first in every alphabet, with the same codes:
 #   0 = unknown, 1 = tab, 2..96 = printable ASCII 32..126 (code - 30), 97 = line feed

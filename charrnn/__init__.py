@@ -1,0 +1,1 @@
+"""The libraries that rnn_train.py, rnn_play.py and rnn_export.py share."""

@@ -1,0 +1,200 @@
+"""Data-parallel training with tf.distribute (--strategy), kept out of the training loop.
+
+Its flags (--strategy, --cpu-replicas, --collective-timeout) are in settings.py's
+table. The loop asks a Distribution for what it needs; with no strategy (the default),
+every answer is the single-process one, so the plain loop reads as if this file
+did not exist:
+
+    dist = Distribution.from_flags(args)
+    with dist.scope(): model, optimizer = ...      # variables mirrored on every replica
+    x = dist.split(x)                              # [BATCH, ...] -> each replica its rows
+    step = dist.compile(replica_step)              # runs on every replica, means reduced
+    state = dist.gather(state)                     # all rows again, to save them
+    reason = dist.stop_together(reason)            # one worker stops: all stop
+    saved = dist.agree(saved)                      # all learn whether the chief saved
+
+A distributed step computes what one process computes: replica r always trains
+the same rows of the batch (r*BATCH/REPLICAS onward) and keeps their RNN state,
+draws those rows of the whole batch's dropout masks, and the gradient it applies
+is the whole batch's, clipped after the replicas' shares are summed.
+"""
+
+import contextlib
+import json
+import os
+
+import tensorflow as tf
+
+from charrnn import cli
+
+REASONS = 32  # reasons to stop are ints below this (signal numbers among them)
+
+
+class WorkerLost(Exception):
+    """A collective operation failed: another worker died or cannot be reached."""
+
+
+def make_strategy(args):
+    """The tf.distribute strategy of --strategy, or None. Made before anything else
+    touches TensorFlow's devices, as both strategies require."""
+    if args.strategy == "mirrored":
+        if tf.config.list_physical_devices("GPU"):
+            return tf.distribute.MirroredStrategy()
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * args.cpu_replicas
+        )
+        return tf.distribute.MirroredStrategy([f"/cpu:{i}" for i in range(args.cpu_replicas)])
+    if args.strategy == "multiworker":
+        if not os.environ.get("TF_CONFIG"):
+            raise cli.UsageError(
+                "--strategy multiworker needs the cluster in TF_CONFIG; see the "
+                'README\'s "Beyond one machine"'
+            )
+        try:
+            json.loads(os.environ["TF_CONFIG"])
+        except ValueError as e:
+            raise cli.UsageError(f"TF_CONFIG is not valid JSON ({e})") from None
+        options = tf.distribute.experimental.CommunicationOptions(
+            timeout_seconds=args.collective_timeout
+        )
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return None
+
+
+class Distribution:
+    """A tf.distribute strategy, or none, behind the few questions training asks."""
+
+    def __init__(self, strategy=None):
+        self.strategy = strategy
+        self.replicas = strategy.num_replicas_in_sync if strategy else 1
+        self.multiworker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        self.chief = _is_chief(strategy)
+        self._local = None  # (first, last + 1) of this worker's replicas: worker_rows
+
+    @classmethod
+    def from_flags(cls, args):
+        return cls(make_strategy(args))
+
+    def check_batch_size(self, batch_size):
+        if batch_size % self.replicas:
+            raise cli.UsageError(
+                f"--batch-size {batch_size} does not split evenly over "
+                f"{self.replicas} replicas: choose a multiple"
+            )
+
+    def scope(self):
+        """Where variables are made: mirrored on every replica under a strategy."""
+        return self.strategy.scope() if self.strategy else contextlib.nullcontext()
+
+    def split(self, rows, batch_size=None):
+        """rows [BATCH, ...] (the whole batch) or this worker's rows of it
+        (worker_rows), as a per-replica value: replica r gets rows r*BATCH/REPLICAS up
+        to (r+1)*BATCH/REPLICAS, always the same ones, so each replica's rows continue
+        its rows of the previous batch. batch_size: BATCH, if rows are a worker's."""
+        if not self.strategy:
+            return rows
+        each = (batch_size or len(rows)) // self.replicas
+        first = self.worker_rows(batch_size).start if batch_size else 0
+
+        def share(context):
+            r = context.replica_id_in_sync_group
+            return tf.convert_to_tensor(rows[r * each - first : (r + 1) * each - first])
+
+        return self.strategy.experimental_distribute_values_from_function(share)
+
+    def worker_rows(self, batch_size):
+        """The rows of each batch that this worker's replicas train on (a slice: the
+        replicas of a worker are numbered one after the other), so that it reads only
+        those of the text."""
+        if not self.multiworker:
+            return slice(0, batch_size)
+        if self._local is None:  # the replica numbers of this worker, asked once
+            local = []
+            self.strategy.experimental_distribute_values_from_function(
+                lambda context: local.append(context.replica_id_in_sync_group) or tf.zeros(())
+            )
+            self._local = (min(local), max(local) + 1)
+        each = batch_size // self.replicas
+        return slice(self._local[0] * each, self._local[1] * each)
+
+    def gather(self, value):
+        """A per-replica value [BATCH/REPLICAS, ...] as the whole batch's [BATCH, ...]."""
+        return self.strategy.gather(value, axis=0) if self.strategy else value
+
+    def stop_together(self, reason):
+        """The strongest reason to stop of any worker (a collective: every worker must
+        ask), so that all stop after the same step for the same reason; otherwise the
+        others would hang. reason: an int below REASONS, 0 to go on."""
+        if not self.multiworker:
+            return reason
+        # tf.distribute reduces by SUM or MEAN only: count each reason over the
+        # workers (a one-hot vector each), then take the highest one counted
+        votes = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.one_hot(int(reason), REASONS)
+        )
+        counts = self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None).numpy()
+        return int(max(i for i, n in enumerate(counts) if n > 0))
+
+    def agree(self, ok):
+        """Whether ok holds on every worker (a collective: every worker must ask), so
+        that all take the same path after what only the chief did, such as a save."""
+        if not self.multiworker:
+            return ok
+        failed = self.strategy.experimental_distribute_values_from_function(
+            lambda context: tf.constant(0.0 if ok else 1.0)
+        )
+        return not self.strategy.reduce(tf.distribute.ReduceOp.SUM, failed, axis=None).numpy()
+
+    def compile(self, replica_step):
+        """The compiled training step: replica_step(x, y, state, step, dropout) ->
+        (loss, accuracy, new state), run by every replica on its rows; loss and
+        accuracy come back averaged over the replicas, the state per replica."""
+        # autograph=False: nothing needs it, and it re-reads the source files when it
+        # traces, so editing them during a run could break a later trace
+        if not self.strategy:
+            return tf.function(replica_step, autograph=False)
+
+        @tf.function(autograph=False)
+        def train_step(x, y, state, step, dropout):
+            loss, accuracy, state = self.strategy.run(
+                replica_step, args=(x, y, state, step, dropout)
+            )
+            mean = tf.distribute.ReduceOp.MEAN
+            loss = self.strategy.reduce(mean, loss, axis=None)
+            return loss, self.strategy.reduce(mean, accuracy, axis=None), state
+
+        return train_step
+
+    def rows_of_this_replica(self, batch_size):
+        """Inside a step: [first row, BATCH] of this replica's share of the batch, so
+        it draws those rows of the whole batch's dropout masks (None: all rows)."""
+        if not self.strategy:
+            return None
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        return tf.stack([replica * (batch_size // self.replicas), batch_size])
+
+    def clip(self, grads, clip_norm):
+        """This replica's gradients of its share of the loss, clipped as one process
+        would clip the whole batch's: Keras' optimizer sums the replicas' gradients,
+        but would clip each share first. So sum them here, clip the sum, and give it
+        back evenly shared (a second all-reduce per step: the price of clipping)."""
+        if not clip_norm:
+            return grads
+        if not self.strategy:
+            return tf.clip_by_global_norm(grads, clip_norm)[0]
+        context = tf.distribute.get_replica_context()
+        total = context.all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        total, _ = tf.clip_by_global_norm(total, clip_norm)
+        return [g / self.replicas for g in total]
+
+
+def _is_chief(strategy):
+    """Whether this process writes the checkpoints and logs: always, but under
+    --strategy multiworker, where only the chief does (the "chief" task, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy) or resolver is None:
+        return True
+    if "chief" in resolver.cluster_spec().as_dict():
+        return resolver.task_type == "chief"
+    return resolver.task_type == "worker" and resolver.task_id == 0

@@ -1,0 +1,214 @@
+"""What training does besides the loop: read the text, make the model and its
+optimizer, the learning rate of each step, the compiled training step, validation
+and the samples. rnn_train.py's loop calls these in turn.
+"""
+
+import math
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import txtutils
+from charrnn import ckpt, cli, hardware, textcache
+from charrnn.cli import UsageError
+from charrnn.distribute import Distribution
+from charrnn.model import build_model, loss_and_accuracy, mean_loss_and_accuracy
+
+# float16 only (--mixed-precision on a GPU): the loss scale to start from; Keras'
+# LossScaleOptimizer halves it at each overflow (skipping that step), doubles it
+# after 2,000 steps without one. A fixed choice, no flag; not in checkpoints: a
+# resumed run starts here again.
+LOSS_SCALE = 2.0**15
+SAMPLE_LENGTH = 600  # characters in each sample
+SAMPLE_TOPN = 10  # per 98 symbols (generate.default_topn): an early model needs a wide cut
+VALID_ROWS = 256  # validation rows per compiled call (txtutils: how many, how long)...
+VALID_CHUNK = 128  # ...and characters of each (valid_chunk: fewer for a big alphabet)
+
+
+# ---------------------------------------------------------------------------
+# Set-up: the text, the model
+
+
+def read_text(config, run, dist, cache_dir, progress=None):
+    """The training text and what the run learns of it: its alphabet (a resumed run's
+    own; a new run's grown from the talk's, or from the parent's when fine-tuning, by
+    the characters of its training text), its files' fingerprint, how many steps the
+    run has, and the validation rows (the chief's: validation involves no other
+    worker). The codes are read from cache_dir (txtutils.read_corpus). A
+    resumed run must find the text it was trained on (UsageError)."""
+    if run.resume_from:
+        start, min_count = ckpt.alphabet_of(run.saved_config), None
+    else:
+        start = ckpt.alphabet_of(run.parent_config) if run.parent else txtutils.DEFAULT
+        min_count = config["min_char_count"]
+    try:
+        corpus = txtutils.read_corpus(
+            config["data"], config["validation"], start, min_count, cache_dir, progress
+        )
+    except textcache.CacheError as e:
+        raise UsageError(str(e)) from None
+    train, valid = corpus.train, corpus.valid
+    saved_fingerprint = run.saved_config.get("data_fingerprint") if run.resume_from else None
+    changed = saved_fingerprint and txtutils.changes(saved_fingerprint, corpus.fingerprint)
+    if changed:
+        raise UsageError(
+            f"the text of run {run.name} has changed ({changed}): resume it on the text "
+            f"it was trained on, or train on this text in a new run with --init-from {run.name}"
+        )
+    dist.check_batch_size(config["batch_size"])
+    batches = txtutils.batches_per_epoch(len(train), config["batch_size"], config["seqlen"])
+    total_steps = config["epochs"] * batches
+    if config["max_steps"]:
+        total_steps = min(total_steps, config["max_steps"])
+    valid_x = valid_y = None
+    if len(valid) >= 2 and dist.chief:  # [ROWS, VALID_SEQLEN] each, ROWS <= VALID_MAX_ROWS
+        valid_x, valid_y = txtutils.validation_rows(
+            valid, txtutils.VALID_SEQLEN, txtutils.VALID_MAX_ROWS
+        )
+    return SimpleNamespace(
+        alphabet=corpus.alphabet,
+        min_count=corpus.min_count,
+        fingerprint=corpus.fingerprint,
+        not_utf8=corpus.not_utf8,
+        unknown=corpus.unknown,
+        train=train,
+        valid_chars=len(valid),
+        # what whole rows of the validation text would hold: more, if its rows are capped
+        valid_rows_in_all=(len(valid) - 1) // txtutils.VALID_SEQLEN * txtutils.VALID_SEQLEN,
+        train_files=corpus.train_files,
+        valid_files=corpus.valid_files,
+        codes_folder=corpus.codes_folder,
+        encoded=corpus.encoded,
+        batches_per_epoch=batches,
+        total_steps=total_steps,
+        valid_x=valid_x,
+        valid_y=valid_y,
+    )
+
+
+def make_model(config, dist):
+    """The model and its optimizer, with their variables made (on every replica)."""
+    if config["deterministic"]:
+        tf.config.experimental.enable_op_determinism()
+    mixed_precision = config["mixed_precision"]
+    if mixed_precision == "auto":
+        mixed_precision = hardware.has_bfloat16()
+    elif mixed_precision and not hardware.has_bfloat16() and not hardware.on_gpu():
+        cli.warn(
+            "warning: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX): "
+            "--mixed-precision will train slower than without"
+        )
+    keras.utils.set_random_seed(config["seed"])
+    with dist.scope():
+        model = build_model(config, mixed_precision=mixed_precision)
+        optimizer = keras.optimizers.Adam(config["learning_rate"])  # (clipping: in the step)
+        optimizer.build(model.trainable_variables)  # Keras restores its slots only once built
+    return model, optimizer
+
+
+# ---------------------------------------------------------------------------
+# The training step
+
+
+def learning_rate_at(step, progress, config):
+    """The learning rate of a step: a linear warm-up over the first config["warmup"]
+    steps, then constant or a cosine from the peak down to min_lr x the peak at
+    progress 1 (the fraction of the run done: of its steps, or of its time limit)."""
+    peak, warmup = config["learning_rate"], config["warmup"]
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if config["schedule"] == "constant":
+        return peak
+    low = peak * config["min_lr"]
+    return low + (peak - low) * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_train_step(model, optimizer, config, dist=None):
+    """The compiled training step: (x, y, state, step, dropout) -> (loss, accuracy, new
+    state); dropout, a Python bool, turns dropout on or off (one trace each).
+
+    Under a tf.distribute strategy, x, y and state are per-replica values (each
+    replica its own rows of the batch, see Distribution.split) and so is the new
+    state; loss and accuracy are averaged over all of them. The step computes what
+    one process would: the same dropout masks, the gradients of the whole batch's
+    mean loss (summed over replicas), clipped to the global norm after summing.
+
+    float16 (--mixed-precision on a GPU) scales the loss dynamically (LOSS_SCALE):
+    a step whose gradients overflow is skipped, its weights left as they were."""
+    dist = dist or Distribution()
+    seed, clip_norm = config["seed"], config["clip_norm"]
+    scaler = None
+    if model.train_dtype == tf.float16:  # float16's range: small gradients would round to 0
+        with dist.scope():
+            scaler = keras.optimizers.LossScaleOptimizer(optimizer, initial_scale=LOSS_SCALE)
+            scaler.build(model.trainable_variables)  # its own two variables; Adam's are made
+
+    def replica_step(x, y, state, step, dropout):
+        # x, y: [BATCH/REPLICAS, SEQLEN]; state: [BATCH/REPLICAS, LAYERS*CELL]
+        # The dropout masks depend on (seed, step) alone: a resumed run draws the same ones.
+        dropout_seed = tf.stack([tf.constant(seed, tf.int64), step]) if dropout else None
+        rows = dist.rows_of_this_replica(config["batch_size"])
+        with tf.GradientTape() as tape:
+            logits, new_state = model(x, state, training=True, dropout_seed=dropout_seed, rows=rows)
+            loss, accuracy = loss_and_accuracy(logits, y)
+            share = loss / dist.replicas  # of the whole batch's mean loss
+            share = share if scaler is None else scaler.scale_loss(share)
+        grads = [tf.convert_to_tensor(g) for g in tape.gradient(share, model.trainable_variables)]
+        if scaler is None:
+            grads = dist.clip(grads, clip_norm)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+            return loss, accuracy, new_state
+        # Clipped unscaled (an overflow stays inf or NaN through clipping), then scaled
+        # back for the scaler, which skips the step if any is not finite, else unscales
+        # and applies them: exactly, the scale being a power of 2.
+        scale = scaler.dynamic_scale
+        grads = [g * scale for g in dist.clip([g / scale for g in grads], clip_norm)]
+        scaler.apply_gradients(zip(grads, model.trainable_variables, strict=True))
+        return loss, accuracy, new_state
+
+    return dist.compile(replica_step)
+
+
+# ---------------------------------------------------------------------------
+# Validation and samples
+
+
+def valid_chunk(alphasize):
+    """Characters per validation call: VALID_CHUNK, fewer with an alphabet of over
+    1,024 symbols, so that its logits [VALID_ROWS, CHUNK, ALPHASIZE] stay within
+    128 MB (a 5,000-symbol alphabet: 26 characters)."""
+    return max(1, VALID_CHUNK * min(1024, alphasize) // alphasize)
+
+
+def validate(model, text, log, step):
+    """Loss and accuracy on the validation rows, each from a zero state, no dropout,
+    on the console and in the log; returns the loss.
+    Computed VALID_ROWS rows by valid_chunk(ALPHASIZE) characters at a time, the state
+    carried along each row: the same figures as whole rows at once, in a fraction of the
+    memory (whole rows of 256 x 1024 characters took ~2 GB)."""
+    x, y = text.valid_x, text.valid_y  # [ROWS, VALID_SEQLEN]
+    chunk = valid_chunk(model.alphasize)
+    totals, chars = np.zeros(2), 0
+    for i in range(0, len(x), VALID_ROWS):
+        pieces = (
+            (x[i : i + VALID_ROWS, j : j + chunk], y[i : i + VALID_ROWS, j : j + chunk])
+            for j in range(0, x.shape[1], chunk)
+        )
+        loss, accuracy, n = mean_loss_and_accuracy(model, pieces, carry_state=True)
+        totals += n * np.array([loss, accuracy])
+        chars += n
+    loss, accuracy = totals / chars
+    print(f"validation: loss {loss:.3f}  acc {accuracy:.3f}", flush=True)
+    log.scalar("validation", "loss", loss, step, log.LOSS)
+    log.scalar("validation", "accuracy", accuracy, step, log.ACCURACY)
+    return float(loss)
+
+
+def sample(sampler, alphabet, log, step, seed):
+    """A sample of the model's text, after a line feed, on the console and in the log."""
+    sampler.start([alphabet.encode("\n")], seed=seed + step)
+    text = alphabet.decode(sampler.next(SAMPLE_LENGTH)[0])
+    print(f"---- sample at step {step} ----\n{text}\n----", flush=True)
+    log.text("training", "sample", text, step)

@@ -1,0 +1,502 @@
+"""rnn_export.py: the tiny run exported through the real CLI, then loaded by a Python
+process that holds no file of this repository (TensorFlow and LiteRT alone), which
+checks what a user of the export would see: generate, score and step against
+rnn_play.py (bytes that are not UTF-8 and a batch of primes included), LiteRT's step
+against the SavedModel's, no Select TF op; a model of a longer, non-ASCII alphabet; the
+graph's UTF-8 decoding against rnn_play.py's, byte for byte; the characters per score
+call against the alphabet's size; and bad input, refused in one line with nothing
+written."""
+
+import concurrent.futures
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import rnn_export
+import txtutils
+from charrnn import ckpt, export, runs
+from charrnn.generate import CHUNK, SCORE_CHUNK, Generator, Scorer
+from charrnn.model import build_model
+from conftest import HERE, cache_env, run_clis
+
+PRIME = "ROMEO:"
+LENGTH = 300  # more than one of rnn_play.py's chunks (256), so the second one counts
+# (seed, top_n, temperature): a cut to the likeliest, and the whole alphabet at another
+# temperature (the two branches of the sampling); the first through rnn_play.py itself,
+# the second through its Generator here (one program fewer to start)
+SETTINGS = [(7, 2, 1.0), (3, 0, 0.8)]
+# primes of different lengths in one call, the first twice, and their (seed, top_n,
+# temperature); the first is also generated alone
+BATCH = ["R", "JULIET: the moon", "NURSE: the sun sees", "R"]
+BATCH_SETTINGS = (5, 2, 1.0)
+# bytes that are not UTF-8, each one unknown character for rnn_play.py, which reads
+# them with surrogateescape, however a decoder groups them: two bytes that start
+# nothing, a 3-byte and a 4-byte character cut short, an encoded surrogate, a lone
+# first byte before CRLF
+BROKEN = [b"\xff\xfe", b"\xe2\x82", b"\xf0\x9f\x98", b"\xed\xa0\x80", b"\xe2\r\n"]
+BROKEN_BYTES = 2 + 2 + 3 + 3 + 1
+BROKEN_PRIME = b"RO\xff\xfeMEO\xe2\x82:\xf0\x9f\x98"
+# 98 + a few Cyrillic letters and a character beyond the BMP (4 UTF-8 bytes)
+CYRILLIC = "абвгдежз"
+WIDE = "𝄞"
+
+# Run by a separate Python process whose cwd and path hold no file of this repository:
+# what a user of the export has. argv[1]: JSON of what to run; prints JSON results.
+LOADER = r"""
+import json, os, sys
+import numpy as np
+import tensorflow as tf
+from ai_edge_litert import schema_py_generated as schema
+from ai_edge_litert.interpreter import Interpreter
+
+job = json.loads(sys.argv[1])
+
+
+def utf8(texts):
+    # JSON carries bytes that are not UTF-8 as lone surrogates (surrogateescape)
+    return tf.constant([t.encode("utf-8", "surrogateescape") for t in texts], tf.string)
+
+
+def generate(model, primes, length, top_n, temperature, seed):
+    out = model.signatures["generate"](
+        prime=utf8(primes),
+        length=tf.constant(length, tf.int32),
+        temperature=tf.constant(temperature, tf.float32),
+        top_n=tf.constant(top_n, tf.int32),
+        seed=tf.constant(seed, tf.int64),
+    )["text"]
+    return [t.decode("utf-8") for t in out.numpy()]
+
+
+def score(model, texts):
+    out = model.signatures["score"](text=utf8(texts))
+    return out["bits_per_char"].numpy().tolist(), out["chars"].numpy().tolist()
+
+
+def litert_ops(path):
+    # the operator codes of the flatbuffer: a Select TF op is a custom op named Flex*
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAsModel(f.read(), 0)
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    ops = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        custom = code.CustomCode()
+        number = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        ops.append(custom.decode() if custom else names[number])
+    return ops
+
+
+def step_against_litert(model, path, codes):
+    # the same codes into both, each its own state: logits compared at every step
+    runner = Interpreter(model_path=path).get_signature_runner("step")
+    size = model.signatures["step"].structured_input_signature[1]["state"].shape[1]
+    state = lite_state = np.zeros([1, size], np.float32)
+    worst, nats = 0.0, []
+    for code, following in zip(codes, codes[1:] + [None]):
+        x = np.array([code], np.int32)
+        out = model.signatures["step"](codes=tf.constant(x), state=tf.constant(state))
+        lite = runner(codes=x, state=lite_state)
+        worst = max(worst, float(np.abs(out["logits"].numpy() - lite["logits"]).max()))
+        state, lite_state = out["state"].numpy(), lite["state"]
+        if following is not None:  # LiteRT's loss on the text
+            logits = lite["logits"][0].astype(np.float64)
+            top = logits.max()
+            nats.append(np.log(np.exp(logits - top).sum()) + top - logits[following])
+    return worst, float(np.mean(nats))
+
+
+results = {}
+for name, spec in job["exports"].items():
+    model = tf.saved_model.load(spec["dir"] + "/saved_model")
+    r = results[name] = {"signatures": sorted(model.signatures)}
+    r["generated"] = {k: generate(model, *call) for k, call in spec["generate"].items()}
+    r["score"] = score(model, spec["score"])
+    if "steps" in spec:
+        r["litert"] = {
+            f: step_against_litert(model, spec["dir"] + "/" + f, spec["steps"])
+            for f in ("step.tflite", "step_int8.tflite")
+        }
+        r["ops"] = {f: litert_ops(spec["dir"] + "/" + f) for f in r["litert"]}
+here = os.path.realpath(job["repository"])  # what this process must not have read
+files = {name: getattr(m, "__file__", None) for name, m in sys.modules.items()}
+mine = [n for n, f in files.items() if f and os.path.dirname(os.path.realpath(f)) == here]
+results["repository_modules"] = mine + [p for p in sys.path if os.path.realpath(p) == here]
+print(json.dumps(results))
+"""
+
+
+def codes_of(text, alphabet):
+    """The codes of text in alphabet as rnn_play.py encodes its prime and a scored file:
+    CRLF as LF, absent as 0, and bytes (text may be bytes) that are not UTF-8 read with
+    surrogateescape, each one unknown character."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    return txtutils.Alphabet(alphabet).encode(text).astype(np.int32)
+
+
+def as_json(raw):
+    """Bytes as the loader reads them back from JSON: surrogateescape."""
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def broken_text(text):
+    """text's first 1,500 characters, BROKEN spliced in between."""
+    cuts = [0, 100, 400, 700, 1000, 1300, 1500]
+    parts = [text[a:b].encode("utf-8") for a, b in itertools.pairwise(cuts)]
+    return b"".join(p + b for p, b in zip(parts, [*BROKEN, b""], strict=True))
+
+
+def expected_bits(model, codes):
+    """rnn_play.py --score's figure, bits per character, computed as it computes it."""
+    scorer = Scorer(model)
+    scorer.feed(codes)
+    return scorer.finish()[0] / np.log(2)
+
+
+def expected_text(model, alphabet, prime, length, seed, topn=0, temperature=1.0):
+    """What rnn_play.py prints after the prime, generated as it generates it."""
+    generator = Generator(model, topn=topn, temperature=temperature)
+    generator.start([codes_of(prime, alphabet)], seed)
+    return drawn(generator, alphabet, length)[0]
+
+
+def expected_rows(model, alphabet, primes, length, seed, topn=0, temperature=1.0):
+    """What generate promises for several primes in one call: row i, the state that its
+    prime gives fed alone, then drawn as stream i of rnn_play.py --streams (Generator)."""
+    generator = Generator(model, topn=topn, temperature=temperature)
+    generator.start(np.zeros([len(primes), 1], np.int32), seed)  # the seed, as it sets it
+    alone = [model.infer(codes_of(p, alphabet)[None], model.zero_state(1)) for p in primes]
+    generator.logits = np.concatenate([logits[:, -1] for logits, _ in alone])  # [B, ALPHASIZE]
+    generator.state = np.concatenate([state for _, state in alone])  # [B, STATE]
+    return drawn(generator, alphabet, length)
+
+
+def drawn(generator, alphabet, length):
+    """The next length characters of each stream, drawn in CHUNKs as rnn_play.py draws."""
+    chunks = [generator.next(CHUNK) for _ in range(-(-length // CHUNK))]
+    return ["".join(alphabet[c] for c in row[:length]) for row in np.concatenate(chunks, axis=1)]
+
+
+def cyrillic_checkpoint(folder):
+    """A checkpoint of an untrained model whose alphabet is the 98 symbols, Cyrillic
+    letters and a character beyond the BMP, saved as rnn_train.py saves its config;
+    the logits lean to the new symbols, so that its text is mostly made of them."""
+    alphabet = txtutils.ALPHABET + CYRILLIC + WIDE
+    config = {"alphasize": len(alphabet), "alphabet": alphabet, "cell_size": 16}
+    config.update(layers=2, dropout=0.0)
+    keras.utils.set_random_seed(3)
+    model = build_model(config)
+    bias = np.zeros(len(alphabet), np.float32)
+    bias[txtutils.ALPHASIZE :] = 4.0
+    model.logits_layer.bias.assign(bias)
+    # as training saves (save_counter included): checkpoints/RUN/ckpt-1
+    return ckpt.checkpoint_object(model, config).save(os.path.join(folder, "cyrillic", "ckpt"))
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_run, tmp_path_factory):
+    """The tiny run exported by the CLI, rnn_play.py's text and score beside it, a
+    Cyrillic model exported in this process, and what the loader saw of both."""
+    root = tmp_path_factory.mktemp("export")
+    checkpoints = str(tiny_run["checkpoints"])
+    held_out = os.path.join(tiny_run["corpus"], "part2.txt")
+    calls = [("rnn_export.py", "tiny", str(root / "tiny"), "--checkpoint-dir", checkpoints)]
+    seed, topn, temperature = SETTINGS[0]
+    flags = ["--seed", str(seed), "--topn", str(topn), "--temperature", str(temperature)]
+    args = ["--prime", PRIME, "--length", str(LENGTH), *flags]
+    calls.append(("rnn_play.py", "tiny", *args, "--checkpoint-dir", checkpoints))
+    calls.append(("rnn_play.py", "tiny", "--score", held_out, "--checkpoint-dir", checkpoints))
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        clis = pool.submit(run_clis, *calls)  # meanwhile, the Cyrillic model here
+        prefix = cyrillic_checkpoint(str(root))
+        assert rnn_export.main([prefix, str(root / "cyrillic-export")]) == 0
+        exporting, *plays = clis.result()
+    assert exporting.returncode == 0, exporting.stderr
+    assert all(p.returncode == 0 for p in plays), [p.stderr for p in plays]
+    model, config = runs.load_model(prefix)
+    alphabet = config["alphabet"]
+
+    tiny_model, tiny_config = runs.load_model(runs.resolve("tiny", checkpoints, print))
+    tiny_alphabet = tiny_config["alphabet"]
+    with open(held_out, encoding="utf-8") as f:
+        text = f.read()
+    cyrillic_text = "где\r\nбаба ж𝄞 " * 20 + "Qé"
+    seed, topn, temperature = BATCH_SETTINGS
+    tiny = {
+        "dir": str(root / "tiny"),
+        "generate": {
+            **{
+                f"prime {i}": [[PRIME], LENGTH, topn, temperature, seed]
+                for i, (seed, topn, temperature) in enumerate(SETTINGS)
+            },
+            "batch": [BATCH, LENGTH, topn, temperature, seed],
+            "first alone": [BATCH[:1], LENGTH, topn, temperature, seed],
+            "broken": [[as_json(BROKEN_PRIME)], LENGTH, 0, 0.8, 3],  # SETTINGS[1]
+        },
+        "score": [text, "ab", "", as_json(broken_text(text))],
+        "steps": codes_of(text[:300], tiny_alphabet).tolist(),
+    }
+    cyrillic = {
+        "dir": str(root / "cyrillic-export"),
+        "generate": {"prime": [["где ж"], 300, 0, 1.0, 11]},
+        "score": [cyrillic_text],
+    }
+    job = {"repository": HERE, "exports": {"tiny": tiny, "cyrillic": cyrillic}}
+    show = subprocess.Popen(  # meanwhile, as a user would look at the SavedModel
+        [os.path.join(os.path.dirname(sys.executable), "saved_model_cli"), "show", "--all"]
+        + ["--dir", str(root / "tiny" / "saved_model")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=cache_env(),
+    )
+    env = {k: v for k, v in cache_env().items() if k != "PYTHONPATH"}
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOADER, json.dumps(job)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    return {
+        "root": root,
+        "plays": plays,
+        "loaded": json.loads(loaded.stdout),
+        "show": show.communicate(timeout=120)[0],
+        "tiny": (tiny_model, tiny_alphabet),
+        "text": text,
+        "cyrillic": (model, alphabet, cyrillic_text),
+    }
+
+
+def test_the_export_holds_the_savedmodel_the_litert_models_and_the_alphabet(exported):
+    tiny = exported["root"] / "tiny"
+    assert sorted(os.listdir(tiny)) == [
+        "model.json",
+        "saved_model",
+        "step.tflite",
+        "step_int8.tflite",
+    ]
+    with open(tiny / "model.json", encoding="utf-8") as f:
+        info = json.load(f)
+    assert info["alphabet"] == txtutils.ALPHABET
+    assert (info["layers"], info["cell_size"], info["state_size"]) == (2, 32, 64)
+    # int8 weights: about a quarter of the float32 bytes, and more than the rest
+    assert os.path.getsize(tiny / "step_int8.tflite") < 0.6 * os.path.getsize(tiny / "step.tflite")
+    assert exported["loaded"]["repository_modules"] == []
+
+
+def test_one_prime_generates_exactly_what_rnn_play_prints(exported):
+    generated = exported["loaded"]["tiny"]["generated"]
+    play = exported["plays"][0]
+    assert play.stdout.startswith(PRIME) and play.stdout.endswith("\n")
+    assert generated["prime 0"] == [play.stdout[len(PRIME) : -1]]
+    model, alphabet = exported["tiny"]
+    seed, topn, temperature = SETTINGS[1]
+    want = expected_text(model, alphabet, PRIME, LENGTH, seed, topn, temperature)
+    assert generated["prime 1"] == [want]
+
+
+def test_each_row_of_primes_of_different_lengths_is_its_prime_as_stream_i(exported):
+    """Row i: the state of its prime fed alone, drawn as stream i of rnn_play.py
+    --streams (the promise of generate's docstring). So the first row is what its prime
+    alone gives, and the same prime in two rows gives two independent texts."""
+    generated = exported["loaded"]["tiny"]["generated"]
+    texts = generated["batch"]
+    model, alphabet = exported["tiny"]
+    seed, topn, temperature = BATCH_SETTINGS
+    assert texts == expected_rows(model, alphabet, BATCH, LENGTH, seed, topn, temperature)
+    alone = expected_text(model, alphabet, BATCH[0], LENGTH, seed, topn, temperature)
+    assert generated["first alone"] == [alone] and texts[0] == alone
+    assert BATCH[3] == BATCH[0] and texts[3] != texts[0]
+    assert len(texts) == 4 and all(len(t) == LENGTH for t in texts)
+    # the tiny model has learnt its corpus: only its characters, and its words
+    assert set("".join(texts)) <= set(exported["text"])
+    assert all(re.search(r"\bthe\b", t) for t in texts)
+
+
+def test_bytes_that_are_not_utf8_are_one_unknown_each_as_in_rnn_play(exported):
+    """A prime and a scored text holding BROKEN: each byte that is not UTF-8 is one
+    unknown character, as rnn_play.py reads them, not one per invalid sequence."""
+    model, alphabet = exported["tiny"]
+    loaded = exported["loaded"]["tiny"]
+    prime = codes_of(BROKEN_PRIME, alphabet)
+    assert np.count_nonzero(prime == txtutils.UNKNOWN) == 7  # \xff \xfe, \xe2 \x82, 3 bytes
+    seed, topn, temperature = SETTINGS[1]
+    want = expected_text(model, alphabet, BROKEN_PRIME, LENGTH, seed, topn, temperature)
+    assert loaded["generated"]["broken"] == [want]
+    raw = broken_text(exported["text"])
+    codes = codes_of(raw, alphabet)
+    clean = codes_of(exported["text"][:1500], alphabet)
+    unknown = np.count_nonzero(codes == txtutils.UNKNOWN) - np.count_nonzero(clean == 0)
+    assert unknown == BROKEN_BYTES and len(codes) == len(clean) + BROKEN_BYTES + 1  # CRLF's LF
+    bits, chars = loaded["score"][0][-1], loaded["score"][1][-1]
+    assert chars == len(codes) - 1
+    assert bits == pytest.approx(expected_bits(model, codes), abs=1e-5)
+
+
+def test_score_is_rnn_play_score(exported):
+    (bits, short, empty, _), chars = exported["loaded"]["tiny"]["score"]
+    text, (model, alphabet) = exported["text"], exported["tiny"]
+    assert bits == pytest.approx(expected_bits(model, codes_of(text, alphabet)), abs=1e-5)
+    printed = re.search(r"([\d.]+) bits/char", exported["plays"][-1].stdout)
+    assert f"{bits:.3f}" == printed[1]
+    assert chars[:3] == [len(text) - 1, 1, 0]
+    assert short > 0 and np.isnan(empty)  # fewer than 2 characters: no figure
+
+
+def test_saved_model_cli_lists_the_three_signatures(exported):
+    shown = exported["show"]
+    assert set(re.findall(r"signature_def\['(\w+)'\]", shown)) == {
+        "__saved_model_init_op",
+        "generate",
+        "score",
+        "step",
+    }
+    for name in ("prime", "length", "temperature", "top_n", "seed", "text", "codes", "state"):
+        assert f"inputs['{name}']" in shown
+    for name in ("text", "bits_per_char", "chars", "logits", "state"):
+        assert f"outputs['{name}']" in shown
+    assert "shape: (-1, 98)" in shown  # the logits: any batch, the alphabet
+    assert "Cudnn" not in shown  # nothing that needs a GPU
+
+
+def test_litert_step_is_the_savedmodel_step_with_builtin_ops_only(exported):
+    loaded = exported["loaded"]["tiny"]
+    worst, nats = loaded["litert"]["step.tflite"]
+    assert worst < 1e-5
+    worst_int8, nats_int8 = loaded["litert"]["step_int8.tflite"]
+    assert 0 < worst_int8 < 0.5  # int8 weights: close, not equal
+    assert abs(nats_int8 - nats) < 0.05
+    for ops in loaded["ops"].values():
+        assert "FULLY_CONNECTED" in ops
+        assert not [op for op in ops if op == "CUSTOM" or op.startswith("Flex")], ops
+
+
+def test_a_non_ascii_alphabet_survives_the_export(exported):
+    model, alphabet, text = exported["cyrillic"]
+    loaded = exported["loaded"]["cyrillic"]
+    assert loaded["signatures"] == ["generate", "score", "step"]
+    [generated] = loaded["generated"]["prime"]
+    assert generated == expected_text(model, alphabet, "где ж", 300, seed=11)
+    assert set(CYRILLIC) <= set(generated) and WIDE in generated
+    [bits], [chars] = loaded["score"]
+    assert chars == len(text.replace("\r\n", "\n")) - 1
+    assert bits == pytest.approx(expected_bits(model, codes_of(text, alphabet)), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# The graph's text and score calls, in this process (no export)
+
+
+def small_export(alphabet):
+    """Exported for an untrained model of alphabet, small enough to build in no time."""
+    config = {"alphasize": len(alphabet), "alphabet": alphabet, "cell_size": 8}
+    config.update(layers=1, dropout=0.0)
+    keras.utils.set_random_seed(4)
+    model = build_model(config)
+    return model, export.Exported(model, alphabet)
+
+
+def test_the_graph_reads_any_bytes_as_rnn_play_does():
+    """Random bytes, and random pieces of valid and invalid UTF-8, encoded by the graph
+    (eager and traced) and as rnn_play.py encodes a prime or a scored file: the same
+    codes, a byte that is not UTF-8 one unknown however the decoder groups it."""
+    alphabet = txtutils.ALPHABET + CYRILLIC + WIDE + "é€"
+    _, module = small_export(alphabet)
+    pieces = [b"a", b" ", b"\r", b"\n", b"\r\n", b"\x00", *(c.encode() for c in "é€г𝄞✓\ufffd")]
+    pieces += [*BROKEN, b"\x80", b"\xbf", b"\xc0", b"\xe2", b"\xf0", b"\xf4\x90\x80\x80"]
+    rng = np.random.default_rng(5)
+    texts = [b"", BROKEN_PRIME, *BROKEN]
+    for _ in range(300):
+        n = rng.integers(13)
+        if rng.random() < 0.3:  # any bytes at all
+            texts.append(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        else:
+            texts.append(b"".join(pieces[i] for i in rng.integers(0, len(pieces), n)))
+    traced = tf.function(
+        module.encode, input_signature=[tf.TensorSpec([None], tf.string)], autograph=False
+    )
+    want = [codes_of(t, alphabet).tolist() for t in texts]
+    assert module.encode(tf.constant(texts)).to_list() == want
+    assert traced(tf.constant(texts)).to_list() == want
+    assert traced(tf.constant([], tf.string)).to_list() == []
+
+
+def test_score_calls_shrink_with_the_alphabet():
+    """The characters of one score call: rnn_play.py's chunk for the 98 symbols, and as
+    many as keep the logits of a call at most that many floats for a longer alphabet."""
+    floats = SCORE_CHUNK * txtutils.ALPHASIZE
+    assert export.score_cells(txtutils.ALPHASIZE) == SCORE_CHUNK
+    for alphasize in [99, 107, 150, 1000, 5000, floats - 1]:
+        cells = export.score_cells(alphasize)
+        assert cells * alphasize <= floats < (cells + 1) * alphasize, alphasize
+    assert export.score_cells(floats + 1) == 1 == export.score_cells(10**9)
+
+
+def test_a_long_alphabet_scores_in_several_calls_as_rnn_play_scores():
+    """An alphabet of 98 + 3,000 symbols: 129 characters a call, 64 columns for each
+    of two rows; texts of several calls score as rnn_play.py scores each alone."""
+    alphabet = txtutils.ALPHABET + "".join(chr(0x4E00 + i) for i in range(3000))
+    model, module = small_export(alphabet)
+    assert module.score_cells == SCORE_CHUNK * txtutils.ALPHASIZE // len(alphabet) == 129
+    rng = np.random.default_rng(6)
+    texts = ["".join(rng.choice(list(alphabet[1:]), n)) for n in (300, 170)]
+    out = module.score(tf.constant([t.encode() for t in texts]))
+    scores = zip(texts, out["bits_per_char"].numpy(), out["chars"].numpy(), strict=True)
+    for text, bits, chars in scores:
+        assert chars == len(codes_of(text, alphabet)) - 1
+        assert bits == pytest.approx(expected_bits(model, codes_of(text, alphabet)), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------
+# Bad input: one line, nothing written
+
+
+def refused(capfd, argv):
+    """main(argv)'s exit status and its stderr lines; nothing on stdout."""
+    with pytest.raises(SystemExit) as e:
+        rnn_export.main(argv)
+    out, err = capfd.readouterr()
+    assert out == ""
+    return e.value.code, err.splitlines()
+
+
+def test_bad_input_is_one_line_and_nothing_written(tiny_run, tmp_path, capfd):
+    checkpoints = str(tiny_run["checkpoints"])
+    taken = tmp_path / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    damaged = tmp_path / "damaged"
+    shutil.copytree(tiny_run["checkpoints"] / "tiny", damaged / "tiny")
+    for prefix in runs.all_in(str(damaged / "tiny")):
+        with open(prefix + ".data-00000-of-00001", "r+b") as f:
+            f.truncate(100)
+    out = str(tmp_path / "out")
+    cases = [
+        (["tiny", str(taken), "--checkpoint-dir", checkpoints], "taken exists and is not empty"),
+        ([str(damaged / "tiny" / "ckpt-120"), out], "ckpt-120 is damaged"),
+        (["tiny", out, "--checkpoint-dir", str(damaged)], "every checkpoint in"),
+        (["nosuchrun", out, "--checkpoint-dir", checkpoints], "no run or checkpoint named"),
+    ]
+    for argv, expected in cases:
+        code, lines = refused(capfd, argv)
+        errors = [line for line in lines if not line.startswith("warning: ")]
+        assert code == 2, (argv, lines)
+        assert len(errors) == 1 and errors[0].startswith("rnn_export.py: error: "), lines
+        assert expected in errors[0], (argv, errors)
+    assert sorted(os.listdir(tmp_path)) == ["damaged", "taken"]  # no out, no temporary
+    assert os.listdir(taken) == ["keep.txt"]

@@ -1,0 +1,804 @@
+"""The real rnn_train.py CLI on a tiny model and a tiny corpus."""
+
+import glob
+import hashlib
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import types
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.util.tensor_util import make_ndarray
+
+import fetch_corpus
+import rnn_train
+import txtutils
+from charrnn import ckpt, runs, training
+from charrnn.model import build_model, mean_loss_and_accuracy
+from conftest import (
+    FIXED_SCHEDULE,
+    HERE,
+    TINY,
+    cache_env,
+    run_cli,
+    run_clis,
+    run_main,
+    tiny_flags,
+    where,
+    without_cache_noise,
+    write_corpus,
+)
+from txtutils_test import UNICODE_TEXTS, cjk_text
+
+
+def read_events(folder):
+    """{tag: [(step, value), ...]} from the event files in folder, read with
+    TensorBoard's own reader."""
+    acc = EventAccumulator(str(folder), size_guidance={"tensors": 0})
+    acc.Reload()
+    return {
+        tag: [(e.step, make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)]
+        for tag in acc.Tags()["tensors"]
+    }
+
+
+def progress(stdout):
+    """[(step, loss)] from the progress lines."""
+    return [
+        (int(m[1]), float(m[2]))
+        for m in re.finditer(r"^step +(\d+)/\d+ .* loss ([\d.]+) ", stdout, re.MULTILINE)
+    ]
+
+
+def tree_digest(*folders):
+    """A hash of every file's path and bytes below the folders (but the run lock, which
+    holds the pid of the last process that trained the run, and the text cache, .text,
+    where what was read is kept for later runs)."""
+    h = hashlib.sha256()
+    for folder in folders:
+        for root, _, files in sorted(os.walk(folder)):
+            if ".text" in os.path.relpath(root, folder).split(os.sep):
+                continue
+            for name in sorted(set(files) - {"lock"}):
+                path = os.path.join(root, name)
+                h.update(path.encode())
+                with open(path, "rb") as f:
+                    h.update(f.read())
+    return h.hexdigest()
+
+
+def train(*args, capsys):
+    """rnn_train.py in this process (run_main): for tests of what it does, not of how
+    its process starts, stops or dies."""
+    return run_main(rnn_train.main, *args, capsys=capsys)
+
+
+def test_loss_goes_down_and_checkpoints_appear(tiny_run):
+    points = progress(tiny_run["result"].stdout)
+    assert [s for s, _ in points] == list(range(10, 121, 10))
+    first, last = points[0][1], points[-1][1]
+    assert last < first - 1.0, points
+    names = os.listdir(tiny_run["checkpoints"] / "tiny")
+    assert {"ckpt-50.index", "ckpt-100.index", "ckpt-120.index"} <= set(names)
+    assert "---- sample at step 60 ----" in tiny_run["result"].stdout
+
+
+def test_event_files_hold_both_runs_under_the_same_tags(tiny_run):
+    training = read_events(tiny_run["log"] / "tiny" / "training")
+    validation = read_events(tiny_run["log"] / "tiny" / "validation")
+    # the same tags in both runs, so TensorBoard overlays the curves
+    assert {"loss", "accuracy"} <= set(training) & set(validation)
+    assert [s for s, _ in training["loss"]] == list(range(10, 121, 10))
+    assert [s for s, _ in validation["loss"]] == [40, 80, 120]
+    assert validation["loss"][-1][1] < validation["loss"][0][1]
+    assert all(0 <= float(v) <= 1 for _, v in training["accuracy"] + validation["accuracy"])
+    # the logged training loss is the one on the console (averaged over 10 steps)
+    console = progress(tiny_run["result"].stdout)
+    assert [round(float(v), 3) for _, v in training["loss"]] == [loss for _, loss in console]
+    samples = training["sample"]
+    assert [s for s, _ in samples] == [60, 120]
+    assert len(samples[-1][1].item().decode()) > 500
+
+
+def test_the_programs_the_tests_start_share_an_xla_cache(tiny_run, xla_cache):
+    """run_cli turns TensorFlow's persistent XLA cache on (for the suite's speed): the
+    tiny run's compiled functions are in it, so a TensorFlow that ignored the flag
+    would show here, not as a slow suite."""
+    assert list(xla_cache.glob("xla_compile_cache__*")), os.listdir(xla_cache)
+
+
+def test_resume_continues_at_the_right_step(tmp_path, capsys):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    first = train(
+        *tiny_flags(tmp_path, corpus),
+        "--run",
+        "r",
+        "--max-steps",
+        "60",
+        capsys=capsys,
+    )
+    assert first.returncode == 0, first.stderr
+    # Resume names nothing but the new limit: the architecture comes from the checkpoint.
+    second = train("--resume", "--max-steps", "100", *where(tmp_path), capsys=capsys)
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 60" in second.stdout
+    assert [s for s, _ in progress(second.stdout)] == [70, 80, 90, 100]
+    assert os.path.exists(tmp_path / "ck" / "r" / "ckpt-100.index")
+    # The curves continue: every step logged once, in order, across both processes.
+    steps = [s for s, _ in read_events(tmp_path / "log" / "r" / "training")["loss"]]
+    assert steps == list(range(10, 101, 10))
+    # A finished run says so and trains no further.
+    again = train("--resume", "r", "--max-steps", "100", *where(tmp_path), capsys=capsys)
+    assert again.returncode == 0 and "complete at step 100" in again.stdout
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_saves_a_checkpoint_before_exiting(tmp_path, sig):
+    corpus = write_corpus(str(tmp_path / "corpus"), files=1, lines=4000)
+    ck = tmp_path / "ck"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            os.path.join(HERE, "rnn_train.py"),
+            "--data",
+            corpus,
+            "--run",
+            "r",
+            "--validation",
+            "none",
+            *TINY,
+            "--save-every",
+            "100000",
+            "--sample-every",
+            "100000",
+            "--checkpoint-dir",
+            str(ck),
+            "--log-dir",
+            str(tmp_path / "log"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cache_env(),
+    )
+    for line in proc.stdout:
+        if line.startswith("step"):  # training is under way
+            break
+    proc.send_signal(sig)
+    err = without_cache_noise(proc.communicate(timeout=120)[1])
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert "--resume r" in err
+    saved = [n for n in os.listdir(ck / "r") if n.endswith(".index")]
+    assert len(saved) == 1
+    step = int(re.match(r"ckpt-(\d+)\.index", saved[0])[1])
+    assert step >= 10 and f"stopped at step {step}" in err
+
+
+def bad_input_cases(tmp):
+    """(name, extra setup, args) for every bad input rnn_train.py must refuse."""
+    corpus = write_corpus(str(tmp / "corpus"))
+    empty = tmp / "empty"
+    empty.mkdir()
+    (empty / "a.txt").write_text("")
+    binary = tmp / "binary"
+    binary.mkdir()
+    (binary / "image.png").write_bytes(b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR")
+    small = tmp / "small"
+    small.mkdir()
+    (small / "a.txt").write_text("too short for one batch")
+    data = ["--data", os.path.join(corpus, "*.txt")]
+    other = write_corpus(str(tmp / "other"), seed=1)  # not the text the tiny run read
+    return [
+        ("glob matches nothing", ["--data", str(tmp / "nothing" / "*.txt")], "matches no file"),
+        ("empty files", ["--data", str(empty)], "holds no text"),
+        ("binary file", ["--data", str(binary)], "not a text file"),
+        ("too small", ["--data", str(small), "--validation", "none"], "too small for one batch"),
+        (
+            "validation takes all",
+            [*data, "--validation", os.path.join(corpus, "*.txt")],
+            "validation files take all",
+        ),
+        ("zero batch size", [*data, "--batch-size", "0"], "--batch-size"),
+        ("negative seqlen", [*data, "--seqlen", "-3"], "--seqlen"),
+        ("negative learning rate", [*data, "--learning-rate", "-0.1"], "--learning-rate"),
+        ("dropout of 1", [*data, "--dropout", "1"], "--dropout"),
+        ("not a number", [*data, "--cell-size", "big"], "--cell-size"),
+        ("negative seed", [*data, "--seed", "-1"], "--seed"),
+        ("seed beyond 32 bits", [*data, "--seed", str(2**32)], "--seed"),
+        ("beyond this machine's memory", [*data, "--cell-size", "1000000"], "of memory"),
+        ("too many layers", [*data, "--layers", "100000"], "of memory"),
+        ("nothing to resume", ["--resume"], "nothing to resume"),
+        ("resume a run that is not there", ["--resume", "nosuchrun"], "nothing to resume"),
+        ("other architecture", ["--resume", "tiny", "--cell-size", "64"], "--cell-size 32"),
+        ("run exists", [*data, "--run", "tiny"], "exists already"),
+        (
+            "resume on other text",
+            ["--resume", "tiny", "--data", os.path.join(other, "*.txt")],
+            "the text of run tiny has changed (read from",
+        ),
+        (
+            "fine-tune with another architecture",
+            [*data, "--init-from", "tiny", "--run", "ft", "--cell-size", "64"],
+            "--init-from tiny has --cell-size 32, not 64",
+        ),
+        ("fine-tune and resume", ["--init-from", "tiny", "--resume", "tiny"], "give one of them"),
+    ]
+
+
+def test_bad_input_gets_one_line_and_loses_nothing(tmp_path, tiny_run):
+    """Each bad input: exit 2, one line on stderr that names the problem, no traceback,
+    and the existing run's checkpoints and logs untouched. (The run that must survive
+    is a copy of the tiny run; the cases run two at a time.)"""
+    ck, log = tmp_path / "ck", tmp_path / "log"
+    shutil.copytree(tiny_run["checkpoints"], ck)
+    shutil.copytree(tiny_run["log"], log)
+    cases = bad_input_cases(tmp_path)
+    dirs = ["--checkpoint-dir", str(ck), "--log-dir", str(log)]
+    nowhere = ["--checkpoint-dir", str(tmp_path / "none"), "--log-dir", str(log)]
+    before = tree_digest(ck, log)
+    for i in range(0, len(cases), 2):
+        pair = cases[i : i + 2]
+        results = run_clis(
+            *(
+                ("rnn_train.py", *args, *nowhere)
+                if name == "nothing to resume"
+                else ("rnn_train.py", *TINY[4:], *args, *dirs)
+                for name, args, _ in pair
+            )
+        )
+        for (name, _, expected), result in zip(pair, results, strict=True):
+            lines = result.stderr.strip().splitlines()
+            assert result.returncode == 2, (name, result.stderr)
+            assert len(lines) == 1, (name, result.stderr)
+            assert lines[0].startswith("rnn_train.py: error:"), (name, lines)
+            assert expected in lines[0], (name, lines)
+        assert tree_digest(ck, log) == before, [name for name, _, _ in pair]
+
+
+def test_resume_restores_everything_training_depends_on(tmp_path):
+    """Without dropout (the one random input), 40 steps + resume + 40 steps end with the
+    same weights as 80 steps in one go: the weights, optimizer moments, step, data
+    position and RNN state all came back from the checkpoint."""
+    corpus = write_corpus(str(tmp_path / "corpus"), files=1)
+    common = [*tiny_flags(tmp_path, corpus), *FIXED_SCHEDULE, "--dropout", "0"]
+    common += ["--sample-every", "1000"]
+    whole, half = run_clis(
+        ("rnn_train.py", *common, "--run", "whole", "--max-steps", "80"),
+        ("rnn_train.py", *common, "--run", "split", "--max-steps", "40"),
+    )
+    rest = run_cli("rnn_train.py", "--resume", "split", "--max-steps", "80", *where(tmp_path))
+    for result in (whole, half, rest):
+        assert result.returncode == 0, result.stderr
+    a = tf.train.load_checkpoint(str(tmp_path / "ck" / "whole" / "ckpt-80"))
+    b = tf.train.load_checkpoint(str(tmp_path / "ck" / "split" / "ckpt-80"))
+    # weights, Adam's moments and step count, the RNN state, the step (not the log's
+    # figures, which include timings)
+    skip = ("config", "save", "_", "log")
+    keys = [k for k in a.get_variable_to_shape_map() if not k.startswith(skip)]
+    assert len(keys) == 2 * 3 + 2 + 2 * (2 * 3 + 2) + 2 + 2
+    for key in keys:
+        np.testing.assert_allclose(
+            a.get_tensor(key), b.get_tensor(key), rtol=0, atol=1e-6, err_msg=key
+        )
+    assert progress(whole.stdout)[4:] == progress(rest.stdout)
+
+
+def test_mixed_precision_trains_and_saves_float32_weights(tmp_path, capsys):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    common = tiny_flags(tmp_path, corpus)
+    first = train(
+        *common,
+        "--run",
+        "m",
+        "--max-steps",
+        "60",
+        "--mixed-precision",
+        capsys=capsys,
+    )
+    assert first.returncode == 0, first.stderr
+    losses = [loss for _, loss in progress(first.stdout)]
+    assert losses[-1] < losses[0] - 0.5
+    reader = tf.train.load_checkpoint(str(tmp_path / "ck" / "m" / "ckpt-60"))
+    dtypes = reader.get_variable_to_dtype_map()
+    # (saved with the optimizer, the weights are filed under its references to them)
+    weights = [k for k in dtypes if "trainable_variables" in k or k.startswith("weights/")]
+    assert len(weights) == 2 * 3 + 2  # 2 GRU layers (kernel, recurrent, bias) + softmax
+    assert all(dtypes[k] == tf.float32 for k in weights)
+    assert not {tf.bfloat16, tf.float16} & set(dtypes.values())
+    # the precision is a training choice, not part of the checkpoint's architecture
+    second = train(
+        "--resume",
+        "m",
+        "--max-steps",
+        "70",
+        "--no-mixed-precision",
+        *where(tmp_path),
+        capsys=capsys,
+    )
+    assert second.returncode == 0, second.stderr
+    assert "resuming at step 60" in second.stdout
+
+
+def test_learning_rate_schedule():
+    from charrnn.training import learning_rate_at
+
+    config = {"learning_rate": 0.004, "warmup": 10, "schedule": "cosine", "min_lr": 0.1}
+    # linear warm-up from (almost) 0 to the peak
+    assert [learning_rate_at(s, 0.0, config) for s in (0, 4, 9)] == pytest.approx(
+        [0.0004, 0.002, 0.004]
+    )
+    # then the cosine, from the peak to min_lr x the peak, and no lower after the end
+    assert learning_rate_at(10, 0.0, config) == pytest.approx(0.004)
+    assert learning_rate_at(500, 0.5, config) == pytest.approx(0.0004 + 0.0036 / 2)
+    assert learning_rate_at(999, 1.0, config) == pytest.approx(0.0004)
+    assert learning_rate_at(1200, 1.3, config) == pytest.approx(0.0004)
+    assert learning_rate_at(500, 0.5, dict(config, schedule="constant")) == 0.004
+
+
+def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path, capsys):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    result = train(
+        *tiny_flags(tmp_path, corpus, validation=os.path.join(corpus, "part2.txt")),
+        "--run",
+        "t",
+        "--time-limit",
+        "0.3",
+        "--schedule",
+        "cosine",
+        "--warmup",
+        "20",
+        "--min-lr",
+        "0.1",
+        capsys=capsys,
+    )
+    assert result.returncode == 0, result.stderr
+    m = re.search(
+        r"time limit of 0.3 minutes reached at step (\d+): checkpoint (\S+) saved", result.stdout
+    )
+    assert m, result.stdout
+    step = int(m[1])
+    assert m[2].endswith(f"ckpt-{step}") and os.path.exists(m[2] + ".index")
+    assert step > 100  # it trained for the time, not just a few steps
+    # the last step is logged and validated, so the curves end where the run did
+    events = read_events(tmp_path / "log" / "t" / "training")
+    assert events["loss"][-1][0] == step
+    assert read_events(tmp_path / "log" / "t" / "validation")["loss"][-1][0] == step
+    rates = [float(v) for _, v in events["learning_rate"]]
+    peak = TINY[TINY.index("--learning-rate") + 1]
+    assert max(rates) == pytest.approx(float(peak), rel=0.05)
+    # by the end of the time, the cosine is close to its floor (0.1 x the peak)
+    assert rates[-1] < 0.2 * float(peak)
+    after_warmup = rates[2:]  # logged at steps 10, 20 (the peak), 30...
+    assert all(a >= b for a, b in itertools.pairwise(after_warmup))
+
+
+def test_recipe_talk_is_the_talks_settings(tmp_path, capsys):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    result = train(
+        *["--data", os.path.join(corpus, "*.txt"), "--validation", "none", *where(tmp_path)],
+        "--layers",
+        "1",
+        "--cell-size",
+        "8",
+        "--batch-size",
+        "4",
+        "--seqlen",
+        "8",
+        "--max-steps",
+        "2",
+        "--recipe",
+        "talk",
+        "--run",
+        "talk",
+        capsys=capsys,
+    )
+    assert result.returncode == 0, result.stderr
+    config = ckpt.read_config(str(tmp_path / "ck" / "talk" / "ckpt-2"))
+    assert {
+        k: config[k] for k in ("learning_rate", "warmup", "schedule", "clip_norm", "dropout")
+    } == {
+        "learning_rate": 0.001,
+        "warmup": 0,
+        "schedule": "constant",
+        "clip_norm": 0.0,
+        "dropout": 0.2,
+    }
+
+
+def test_dropout_starts_where_dropout_from_epoch_says(tmp_path):
+    """With --dropout-from-epoch E, the steps before E epochs train exactly as a run
+    without dropout (same losses, bit for bit with --deterministic), and later ones
+    not: here E is 25 steps' worth of epochs, so the progress lines of steps 10 and 20
+    agree and the one of step 30 does not."""
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    chars = sum(os.path.getsize(p) for p in glob.glob(os.path.join(corpus, "*.txt")))  # ASCII
+    epochs = 25 / txtutils.batches_per_epoch(chars, 4, 8)  # TINY: batches of 4 x 8
+    assert epochs < 1  # (not a run that ends first)
+    common = [*tiny_flags(tmp_path, corpus), "--deterministic"]  # (global: in processes)
+    late, never = run_clis(
+        (
+            "rnn_train.py",
+            *common,
+            "--run",
+            "late",
+            "--max-steps",
+            "40",
+            "--dropout",
+            "0.3",
+            "--dropout-from-epoch",
+            f"{epochs!r}",
+        ),
+        ("rnn_train.py", *common, "--run", "never", "--max-steps", "40", "--dropout", "0"),
+    )
+    assert late.returncode == 0, late.stderr
+    assert never.returncode == 0, never.stderr
+    late_losses, never_losses = progress(late.stdout), progress(never.stdout)
+    assert late_losses[:2] == never_losses[:2]  # steps 10 and 20: no dropout yet
+    assert late_losses[2:] != never_losses[2:]
+
+
+def test_validation_in_chunks_gives_the_figures_of_whole_rows():
+    """validate() runs rows VALID_CHUNK characters at a time with the state carried
+    along (for memory): the same loss and accuracy as whole rows in one call."""
+    keras.utils.set_random_seed(0)
+    model = build_model({"alphasize": 98, "cell_size": 16, "layers": 2, "dropout": 0.0})
+    codes = np.random.default_rng(0).integers(0, 98, 3 * txtutils.VALID_SEQLEN + 1)
+    x, y = (a.astype(np.int32) for a in txtutils.validation_rows(codes, txtutils.VALID_SEQLEN))
+    whole = mean_loss_and_accuracy(model, [(x, y)])[:2]
+
+    class Log:
+        LOSS = ACCURACY = None
+        figures = {}
+
+        def scalar(self, run, tag, value, step, description=None):
+            self.figures[tag] = value
+
+    log = Log()
+    training.validate(model, types.SimpleNamespace(valid_x=x, valid_y=y), log, step=1)
+    np.testing.assert_allclose([log.figures["loss"], log.figures["accuracy"]], whole, rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# Any language: alphabets grown from the text, fine-tuning, a resume that knows its text
+
+# The C locale, without the UTF-8 mode Python turns on by itself in it: where Python
+# would write ASCII and die of UnicodeEncodeError on the first Cyrillic character.
+C_LOCALE = dict(os.environ, LANG="C", LC_ALL="C", PYTHONUTF8="0")
+C_LOCALE.pop("PYTHONIOENCODING", None)
+
+
+def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_path):
+    """Cyrillic, Greek, accented Latin, combining accents, emoji beyond the BMP, CRLF and
+    5,000 CJK characters: the alphabet holds them all after the talk's 98; the start
+    line says so with the unknown share; training, samples, generation (a prime with a
+    character never seen) and scoring work and print UTF-8 in the C locale."""
+    texts = {k: v for k, v in UNICODE_TEXTS.items() if k != "cjk"}
+    train_text = "".join(texts.values()) * 8 + cjk_text(5000)
+    valid_text = "Мороз и солнце ∰ день чудесный\n" * 20  # ∰: never in training
+    (tmp_path / "train.txt").write_bytes(train_text.encode())
+    (tmp_path / "valid.txt").write_bytes(valid_text.encode())
+    dirs = where(tmp_path)
+    train = run_cli(
+        "rnn_train.py",
+        *["--data", str(tmp_path / "train.txt"), "--validation", str(tmp_path / "valid.txt")],
+        *["--run", "u", *TINY, "--max-steps", "20", "--sample-every", "20", *dirs],
+        env=C_LOCALE,
+    )
+    assert train.returncode == 0, train.stderr
+    expected = txtutils.DEFAULT.grown(*txtutils.count_chars(train_text))
+    assert expected.size > 98 + 5000
+    config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "u")))
+    assert config["alphabet"] == expected.chars and config["alphasize"] == expected.size
+    unknown = valid_text.count("∰") / len(valid_text)
+    assert (
+        f"alphabet: {expected.size:,} symbols (the talk's 98 + {expected.size - 98:,} from the "
+        f"text, each seen 2+ times: " in train.stdout
+    )
+    assert f"0.00% of the training text, {unknown:.2%} of the validation text" in train.stdout
+    sample = train.stdout.split("---- sample at step 20 ----\n")[1].split("\n----")[0]
+    assert len(sample) == training.SAMPLE_LENGTH and set(sample) <= set(expected.chars)
+
+    play, score = run_clis(
+        (
+            "rnn_play.py",
+            "u",
+            "--prime",
+            "Мороз ∰",
+            "--length",
+            "300",
+            "--seed",
+            "1",
+            *dirs[:2],
+            {"env": C_LOCALE},
+        ),
+        ("rnn_play.py", "u", "--score", str(tmp_path / "valid.txt"), *dirs[:2], {"env": C_LOCALE}),
+    )
+    assert play.returncode == 0, play.stderr
+    assert play.stdout.startswith("Мороз ∰") and len(play.stdout) == len("Мороз ∰") + 300 + 1
+    assert set(play.stdout[7:-1]) <= set(expected.chars)
+    assert "1 of the prime's 7 characters are not in the model's alphabet" in play.stderr
+    assert score.returncode == 0, score.stderr
+    assert f"{unknown:.2%} of them not in the model's alphabet" in score.stdout
+
+
+@pytest.fixture(scope="module")
+def fortunes_zh():
+    """Debian's fortunes-zh, a real Chinese text of ~4,800 symbols (make corpus-zh;
+    fetched here if it is missing, its hash checked)."""
+    folder = os.path.join(HERE, "fortunes-zh")
+    assert fetch_corpus.main(["fortunes-zh", "--into", folder]) == 0, "make corpus-zh"
+    return folder
+
+
+def ideograph_share(text):
+    return sum(0x4E00 <= ord(c) <= 0x9FFF for c in text) / len(text)
+
+
+def test_a_real_chinese_text_trains_plays_and_scores(tmp_path, fortunes_zh, capsys):
+    """A real Chinese text: thousands of symbols from the text itself, a loss that goes
+    down, and an early model whose samples - the training's and rnn_play.py's at its
+    defaults - hold Chinese: a cut of the 2 or 10 likeliest characters, whatever the
+    alphabet, gave only spaces and table rules, each likelier than any ideograph."""
+    dirs = where(tmp_path)
+    data = ["--data", os.path.join(fortunes_zh, "*.txt")]
+    valid = os.path.join(fortunes_zh, "tang300.txt")
+    flags = [*TINY, "--max-steps", "30", "--eval-every", "30", "--sample-every", "30"]
+    train = run_main(
+        rnn_train.main, *data, "--validation", valid, "--run", "zh", *flags, *dirs, capsys=capsys
+    )
+    assert train.returncode == 0, train.stderr
+    config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "zh")))
+    assert config["alphasize"] > 4000
+    losses = [float(x) for x in re.findall(r"^step .* loss (\d+\.\d+)", train.stdout, re.M)]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    assert re.search(r"^validation: loss \d+\.\d+", train.stdout, re.M)
+    sample = train.stdout.split("---- sample at step 30 ----\n")[1].split("\n----")[0]
+    assert ideograph_share(sample) > 0.02, sample
+
+    play, score = run_clis(
+        ("rnn_play.py", "zh", "--length", "600", "--seed", "1", *dirs[:2]),
+        ("rnn_play.py", "zh", "--score", valid, *dirs[:2]),
+    )
+    assert play.returncode == 0, play.stderr
+    assert ideograph_share(play.stdout) > 0.02, play.stdout
+    assert score.returncode == 0, score.stderr
+    with open(valid, encoding="utf-8") as f:
+        scored = len(f.read()) - 1  # every character predicted from those before it
+    figures = re.search(r"\(([\d.]+) nats/char\), accuracy ([\d.]+), over ([\d,]+) ", score.stdout)
+    assert float(figures[1]) > 0 and 0 <= float(figures[2]) < 1
+    assert int(figures[3].replace(",", "")) == scored
+
+
+def test_a_checkpoint_of_the_fixed_alphabet_still_plays_scores_and_resumes(tmp_path):
+    """testdata/2026-11-checkpoint: saved before alphabets grew and runs knew their
+    text. It generates and scores as before, and resumes (its text unchecked: it has
+    no fingerprint), keeping the talk's alphabet; the resumed run's checkpoint then
+    records its text."""
+    shutil.copytree(os.path.join(HERE, "tests", "testdata", "2026-11-checkpoint"), tmp_path / "old")
+    dirs = ["--checkpoint-dir", "runs"]
+    play, score = run_clis(
+        ("rnn_play.py", "v1", "--length", "100", "--seed", "1", *dirs, {"cwd": tmp_path / "old"}),
+        ("rnn_play.py", "v1", "--score", "corpus.txt", *dirs, {"cwd": tmp_path / "old"}),
+    )
+    assert play.returncode == 0 and len(play.stdout) == 1 + 100 + 1, play.stderr
+    assert score.returncode == 0 and "bits/char" in score.stdout, score.stderr
+    resume = run_cli(
+        "rnn_train.py",
+        "--resume",
+        "v1",
+        "--max-steps",
+        "9",
+        *dirs,
+        "--log-dir",
+        "log",
+        cwd=tmp_path / "old",
+    )
+    assert resume.returncode == 0, resume.stderr
+    assert "resuming at step 6" in resume.stdout and "done: step 9" in resume.stdout
+    config = ckpt.read_config(str(tmp_path / "old" / "runs" / "v1" / "ckpt-9"))
+    assert config["alphabet"] == txtutils.ALPHABET
+    assert [os.path.basename(p) for p, _, _ in config["data_fingerprint"]["train"]] == [
+        "corpus.txt"
+    ]
+
+
+def test_init_from_keeps_every_weight_of_the_parent_and_adds_rows_for_new_symbols(tiny_run):
+    """The fine-tuned model before its first step: every weight of the parent bit for
+    bit, and for the symbols the parent lacked, the input kernel's rows and the logits
+    layer's columns a new model starts from."""
+    parent = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    parent_config = ckpt.read_config(parent)
+    alphabet = ckpt.alphabet_of(parent_config).grown(*txtutils.count_chars("жжщщ"))
+    config = dict(parent_config, alphabet=alphabet.chars, alphasize=alphabet.size)
+    keras.utils.set_random_seed(0)
+    model = build_model(config)
+    fresh = {
+        (layer, n): v.numpy() for layer, ws in model.named_weights().items() for n, v in ws.items()
+    }
+    ckpt.load_parent_weights(model, parent, parent_config)
+    reader = tf.train.load_checkpoint(parent)
+    keys = ckpt.saved_variables(reader, parent)
+    grown = 0
+    for layer, weights in model.named_weights().items():
+        for name, variable in weights.items():
+            saved, now = reader.get_tensor(keys[f"{layer}/{name}"]), variable.numpy()
+            if saved.shape == now.shape:
+                np.testing.assert_array_equal(now, saved)
+                continue
+            grown += 1
+            axis = -1 if layer == "softmax" else 0  # the alphabet's: [CELL, A], [A]; [A, 3*CELL]
+            known = saved.shape[axis]
+            new = np.arange(known, alphabet.size)
+            np.testing.assert_array_equal(np.take(now, np.arange(known), axis), saved)
+            np.testing.assert_array_equal(
+                np.take(now, new, axis), np.take(fresh[layer, name], new, axis)
+            )
+    assert grown == 3  # gru0/kernel, softmax/kernel, softmax/bias
+
+
+def test_init_from_starts_a_new_run_on_other_text_and_its_resume_knows_that_text(
+    tiny_run, tmp_path
+):
+    """--init-from: a new run from the tiny run's weights, on Cyrillic text: the start
+    line names the parent, the checkpoint records it, the alphabet is the parent's
+    grown by the new text. Then that text changes: --resume refuses, saying what
+    changed and pointing to --init-from."""
+    corpus = tmp_path / "ru"
+    corpus.mkdir()
+    (corpus / "ru.txt").write_text(UNICODE_TEXTS["cyrillic"] * 30)
+    parent = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    dirs = where(tmp_path)
+    ft = run_cli(
+        "rnn_train.py",
+        *["--init-from", str(tiny_run["checkpoints"] / "tiny"), "--data", str(corpus)],
+        *["--validation", "none", "--run", "ft", *TINY[4:], "--max-steps", "3", *dirs],
+    )
+    assert ft.returncode == 0, ft.stderr
+    assert f"run ft: new, fine-tuning {parent}; 2 x 32 GRU" in ft.stdout
+    config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "ft")))
+    assert config["parent"] == parent
+    assert config["alphabet"] == txtutils.ALPHABET + "".join(
+        sorted(set(UNICODE_TEXTS["cyrillic"]) - set(txtutils.ALPHABET))
+    )
+    with open(corpus / "ru.txt", "a") as f:
+        f.write("ещё строка\n")
+    resume = run_cli("rnn_train.py", "--resume", "ft", *dirs)
+    assert resume.returncode == 2
+    assert resume.stderr.strip() == (
+        "rnn_train.py: error: the text of run ft has changed (training files edited: "
+        "ru.txt): resume it on the text it was trained on, or train on this text in a new "
+        "run with --init-from ft"
+    )
+
+
+def test_the_best_checkpoint_is_kept_whatever_keep_deletes(tmp_path):
+    """runs.Best links a checkpoint's files into RUN/best/ when its validation loss is
+    the lowest so far, removes the one it replaces, and a resumed run knows it."""
+    run = tmp_path / "r"
+    run.mkdir()
+    best = runs.Best(str(run))
+    for step, loss in [(10, 2.0), (20, 1.5), (30, 1.7), (40, 1.6)]:
+        for suffix in ("index", "data-00000-of-00001"):  # a checkpoint's files, as saved
+            (run / f"ckpt-{step}.{suffix}").write_text(f"{step}")
+        best.offer(str(run / f"ckpt-{step}"), step, loss)
+        for old in run.glob(f"ckpt-{step - 10}.*"):  # --keep 1 deletes the one before
+            old.unlink()
+    assert (best.step, best.loss) == (20, 1.5)
+    kept = sorted(p.name for p in (run / "best").iterdir())
+    assert kept == ["ckpt-20.data-00000-of-00001", "ckpt-20.index", "ckpt-20.json"]
+    assert (run / "best" / "ckpt-20.data-00000-of-00001").read_text() == "20"
+    again = runs.Best(str(run))
+    assert (again.step, again.loss) == (20, 1.5)
+
+
+def test_a_run_names_its_best_checkpoint_and_run_best_finds_it(tmp_path, capsys):
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    flags = tiny_flags(tmp_path, corpus, validation=os.path.join(corpus, "part2.txt"))
+    every = ["--eval-every", "20", "--save-every", "20", "--keep", "1"]
+    result = train(*flags, *every, "--run", "r", "--max-steps", "60", capsys=capsys)
+    assert result.returncode == 0, result.stderr
+    losses = [float(v) for v in re.findall(r"^validation: loss ([\d.]+)", result.stdout, re.M)]
+    step = 20 * (1 + losses.index(min(losses)))
+    assert f"the best: step {step}, validation loss {min(losses):.3f} (r:best)" in result.stdout
+    prefix = runs.resolve("r:best", str(tmp_path / "ck"), print)
+    assert prefix == str(tmp_path / "ck" / "r" / "best" / f"ckpt-{step}")
+    ckpt.verify(prefix)
+    with pytest.raises(ckpt.CheckpointError, match="no run named nosuchrun"):
+        runs.resolve("nosuchrun:best", str(tmp_path / "ck"), print)
+
+
+# ---------------------------------------------------------------------------
+# Text of any size
+
+PEAK_OF_CHILD = (
+    "import resource, subprocess, sys; status = subprocess.run(sys.argv[1:]).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(status)"
+)
+
+
+def test_the_memory_of_a_run_does_not_grow_with_its_text(tmp_path):
+    """Two real runs, on 1 MB and on 98 MB of text: the larger's peak resident memory
+    is within 40 MB of the smaller's, where reading the whole text into memory (as
+    until issue 17) added 830 MB. Every pass over the text reads it in pieces, and
+    training reads each batch's rows from the text cache's file."""
+    block = (("to be or not, that is the question " * 2).strip() + "\n").encode() * 7000  # .5 MB
+    sizes = {}
+    for name, blocks in (("small", 2), ("big", 200)):
+        (tmp_path / name).mkdir()
+        for part in range(0, blocks, 20):
+            with open(tmp_path / name / f"part{part:03}.txt", "wb") as f:
+                f.write(block * min(20, blocks - part))
+        sizes[name] = blocks * len(block)
+    (tmp_path / "valid.txt").write_bytes(block[:200_000])
+    runs_ = {
+        name: subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                PEAK_OF_CHILD,
+                sys.executable,
+                os.path.join(HERE, "rnn_train.py"),
+            ]
+            + [*tiny_flags(tmp_path / name, tmp_path / name, str(tmp_path / "valid.txt"))]
+            + ["--max-steps", "3", "--run", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=cache_env(),
+        )
+        for name in sizes
+    }
+    peaks = {}
+    for name, process in runs_.items():
+        out, err = process.communicate(timeout=300)
+        assert process.returncode == 0, err
+        assert "validation: loss" in out
+        peaks[name] = int(out.strip().splitlines()[-1]) / 1024  # MB
+    assert sizes["big"] - sizes["small"] > 80e6
+    assert peaks["big"] - peaks["small"] < 40, peaks
+
+
+def test_an_edit_that_keeps_size_and_time_is_noticed_on_resume(tmp_path, capsys):
+    """The text cache finds texts by their bytes, not by sizes and dates: a resume
+    fingerprints every file again, so no edit slips through."""
+    corpus = write_corpus(str(tmp_path / "corpus"), files=2)
+    first = train(*tiny_flags(tmp_path, corpus), "--run", "r", "--max-steps", "2", capsys=capsys)
+    assert first.returncode == 0, first.stderr
+    assert "encoded now" in first.stdout
+    path = os.path.join(corpus, "part1.txt")
+    stat = os.stat(path)
+    with open(path, "r+b") as f:
+        f.write(b"J")  # ROMEO/JULIET/NURSE -> a capital J at the start, same size
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    resume = train("--resume", "r", "--max-steps", "4", *where(tmp_path), capsys=capsys)
+    assert resume.returncode == 2
+    assert "the text of run r has changed (training files edited: part1.txt)" in resume.stderr
+
+
+def test_a_resume_maps_the_codes_its_run_encoded_and_says_so(tmp_path, capsys, monkeypatch):
+    """...and a big text's passes say how far they are (made to talk at once here)."""
+    monkeypatch.setattr(rnn_train.ReadingProgress, "EVERY", 0.0)
+    corpus = write_corpus(str(tmp_path / "corpus"), files=2)
+    first = train(*tiny_flags(tmp_path, corpus), "--run", "r", "--max-steps", "2", capsys=capsys)
+    assert first.returncode == 0, first.stderr
+    for what in ("fingerprinting", "counting", "encoding"):
+        assert re.search(
+            rf"^reading the text: {what} 100% of [\d.]+ MB, 0m00s left$", first.stdout, re.M
+        )
+    folder = re.search(r"^the text's codes: (\S+) \(.*, encoded now\)$", first.stdout, re.M)[1]
+    assert os.path.dirname(folder) == str(tmp_path / "ck" / ".text")
+    resume = train("--resume", "r", "--max-steps", "4", *where(tmp_path), capsys=capsys)
+    assert resume.returncode == 0, resume.stderr
+    assert f"the text's codes: {folder} (" in resume.stdout
+    assert "encoded by an earlier run)" in resume.stdout
+    assert "reading the text: counting" not in resume.stdout  # known by its content
+    assert "reading the text: encoding" not in resume.stdout

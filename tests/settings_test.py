@@ -1,0 +1,139 @@
+"""settings.py: one table gives rnn_train.py's flags, defaults, --recipe talk, the
+rules of a resume and the checkpoint's checks - and the README documents each."""
+
+import os
+import re
+
+import pytest
+
+import rnn_train
+import txtutils
+from charrnn import ckpt, settings
+from conftest import HERE
+
+
+def parse(*argv):
+    return settings.resolve(rnn_train.parse_args(list(argv)))
+
+
+def test_every_saved_setting_has_a_flag_and_its_default():
+    assert parse() == settings.DEFAULTS
+    args = vars(rnn_train.parse_args([]))
+    assert set(settings.BY_NAME) <= set(args)
+    for s in settings.SETTINGS:  # a session setting's flag gives its default itself
+        assert args[s.name] == (s.default if s.kind == settings.SESSION else None), s.name
+
+
+def test_flags_are_read_and_checked_as_the_table_says(capsys):
+    config = parse("--seqlen", "12", "--dropout", "0.25", "--schedule", "constant")
+    assert (config["seqlen"], config["dropout"], config["schedule"]) == (12, 0.25, "constant")
+    assert parse("--validation", "None")["validation"] == []
+    assert parse("--no-mixed-precision")["mixed_precision"] is False
+    for flag, value in [("--seqlen", "0"), ("--dropout", "1"), ("--seed", str(2**32))]:
+        with pytest.raises(SystemExit):
+            rnn_train.parse_args([flag, value])
+        err = capsys.readouterr().err
+        assert f"argument {flag}: must be {settings.BY_NAME[flag[2:]].values.must_be}" in err
+
+
+def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
+    talk = parse("--recipe", "talk")
+    assert {k: talk[k] for k in settings.TALK_RECIPE} == {
+        "learning_rate": 0.001,
+        "warmup": 0,
+        "schedule": "constant",
+        "clip_norm": 0.0,
+        "dropout": 0.2,
+        "dropout_from_epoch": 0.0,
+    }
+    assert parse("--recipe", "talk", "--dropout", "0.3")["dropout"] == 0.3  # a flag still wins
+    kept = {"cell_size", "layers", "batch_size", "seqlen", "min_char_count"}
+    assert set(settings.ARCHITECTURE) == kept
+    assert set(settings.INHERITED) == {"cell_size", "layers"}
+    saved = dict(settings.DEFAULTS, seqlen=20, epochs=3)
+    args = rnn_train.parse_args(["--epochs", "5"])
+    assert settings.resolve(args, saved)["epochs"] == 5 and saved["seqlen"] == 20
+    with pytest.raises(settings.UsageError, match="trained with --seqlen 20, not 30"):
+        settings.resolve(rnn_train.parse_args(["--seqlen", "30"]), saved)
+    parent = dict(settings.DEFAULTS, cell_size=64, layers=2)
+    fine_tuned = settings.resolve(rnn_train.parse_args([]), parent=parent)
+    assert (fine_tuned["cell_size"], fine_tuned["layers"]) == (64, 2)
+    with pytest.raises(settings.UsageError, match="has --layers 2, not 3"):
+        settings.resolve(rnn_train.parse_args(["--layers", "3", "--init-from", "p"]), parent=parent)
+
+
+def test_a_resume_keeps_its_alphabet_s_rule():
+    """--min-char-count chose a run's alphabet once: a resume cannot change it (it was
+    ignored, and recorded in the checkpoint, which then misdescribed its alphabet)."""
+    saved = dict(settings.DEFAULTS, min_char_count=3)
+    assert settings.resolve(rnn_train.parse_args(["--min-char-count", "3"]), saved)
+    with pytest.raises(settings.UsageError, match="trained with --min-char-count 3, not 5"):
+        settings.resolve(rnn_train.parse_args(["--min-char-count", "5"]), saved)
+    old = {k: v for k, v in settings.DEFAULTS.items() if k != "min_char_count"}
+    with pytest.raises(settings.UsageError, match="trained with --min-char-count 2, not 5"):
+        settings.resolve(rnn_train.parse_args(["--min-char-count", "5"]), old)
+
+
+def test_fine_tuning_trains_on_the_parent_s_text_unless_given_its_own():
+    """The advice of a refused resume, "train on this text in a new run with
+    --init-from RUN", must train on the run's text, not on Shakespeare."""
+    parent = dict(settings.DEFAULTS, data=["mine/*.txt"], validation=["mine/last.txt"])
+    child = settings.resolve(rnn_train.parse_args(["--init-from", "p"]), parent=parent)
+    assert (child["data"], child["validation"]) == (["mine/*.txt"], ["mine/last.txt"])
+    args = rnn_train.parse_args(["--init-from", "p", "--data", "new/*.txt"])
+    child = settings.resolve(args, parent=parent)
+    assert (child["data"], child["validation"]) == (["new/*.txt"], None)
+
+
+@pytest.mark.parametrize("setting", [s for s in settings.SAVED], ids=lambda s: s.name)
+def test_a_checkpoint_is_checked_against_the_same_ranges(setting):
+    config = dict(settings.DEFAULTS, alphasize=txtutils.ALPHASIZE, alphabet=txtutils.ALPHABET)
+    ckpt.check_config(config, "defaults")  # the defaults pass
+    bad = {"data": [], "validation": "x.txt", "schedule": "linear", "mixed_precision": "yes"}
+    value = bad.get(setting.name, True)  # JSON's true is no number, and no text either
+    if setting.values is settings.true_or_false:
+        value = "true"
+    with pytest.raises(ckpt.CheckpointError, match=f"{setting.name} is .* it must be "):
+        ckpt.check_config(dict(config, **{setting.name: value}), "crafted")
+
+
+def readme_flag_rows():
+    """{flag: the default its row gives} of the README's table of rnn_train.py's flags
+    (None for the flags of a row that names several)."""
+    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    section = readme.split("## Training: `rnn_train.py`", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for first, default in re.findall(r"^\| (`--[^|]*) \|([^|]*)\|", section, re.MULTILINE):
+        flags = re.findall(r"`(--[a-z-]+)", first)
+        rows.update(
+            {flag: default.strip().strip("`") if len(flags) == 1 else None for flag in flags}
+        )
+    return rows
+
+
+def test_the_readme_gives_every_flag_with_its_default():
+    rows = readme_flag_rows()
+    assert {s.option for s in settings.SETTINGS} | {"--recipe"} == set(rows)
+    for s in settings.SETTINGS:
+        shown = rows[s.option]
+        if shown is None:  # one row for several flags
+            continue
+        if s.default is None or s.default is False or s.default == "auto":
+            unset = {"none", "auto", "", "date and time", "off", "CHECKPOINT_DIR/.text"}
+            assert shown in unset, (s.option, shown)
+        elif type(s.default) in (int, float):
+            assert float(shown) == s.default, (s.option, shown)
+        else:
+            assert shown == settings.shown(s.default), (s.option, shown)
+
+
+def test_a_checkpoint_from_before_dropout_from_epoch_keeps_when_its_dropout_started():
+    """Checkpoints made before --dropout-from-epoch said when dropout starts as a
+    fraction of the run (--dropout-from): a resume reads it as that many epochs."""
+    old = {k: v for k, v in settings.DEFAULTS.items() if k != "dropout_from_epoch"}
+    resumed = settings.resolve(rnn_train.parse_args([]), dict(old, dropout_from=0.25, epochs=8))
+    assert resumed["dropout_from_epoch"] == 2.0
+    assert settings.resolve(rnn_train.parse_args([]), old)["dropout_from_epoch"] == 5.0
+    given = rnn_train.parse_args(["--dropout-from-epoch", "1"])
+    assert settings.resolve(given, dict(old, dropout_from=0.25))["dropout_from_epoch"] == 1.0

@@ -1,0 +1,49 @@
+"""The log is held back until write_out, which TensorFlow's own writer cannot do."""
+
+import glob
+import os
+
+import tensorflow as tf
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from charrnn.tensorboard_log import HeldBackLog
+
+
+def scalar_tags(folder):
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    return events.Tags()["tensors"]
+
+
+def test_tensorflows_writer_writes_each_summary_at_once_whatever_its_queue(tmp_path):
+    writer = tf.summary.create_file_writer(str(tmp_path), max_queue=1000, flush_millis=10**8)
+    (event_file,) = glob.glob(os.path.join(tmp_path, "events.*"))
+    empty = os.path.getsize(event_file)
+    with writer.as_default(step=1):
+        tf.summary.scalar("loss", 1.0)
+    # no flush, no close: yet the summary is in the file already
+    assert os.path.getsize(event_file) > empty
+    assert scalar_tags(tmp_path) == ["loss"]
+
+
+def test_held_back_figures_reach_the_file_only_on_write_out(tmp_path):
+    log = HeldBackLog(str(tmp_path), ["training", "validation"])
+    log.scalar("training", "loss", 2.5, step=10, description=log.LOSS)
+    log.scalar("validation", "loss", 2.7, step=10)
+    log.text("training", "sample", "ROMEO:\nhello", step=10)
+    assert scalar_tags(tmp_path / "training") == []
+    log.write_out()
+    assert sorted(scalar_tags(tmp_path / "training")) == ["loss", "sample"]
+    assert scalar_tags(tmp_path / "validation") == ["loss"]
+    log.write_out()  # nothing pending: nothing written twice
+    events = EventAccumulator(str(tmp_path / "training"))
+    events.Reload()
+    assert len(events.Tensors("loss")) == 1
+
+
+def test_a_log_without_a_folder_writes_nothing(tmp_path):
+    log = HeldBackLog(None, ["training"])
+    log.scalar("training", "loss", 1.0, step=1)
+    log.write_out()
+    assert log.pending == []
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,236 @@
+"""textcache and txtutils.read_corpus's use of it: a text read in pieces, counted and
+encoded once, found again by its files' contents, never trusted half-written.
+
+No TensorFlow here: real files, real folders, a real killed process."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+import txtutils
+from charrnn import textcache
+from charrnn.textcache import CacheError
+from conftest import HERE
+
+# Pieces of a few bytes cut UTF-8 sequences, CRLFs and bytes that are not UTF-8 apart
+TEXTS = {
+    "a.txt": "Hello, world.\r\nSecond line\r\n" * 20 + "end with CR\r",
+    "b.txt": "Привет, мир! ünïcödé ½ — 中文字符 🙂\r\n" * 15,
+    "c.txt": "plain ascii\n" * 40,
+}
+RAW = {"d.txt": b"latin1 caf\xe9 and more\r\n" * 12 + b"\xff\xfe odd bytes\n"}
+
+
+def write_text(folder, texts=TEXTS, raw=RAW):
+    folder.mkdir(exist_ok=True)
+    for name, text in texts.items():
+        (folder / name).write_bytes(text.encode())
+    for name, data in raw.items():
+        (folder / name).write_bytes(data)
+    return [str(folder / "*.txt")]
+
+
+def encoded_whole(paths, alphabet):
+    """What the codes must be: each file read whole and encoded, one after the other."""
+    parts = [alphabet.encode(txtutils.read_file(p).text) for p in paths]
+    return np.concatenate(parts) if parts else np.zeros(0, alphabet.dtype)
+
+
+@pytest.mark.parametrize("piece", [1, 2, 3, 7, 1 << 20])
+def test_codes_counts_and_alphabet_are_those_of_each_file_read_whole(tmp_path, monkeypatch, piece):
+    monkeypatch.setattr(txtutils, "PIECE", piece)
+    data = write_text(tmp_path / "text")
+    corpus = txtutils.read_corpus(data, [str(tmp_path / "text" / "d.txt")], cache_dir=None)
+    whole = "".join(txtutils.read_file(p).text for p in corpus.train_files)
+    assert corpus.alphabet == txtutils.DEFAULT.grown(*txtutils.count_chars(whole))
+    assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
+    assert np.array_equal(corpus.valid, encoded_whole(corpus.valid_files, corpus.alphabet))
+    assert corpus.not_utf8 == {str(tmp_path / "text" / "d.txt"): 12 + 2}
+    unknown = np.mean(encoded_whole(corpus.valid_files, corpus.alphabet) == txtutils.UNKNOWN)
+    assert corpus.unknown[1] == pytest.approx(unknown)
+
+
+def test_a_second_read_finds_the_codes_the_first_encoded(tmp_path):
+    data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
+    first = txtutils.read_corpus(data, cache_dir=cache)
+    second = txtutils.read_corpus(data, cache_dir=cache)
+    assert (first.encoded, second.encoded) == (True, False)
+    assert second.codes_folder == first.codes_folder
+    assert os.path.dirname(first.codes_folder) == cache
+    assert np.array_equal(first.train, second.train)
+    assert np.array_equal(second.train, encoded_whole(second.train_files, second.alphabet))
+    assert second.train.file.mode == "rb"  # a run cannot scribble on a shared text
+    # the same bytes in another folder are the same text: nothing encoded again
+    moved = write_text(tmp_path / "elsewhere")
+    assert txtutils.read_corpus(moved, cache_dir=cache).encoded is False
+
+
+def test_a_file_edited_to_the_same_size_and_time_is_a_new_text(tmp_path):
+    data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
+    before = txtutils.read_corpus(data, [], cache_dir=cache)
+    path = tmp_path / "text" / "c.txt"
+    stat = path.stat()
+    path.write_bytes(path.read_bytes().replace(b"plain", b"PLAIN", 1))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    after = txtutils.read_corpus(data, [], cache_dir=cache)
+    assert after.encoded and after.codes_folder != before.codes_folder
+    assert txtutils.changes(before.fingerprint, after.fingerprint) == "training files edited: c.txt"
+    assert np.array_equal(after.train, encoded_whole(after.train_files, after.alphabet))
+
+
+def test_another_alphabet_is_another_entry(tmp_path):
+    data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
+    grown = txtutils.read_corpus(data, [], cache_dir=cache)
+    talks = txtutils.read_corpus(data, [], min_count=None, cache_dir=cache)  # a resume's
+    assert talks.encoded and talks.alphabet == txtutils.DEFAULT != grown.alphabet
+    assert np.array_equal(talks.train, encoded_whole(talks.train_files, txtutils.DEFAULT))
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_encoding_leaves_nothing_a_later_read_trusts(tmp_path):
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+
+    def stop_halfway(what, done, total):
+        if what == "encoding" and done > total // 2:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        txtutils.read_corpus(data, [], cache_dir=str(cache), progress=stop_halfway)
+    assert not [p for p in os.listdir(cache) if p.startswith("codes-")]
+    assert not [p for p in os.listdir(cache) if p.startswith(".tmp")]
+    corpus = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    assert corpus.encoded
+    assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
+
+
+def test_a_kill_in_the_middle_of_encoding_leaves_only_what_the_next_read_removes(tmp_path):
+    """kill -9 runs no clean-up: what it leaves is under a temporary name, which no
+    read trusts, and the next read on this machine removes it (its process is dead)."""
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        sys.path.insert(0, {HERE!r})
+        import txtutils
+        txtutils.PIECE = 5  # many pieces: the kill lands between two
+        def die(what, done, total):
+            if what == "encoding" and done > total // 2:
+                os.kill(os.getpid(), signal.SIGKILL)
+        txtutils.read_corpus({data!r}, [], cache_dir={str(cache)!r}, progress=die)
+    """)
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    left = os.listdir(cache)
+    assert [p for p in left if p.startswith(".tmp")] and not [p for p in left if "codes-" in p]
+    corpus = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    assert corpus.encoded
+    assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
+    assert not [p for p in os.listdir(cache) if p.startswith(".tmp")]
+
+
+@pytest.mark.parametrize("damage", ["cut short", "done.json scribbled", "done.json removed"])
+def test_a_damaged_entry_is_encoded_again(tmp_path, damage):
+    data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
+    folder = txtutils.read_corpus(data, [], cache_dir=cache).codes_folder
+    if damage == "cut short":
+        with open(os.path.join(folder, "train.codes"), "r+b") as f:
+            f.truncate(100)
+    elif damage == "done.json scribbled":
+        with open(os.path.join(folder, "done.json"), "w") as f:
+            f.write('{"description": 1')
+    else:
+        os.remove(os.path.join(folder, "done.json"))
+    corpus = txtutils.read_corpus(data, [], cache_dir=cache)
+    assert corpus.encoded and corpus.codes_folder == folder
+    assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
+
+
+def test_damaged_file_statistics_are_counted_again(tmp_path):
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+    first = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    for name in os.listdir(cache / "files"):
+        (cache / "files" / name).write_text('{"size": 3, "points": [65]')
+    again = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    assert again.alphabet == first.alphabet and not again.encoded
+
+
+def test_too_little_room_on_the_disk_is_one_clear_error_before_writing(tmp_path, monkeypatch):
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+    monkeypatch.setattr(textcache.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
+    with pytest.raises(CacheError, match=r"needs .* free: free some space, or pass --cache-dir"):
+        txtutils.read_corpus(data, [], cache_dir=str(cache))
+    assert not [p for p in os.listdir(cache) if "codes-" in p or p.startswith(".tmp")]
+
+
+def test_a_cache_that_cannot_be_made_is_one_clear_error(tmp_path):
+    data = write_text(tmp_path / "text")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(
+        CacheError, match="cannot write in .*: Not a directory; choose another --cache-dir"
+    ):
+        txtutils.read_corpus(data, [], cache_dir=str(tmp_path / "a-file" / "cache"))
+
+
+def test_a_failed_write_removes_what_it_wrote(tmp_path, monkeypatch):
+    """A disk that fills while the codes are written (an OSError from a write)."""
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+
+    def full(what, done, total):
+        if what == "encoding" and done > total // 2:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(CacheError, match=r"No space left on device.*--cache-dir"):
+        txtutils.read_corpus(data, [], cache_dir=str(cache), progress=full)
+    assert not [p for p in os.listdir(cache) if "codes-" in p or p.startswith(".tmp")]
+
+
+def test_progress_covers_each_pass_to_its_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(txtutils, "PIECE", 64)
+    data, seen = write_text(tmp_path / "text"), {}
+    txtutils.read_corpus(
+        data, [], progress=lambda what, done, total: seen.setdefault(what, []).append((done, total))
+    )
+    assert list(seen) == ["fingerprinting", "counting", "encoding"]
+    for calls in seen.values():
+        assert len(calls) > 3 and calls[-1][0] == calls[-1][1]
+        assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_rows_are_read_from_the_file_as_indexing_the_codes_would(tmp_path):
+    data = write_text(tmp_path / "text")
+    codes = txtutils.read_corpus(data, [], cache_dir=str(tmp_path / "cache")).train
+    whole = np.asarray(codes)
+    assert len(codes) == len(whole) > 1000 and whole.dtype == codes.dtype == np.uint8
+    starts = np.array([0, 5, 999, len(whole) - 31])
+    assert np.array_equal(codes.rows(starts, 31), whole[starts[:, None] + np.arange(31)])
+    with pytest.raises(ValueError, match="beyond the end"):
+        codes.rows([len(whole) - 30], 31)
+
+
+def test_a_file_written_while_it_is_read_is_refused_and_nothing_it_made_is_kept(tmp_path):
+    """Its fingerprint was taken before the write: codes or counts kept under it
+    would hold some of the new text, and a later run would trust them."""
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+
+    def append_halfway(what, done, total):
+        if what == "encoding" and done > total // 2 and not appended:
+            appended.append(True)
+            with open(tmp_path / "text" / "c.txt", "a") as f:
+                f.write("a line written meanwhile\n")
+
+    appended = []
+
+    with pytest.raises(txtutils.CorpusError, match=r"c.txt changed while it was read"):
+        txtutils.read_corpus(data, [], cache_dir=str(cache), progress=append_halfway)
+    assert not [p for p in os.listdir(cache) if "codes-" in p]
+    assert len(os.listdir(cache / "files")) == len(TEXTS) + len(RAW) - 1  # not c.txt's
+    corpus = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))

@@ -1,0 +1,68 @@
+"""bench_quality.py trains both entrants on the text it is given, never on the held-out
+play, and scores that play (never judged on the figures: that is the bench's job)."""
+
+import json
+import math
+
+from conftest import TINY, run_cli
+
+WORDS = [
+    "the",
+    "king",
+    "and",
+    "the",
+    "queen",
+    "of",
+    "the",
+    "night",
+    "speak",
+    "of",
+    "love",
+    "and",
+    "war",
+    "to",
+    "all",
+    "their",
+    "men",
+]
+
+
+def write_corpus(folder, names, chars):
+    folder.mkdir()
+    for i, name in enumerate(names):
+        words = [WORDS[(i * 7 + j * j) % len(WORDS)] for j in range(chars // 4)]
+        lines = [" ".join(words[k : k + 9]) + "." for k in range(0, len(words), 9)]
+        (folder / name).write_text("\n".join(lines)[:chars] + "\n")  # chars + 1
+
+
+def test_both_entrants_train_and_score_the_held_out_play(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
+    out, work = tmp_path / "q.json", tmp_path / "work"
+    result = run_cli(
+        "tools/bench_quality.py",
+        *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
+        *("--minutes", "0.05", "--peer-cell", "16", "--flags", " ".join(TINY)),
+        *("--work-dir", str(work), "--json", str(out)),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    assert figures["test"] == "held.txt"
+    runs = {r["who"]: r for r in figures["runs"]}
+    assert set(runs) == {"this checkout", "Keras GRU"}
+    for run in runs.values():
+        assert run["steps"] > 0
+        assert 0 < run["nats"] < math.log(98) + 1, run  # a real score of a barely trained model
+        assert f"{run['nats']:.3f} nats/char" in result.stdout
+    log = (work / "this-0.05.log").read_text()
+    # trained on a.txt and b.txt only: the held-out play and the validation play left out
+    assert "training on 24,002 characters (2 files), validating on 12,001 (valid.txt)" in log
+
+
+def test_a_missing_play_is_one_line(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, ["a.txt", "valid.txt"], 1_000)
+    result = run_cli("tools/bench_quality.py", "--corpus", str(corpus), "--valid", "valid.txt")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "julius_caesar_gut.txt is not in" in result.stderr

@@ -1,0 +1,373 @@
+"""Screenshot TensorBoard's scalar charts with headless Chromium, for the README.
+
+    .venv/bin/python screenshot_tensorboard.py log/RUNNAME curves.png
+    .venv/bin/python screenshot_tensorboard.py log/RUNNAME curves.png --tags loss accuracy \\
+        --width 1600 --height 1000 --smoothing 0
+
+It serves LOGDIR with a real TensorBoard on 127.0.0.1, opens the Time Series
+dashboard filtered to the wanted tags (one chart per tag, one line per run, so
+training and validation overlay), waits until every chart has drawn a line for
+each run that logs its tag, and saves the page as a PNG. Needs Debian's
+Chromium: apt-get install chromium.
+
+Chromium is driven over its DevTools protocol (--remote-debugging-pipe) rather
+than with --screenshot: that one-shot mode can only guess, with a time budget,
+when the charts are drawn, and cannot set TensorBoard's display settings, which
+live in the page's localStorage (settings pane, outliers, smoothing, card width).
+"""
+
+import base64
+import contextlib
+import json
+import os
+import re
+import select
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+from charrnn import cli
+
+PROG = "screenshot_tensorboard.py"
+HOST = "127.0.0.1"
+SIDEBAR = 0.2  # the runs list takes 20% of the width (TensorBoard's default)
+CARD_WIDTH = 335, 735  # the card widths TensorBoard accepts (its settings slider)
+CARD_GAP = 16  # the card grid's padding and the gap between cards
+REPLY_TIMEOUT = 30  # seconds for Chromium to answer one command
+
+# How many lines each scalar card has drawn, by tag. forceSVG=true puts each
+# line in the DOM as an SVG path (one per run, two with smoothing: raw + smoothed).
+COUNT_LINES = """Object.fromEntries([...document.querySelectorAll("scalar-card")].map(card => [
+    card.querySelector(".tag")?.title,
+    [...card.querySelectorAll(".series-view path")].filter(p => p.getAttribute("d")).length]))"""
+
+
+class ScreenshotError(Exception):
+    """What went wrong, in one line the user can act on."""
+
+
+def event_runs(logdir):
+    """The TensorBoard runs under logdir: the folders holding event files, named
+    as TensorBoard names them (relative, '/'-separated, '.' for logdir itself)."""
+    runs = set()
+    for folder, _, files in os.walk(logdir):
+        if any("tfevents" in name for name in files):
+            runs.add(os.path.relpath(folder, logdir).replace(os.sep, "/"))
+    if not runs:
+        raise ScreenshotError(f"no TensorBoard event files under {logdir}")
+    return runs
+
+
+def get_json(url):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def last_line(path):
+    """The last line a child process wrote to its log file, to quote in an error."""
+    with open(path, errors="replace") as f:
+        lines = [line.strip() for line in f if line.strip()]
+    return lines[-1] if lines else "no message"
+
+
+def wait_for_scalars(server, proc, log, runs, tags, deadline):
+    """Wait until TensorBoard answers and lists every run and tag; return, for each
+    wanted tag, how many runs log it: the lines its chart must show. TensorBoard
+    lists runs as it finds them and adds their tags as it reads their files, so
+    the answer counts only once it has held still for a while."""
+    listed, scalars, still_since = None, None, time.monotonic()
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise ScreenshotError(
+                f"TensorBoard exited with status {proc.returncode}: {last_line(log)}"
+            )
+        previous = scalars
+        try:
+            listed = set(get_json(f"{server}/data/runs"))
+            scalars = get_json(f"{server}/data/plugin/scalars/tags")
+        except OSError:
+            pass  # not listening yet
+        if scalars != previous:
+            still_since = time.monotonic()
+        still = time.monotonic() - still_since
+        if scalars is not None and runs <= listed:
+            have = {tag for run_tags in scalars.values() for tag in run_tags}
+            missing = [tag for tag in tags if tag not in have]
+            if not missing and still >= 1:
+                return {tag: sum(tag in run_tags for run_tags in scalars.values()) for tag in tags}
+            if missing and still >= 5:
+                raise ScreenshotError(
+                    f"no scalar tag {', '.join(missing)} in the logs "
+                    f"(they have: {', '.join(sorted(have)) or 'none'})"
+                )
+        time.sleep(0.5)
+    if listed is None:
+        raise ScreenshotError(f"TensorBoard did not answer on {server} in time")
+    raise ScreenshotError(
+        f"TensorBoard did not list all the runs and tags in time (runs: "
+        f"{', '.join(sorted(runs))}; tags: {', '.join(tags)})"
+    )
+
+
+def stop(proc, terminate=True):
+    """Let proc end, asking it to (SIGTERM) if terminate; kill it if it takes over 10 s."""
+    if terminate:
+        proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class Chromium:
+    """Headless Chromium, driven over the DevTools protocol on a pair of pipes:
+    JSON messages ended by a NUL byte, file descriptor 3 to it and 4 from it."""
+
+    def __init__(self, exe, profile, log, width, height):
+        to_chromium, self._to_chromium = os.pipe()
+        self._from_chromium, from_chromium = os.pipe()
+
+        def pipes_as_3_and_4():  # in the child, between fork and exec
+            os.dup2(to_chromium, 3)
+            os.dup2(from_chromium, 4)
+
+        flags = [
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            # this machine's network is closed: no update, sync or QUIC traffic
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "--remote-debugging-pipe",
+        ]
+        with open(log, "w") as err:
+            self.proc = subprocess.Popen(
+                [exe, *flags],
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                pass_fds=(3, 4),
+                preexec_fn=pipes_as_3_and_4,
+            )
+        os.close(to_chromium)
+        os.close(from_chromium)
+        self.log = log
+        self._next_id, self._buffer = 0, b""
+
+    def send(self, method, session=None, **params):
+        self._next_id += 1
+        message = {"id": self._next_id, "method": method, "params": params}
+        if session:
+            message["sessionId"] = session
+        try:
+            os.write(self._to_chromium, json.dumps(message).encode() + b"\0")
+        except BrokenPipeError:
+            raise ScreenshotError(f"Chromium quit: {last_line(self.log)}") from None
+
+    def call(self, method, session=None, **params):
+        """Send one command and return its result, skipping the events between."""
+        self.send(method, session, **params)
+        while True:
+            reply = self._receive()
+            if reply.get("id") == self._next_id:
+                if "error" in reply:
+                    raise ScreenshotError(f"Chromium refused {method}: {reply['error']}")
+                return reply["result"]
+
+    def _receive(self):
+        while b"\0" not in self._buffer:
+            if not select.select([self._from_chromium], [], [], REPLY_TIMEOUT)[0]:
+                raise ScreenshotError("Chromium stopped answering")
+            chunk = os.read(self._from_chromium, 1 << 20)
+            if not chunk:
+                raise ScreenshotError(f"Chromium quit: {last_line(self.log)}")
+            self._buffer += chunk
+        message, _, self._buffer = self._buffer.partition(b"\0")
+        return json.loads(message)
+
+    def close(self):
+        with contextlib.suppress(ScreenshotError):  # it may have quit already
+            self.send("Browser.close")  # no reply to wait for: it may quit first
+        stop(self.proc, terminate=False)
+        os.close(self._to_chromium)
+        os.close(self._from_chromium)
+
+
+def dashboard_url(server, tags):
+    """The Time Series dashboard showing only the wanted tags. forceSVG: TensorBoard
+    otherwise draws with WebGL, which headless Chromium without a GPU lacks."""
+    tag_filter = "^(" + "|".join(re.escape(tag) for tag in tags) + ")$"
+    query = urllib.parse.urlencode({"forceSVG": "true", "tagFilter": tag_filter})
+    return f"{server}/?{query}#timeseries"
+
+
+def display_settings(width, ntags, smoothing):
+    """TensorBoard's settings, as its page stores them in localStorage: settings pane
+    closed, y axes over all the data, and cards wide enough to share one row."""
+    room = width * (1 - SIDEBAR) - CARD_GAP * (ntags + 1) - 24  # borders, scrollbar
+    card = min(max(int(room / ntags), CARD_WIDTH[0]), CARD_WIDTH[1])
+    return {
+        "timeSeriesSettingsPaneOpened": False,
+        "ignoreOutliers": False,
+        "scalarSmoothing": smoothing,
+        "timeSeriesCardMinWidth": card,
+    }
+
+
+def screenshot(browser, url, settings, lines, width, height, deadline):
+    """Open url in a width x height page with these settings, wait (until deadline)
+    for each tag's chart to draw its lines, and return the PNG bytes."""
+    target = browser.call("Target.createTarget", url="about:blank")["targetId"]
+    page = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
+    browser.call("Page.enable", page)  # else the script below is not run on navigation
+    browser.call(
+        "Emulation.setDeviceMetricsOverride",
+        page,
+        width=width,
+        height=height,
+        deviceScaleFactor=1,
+        mobile=False,
+    )
+    browser.call(
+        "Emulation.setEmulatedMedia",
+        page,
+        features=[{"name": "prefers-color-scheme", "value": "light"}],
+    )
+    store = f"localStorage.setItem('_tb_global_settings', {json.dumps(json.dumps(settings))})"
+    browser.call("Page.addScriptToEvaluateOnNewDocument", page, source=store)
+    browser.call("Page.navigate", page, url=url)
+    drawn = {}
+    while any(drawn.get(tag, 0) < n for tag, n in lines.items()):
+        if time.monotonic() > deadline:
+            shown = ", ".join(f"{tag} {drawn.get(tag, 0)}/{n}" for tag, n in lines.items())
+            raise ScreenshotError(
+                f"the charts were not drawn in time (lines: {shown}); "
+                "is the window large enough to show them all?"
+            )
+        time.sleep(0.5)
+        drawn = (
+            browser.call("Runtime.evaluate", page, expression=COUNT_LINES, returnByValue=True)[
+                "result"
+            ].get("value")
+            or {}
+        )
+    # Lines in the DOM are painted on the next frame: wait for two to be sure.
+    browser.call(
+        "Runtime.evaluate",
+        page,
+        awaitPromise=True,
+        expression=(
+            "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+        ),
+    )
+    png = browser.call("Page.captureScreenshot", page, format="png")["data"]
+    return base64.b64decode(png)
+
+
+def run(args):
+    chromium = shutil.which("chromium")
+    if not chromium:
+        raise ScreenshotError("chromium not found: apt-get install chromium")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
+        raise ScreenshotError(f"no folder to write {args.out} in")
+    runs = event_runs(args.logdir)
+    deadline = time.monotonic() + args.timeout
+    server = f"http://{HOST}:{cli.free_ports(1, HOST)[0]}"
+    with tempfile.TemporaryDirectory(prefix="screenshot_tensorboard.") as tmp:
+        tb_log = os.path.join(tmp, "tensorboard.log")
+        with open(tb_log, "w") as log:
+            tensorboard = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "tensorboard.main",
+                    "--logdir",
+                    args.logdir,
+                    "--host",
+                    HOST,
+                    "--port",
+                    server.rsplit(":", 1)[1],
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+            )
+        try:
+            lines = wait_for_scalars(server, tensorboard, tb_log, runs, args.tags, deadline)
+            browser = Chromium(
+                chromium,
+                os.path.join(tmp, "profile"),
+                os.path.join(tmp, "chromium.log"),
+                args.width,
+                args.height,
+            )
+            try:
+                # A fresh time budget: TensorBoard's start-up must not eat Chromium's.
+                png = screenshot(
+                    browser,
+                    dashboard_url(server, args.tags),
+                    display_settings(args.width, len(args.tags), args.smoothing),
+                    lines,
+                    args.width,
+                    args.height,
+                    time.monotonic() + args.timeout,
+                )
+            finally:
+                browser.close()
+        finally:
+            stop(tensorboard)
+    with open(args.out, "wb") as f:
+        f.write(png)
+
+
+def main(argv=None):
+    parser = cli.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_argument("logdir", help="a run's log folder, e.g. log/RUNNAME")
+    parser.add_argument("out", help="the PNG file to write")
+    parser.add_argument(
+        "--tags",
+        nargs="+",
+        default=["loss", "accuracy"],
+        help="scalar tags to show, one chart each (default: loss accuracy)",
+    )
+    parser.add_argument("--width", type=int, default=1600, help="page width in pixels")
+    parser.add_argument("--height", type=int, default=1000, help="page height in pixels")
+    parser.add_argument(
+        "--smoothing",
+        type=float,
+        default=0.0,
+        help="TensorBoard's smoothing, 0 to 0.99 (default 0: the raw values)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=60,
+        help="seconds to wait for TensorBoard, then for the charts (default 60)",
+    )
+    args = parser.parse_args(argv)
+    if args.width < 400 or args.height < 300:
+        parser.error("--width must be at least 400 and --height at least 300")
+    if not 0 <= args.smoothing < 1:
+        parser.error("--smoothing must be in [0, 1)")
+    try:
+        run(args)
+    except ScreenshotError as e:
+        cli.error(PROG, e)
+        return 1  # not 2: as often TensorBoard or Chromium failing as bad input
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
