@@ -76,7 +76,7 @@ def check_out_dir(out_dir):
 
 def export_checkpoint(args):
     check_out_dir(args.out_dir)
-    prefix = runs.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
+    prefix = runs.find_checkpoint(args.checkpoint, args.checkpoint_dir, cli.warn)
     model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config).chars  # the checkpoint's, as rnn_play.py reads it
     work = work_dir(args.out_dir)

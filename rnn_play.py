@@ -17,7 +17,15 @@ import numpy as np
 
 import txtutils
 from charrnn import ckpt, cli, memory, runs
-from charrnn.generate import CHUNK, TOPN, Generator, Scorer, default_topn, score, score_chunk
+from charrnn.generate import (
+    GENERATE_PER_CALL,
+    TOPN,
+    Generator,
+    Scorer,
+    default_topn,
+    score,
+    score_per_call,
+)
 
 PROG = "rnn_play.py"
 
@@ -156,7 +164,7 @@ class Progress:
 
 
 def play(args):
-    prefix = runs.resolve(args.checkpoint, args.checkpoint_dir, cli.warn)
+    prefix = runs.find_checkpoint(args.checkpoint, args.checkpoint_dir, cli.warn)
     if args.score:
         check_scoring_memory(ckpt.read_config(prefix))
     else:
@@ -196,24 +204,11 @@ def play(args):
 
 def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
     """Start generator's streams on the prime, given as pieces of text (one piece, or a
-    file read a piece at a time), fed score_chunk characters per compiled call (the
-    last call: the rest), so that a prime of any length compiles two shapes at most.
-    echo: a file the prime is written to as it is read; without one, the prime's text
-    is returned (each sample starts with it). Warns of characters not in the alphabet;
-    an empty prime is a UsageError."""
-    step = score_chunk(alphabet.size, streams)
-    held, kept, total, unknown = np.zeros(0, alphabet.dtype), [], 0, 0
-    started = False
-
-    def feed(codes):
-        nonlocal started
-        rows = np.broadcast_to(codes, (streams, len(codes)))  # [STREAMS, LENGTH]
-        if started:
-            generator.feed(rows)
-        else:
-            generator.start(rows, seed)
-        started = True
-
+    file read a piece at a time). echo: a file the prime is written to as it is read;
+    without one, the prime's text is returned (each sample starts with it). Warns of
+    characters not in the alphabet; an empty prime is a UsageError."""
+    kept, total, unknown = [], 0, 0
+    generator.start(np.zeros([streams, 0], np.int32), seed)
     for text in pieces:
         codes = alphabet.encode(text)  # (CRLF read as LF; the prime is shown as it is)
         if echo:
@@ -222,13 +217,7 @@ def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
             kept.append(text)
         total += len(codes)
         unknown += int(np.count_nonzero(codes == txtutils.UNKNOWN))
-        held = np.concatenate([held, codes])
-        whole = len(held) // step * step
-        if whole:
-            held, codes = held[whole:], held[:whole]
-            feed(codes)
-    if len(held):
-        feed(held)
+        generator.feed(np.broadcast_to(codes, (streams, len(codes))))  # [STREAMS, LENGTH]
     if total == 0:
         raise cli.UsageError("the prime is empty: give at least one character")
     if unknown:
@@ -240,7 +229,7 @@ def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
 
 
 def generate(generator, alphabet, length, stop=None, echo=None):
-    """The text of each stream, CHUNK characters per compiled call, until each has
+    """The text of each stream, GENERATE_PER_CALL characters per compiled call, until each has
     length characters (0: no end), or ended right after the first stop it generated;
     generation ends when every stream has. echo: a file that the one stream's text is
     written to as it comes, and nothing is kept (returns None)."""
@@ -249,7 +238,7 @@ def generate(generator, alphabet, length, stop=None, echo=None):
     going = np.ones(streams, bool)
     done = 0
     while going.any() and (length == 0 or done < length):
-        chunk = generator.next(CHUNK)  # [STREAMS, CHUNK]
+        chunk = generator.next(GENERATE_PER_CALL)  # [STREAMS, GENERATE_PER_CALL]
         chunk = chunk[:, : length - done] if length else chunk
         done += chunk.shape[1]
         for i in np.flatnonzero(going):
@@ -273,9 +262,9 @@ def generate(generator, alphabet, length, stop=None, echo=None):
 
 def check_scoring_memory(config):
     """Refuse --score beyond this machine's memory before any of it is allocated: one
-    row of score_chunk(ALPHASIZE) characters, the logits included."""
+    row of score_per_call(ALPHASIZE) characters, the logits included."""
     memory.check(
-        memory.needed(config, 1, score_chunk(config["alphasize"])),
+        memory.needed(config, 1, score_per_call(config["alphasize"])),
         f"scoring with a {config['layers']} x {config['cell_size']} GRU of "
         f"{config['alphasize']:,} symbols",
         "score on a machine with more memory",
@@ -292,7 +281,7 @@ def check_streams_memory(config, args):
     if args.prime_file is not None and os.path.isfile(args.prime_file):
         prime = os.path.getsize(args.prime_file)
     keeping = args.streams > 1 or args.out_dir
-    call = min(max(prime, 1), score_chunk(config["alphasize"], args.streams))
+    call = min(max(prime, 1), score_per_call(config["alphasize"], args.streams))
 
     def needed(streams):
         per_stream = 4 * call + (KEPT_BYTES * args.length if keeping else 0)

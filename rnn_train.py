@@ -32,13 +32,13 @@ from charrnn.reports import GO_ON, OUT_OF_TIME, ReadingProgress, Reports, Traini
 from charrnn.tensorboard_log import HeldBackLog
 from charrnn.training import (
     SAMPLE_TOPN,
-    VALID_ROWS,
     learning_rate_at,
     make_model,
     make_train_step,
     read_text,
+    run_length,
     sample,
-    valid_chunk,
+    valid_per_call,
     validate,
 )
 
@@ -106,9 +106,10 @@ def train(args):
     clock = Clock(args.time_limit)
     dist = Distribution.from_flags(args)
     run = runs.open_run(args, dist.chief)
-    config = settings.resolve(args, run.saved_config, run.parent_config)
+    config = settings.merge(args, run.saved_config, run.parent_config)
     cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
     text = read_text(config, run, dist, cache_dir, ReadingProgress(dist.chief))
+    batches_per_epoch, total = run_length(config, text)
     # what each checkpoint says of the run: its settings, and what it read from its text
     run_config = dict(
         config,
@@ -117,9 +118,13 @@ def train(args):
         data_fingerprint=text.fingerprint,
         parent=run.origin,
     )
-    validation = (VALID_ROWS, valid_chunk(text.alphabet.size))
+    validation = (
+        (len(text.valid_x), valid_per_call(text.alphabet.size))
+        if text.valid_x is not None
+        else None
+    )
     ckpt.check_config(run_config, "the run's settings")
-    memory.check_training(run_config, validation if text.valid_x is not None else None)
+    memory.check_training(run_config, validation)
     runs.create_folders(run, dist.chief)
     model, optimizer = make_model(run_config, dist)
     if run.parent:  # a new run fine-tuned from another: its weights, grown to this alphabet
@@ -128,7 +133,7 @@ def train(args):
     log = HeldBackLog(run.log_dir if dist.chief else None, log_runs)
     saver = runs.Saver(run.dir, model, optimizer, run_config, log, dist)
     step, state = saver.restore(run.resume_from)  # state: [BATCH, LAYERS*CELL]
-    B, T, total = config["batch_size"], config["seqlen"], text.total_steps
+    B, T = config["batch_size"], config["seqlen"]
     reports = Reports(PROG, run, config, total, log, dist.chief)
     if step >= total:
         reports.say(
@@ -136,7 +141,7 @@ def train(args):
             "raise --epochs or --max-steps to train it further"
         )
         return 0
-    reports.start(text, model, dist, step)
+    reports.start(text, batches_per_epoch, model, dist, step)
     train_step = make_train_step(model, optimizer, config, dist)
     sampler = Generator(model, topn=default_topn(model.alphasize, SAMPLE_TOPN))
     window, first_step, since = Window(), step, clock.elapsed()
@@ -159,7 +164,7 @@ def train(args):
                     dist.split(y, B),
                     state,
                     tf.constant(step, tf.int64),
-                    step >= config["dropout_from_epoch"] * text.batches_per_epoch,
+                    step >= config["dropout_from_epoch"] * batches_per_epoch,
                 )
                 loss, accuracy = float(loss), float(accuracy)  # float() waits for the step
                 if not math.isfinite(loss):

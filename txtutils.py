@@ -4,10 +4,10 @@ Nothing here imports TensorFlow: it is all NumPy, so it is quick to test.
 """
 
 import codecs
+import contextlib
 import glob
 import hashlib
 import os
-import re
 import stat
 from collections import Counter
 from typing import NamedTuple
@@ -103,7 +103,6 @@ class CorpusError(Exception):
 
 
 DEFAULT = Alphabet()
-encode, decode = DEFAULT.encode, DEFAULT.decode  # in the talk's alphabet
 
 
 def code_points(text):
@@ -111,11 +110,6 @@ def code_points(text):
     reach Python as lone surrogates (a command-line argument, a file read with
     surrogateescape); they are unknown characters, not an error."""
     return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-
-
-def count_chars(text):
-    """(code points, counts) of the characters of text, CRLF counted as LF."""
-    return np.unique(code_points(text.replace("\r\n", "\n")), return_counts=True)
 
 
 # ---------------------------------------------------------------------------
@@ -127,7 +121,7 @@ def find_files(patterns):
     ones skipped) into a sorted list of unique absolute paths, so every machine picks the
     same files in the same order. Globs and directories take regular files and links to
     them only: a FIFO, socket, device or dangling link among them is skipped. A path
-    named as it is (no wildcard) is kept whatever it is, for read_file to refuse in words."""
+    named as it is (no wildcard) is kept whatever it is, for reading to refuse in words."""
     found = set()
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
@@ -150,51 +144,40 @@ def _regular_files_below(folder):
                 yield path
 
 
-class TextFile(NamedTuple):
-    text: str  # a byte that is not UTF-8 as a lone surrogate (an unknown character)
-    not_utf8: int  # how many bytes were not UTF-8
-    size: int  # bytes in the file
-    sha256: str
-
-
-def read_file(path):
-    """Read one text file (TextFile); refuse a binary file (one holding a NUL byte) and
-    what is not a regular file."""
-    _check_regular(path)
+@contextlib.contextmanager
+def _reading(path):
+    """What goes wrong reading path, as the one line a user reads (CorpusError)."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        yield
     except OSError as e:
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+
+
+def _refuse_binary(raw, path):
+    """A NUL byte is no text's: a binary file is refused, never read as text."""
     if b"\0" in raw:
         raise CorpusError(
-            f"{path} is not a text file (it holds NUL bytes): "
-            "narrow --data to text files, e.g. 'DIR/**/*.txt'"
+            f"{path} is not a text file (it holds NUL bytes): give text files only "
+            "(a glob such as 'DIR/**/*.txt' picks them out of a folder)"
         )
-    # surrogateescape: each byte that is not UTF-8 stays one character, counted and
-    # then read as unknown, where "replace" would hide it as a U+FFFD of the text
-    text = raw.decode("utf-8", errors="surrogateescape")
-    not_utf8 = len(_NOT_UTF8.findall(text))
-    return TextFile(text, not_utf8, len(raw), hashlib.sha256(raw).hexdigest())
 
 
-_NOT_UTF8 = re.compile("[\udc80-\udcff]")
-
-
-def _check_regular(path):
-    """Raise CorpusError unless path is a regular file or a link to one. Checked before
-    opening it: opening a FIFO for reading waits for a writer, forever."""
+def _stamp(path):
+    """(size, mtime, inode) of a regular file, what changes when it is written; raise
+    CorpusError if it is not one (or a link to one). Checked before opening it:
+    opening a FIFO for reading waits for a writer, forever."""
     try:
-        mode = os.stat(path).st_mode
+        st = os.stat(path)
     except OSError as e:
         if os.path.islink(path) and not os.path.exists(path):
             raise CorpusError(
                 f"{path} is a dangling link (to {os.readlink(path)}): fix it or remove it"
             ) from None
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
-    if not stat.S_ISREG(mode):
-        kind = _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+    if not stat.S_ISREG(st.st_mode):
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
         raise CorpusError(f"{path} is {kind}, not a text file: name text files only")
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
 
 
 _KINDS = {
@@ -227,6 +210,8 @@ def default_validation_count(sizes):
 
 
 class Corpus(NamedTuple):
+    """The text of a run, from reading it (read_corpus) to the training loop."""
+
     train: textcache.Codes  # codes of the training text, files one after the other
     valid: textcache.Codes  # codes of the validation text (both read from disk)
     train_files: list
@@ -238,6 +223,10 @@ class Corpus(NamedTuple):
     min_count: int | None  # the count a character needed to join the alphabet
     codes_folder: str | None  # where the codes are kept (None: nowhere after the process)
     encoded: bool  # whether they were encoded now (else found in the cache)
+    # the validation rows (validation_rows), int32 [ROWS, VALID_SEQLEN] each; None
+    # without validation text, or when not asked for (a worker that does not validate)
+    valid_x: np.ndarray | None
+    valid_y: np.ndarray | None
 
 
 def min_count_for(chars):
@@ -259,6 +248,7 @@ def read_corpus(
     min_count=MIN_COUNT,
     cache_dir=None,
     progress=None,
+    with_validation_rows=True,
 ):
     """Read the training and validation text (Corpus), in pieces: a text of any size
     costs the memory of a small one; its codes live on disk, in the cache (cache_dir;
@@ -278,59 +268,29 @@ def read_corpus(
     before is counted (a second pass) and encoded (a third). progress(what, done,
     total): called as the bytes of each pass go by. Raises CorpusError for bad input,
     textcache.CacheError if the cache cannot be written."""
-    files = find_files(data_patterns)
-    if not files:
-        raise CorpusError(
-            f"--data {' '.join(data_patterns)} matches no file: "
-            "check the path, and quote globs so the shell does not expand them"
-        )
-    valid_files = None
-    if validation_patterns:
-        valid_files = find_files(validation_patterns)
-        if not valid_files:
-            raise CorpusError(
-                f"--validation {' '.join(validation_patterns)} matches no file: "
-                "check the path, or pass --validation none"
-            )
+    files, valid_files = _find_text(data_patterns, validation_patterns)
     cache = textcache.Cache(cache_dir)
     every = files + [p for p in valid_files or [] if p not in set(files)]
     stats = _file_stats(every, cache, progress)
-    if validation_patterns is None:
-        n = default_validation_count([stats[p].chars for p in files])
-        train_files, valid_files = files[: len(files) - n], files[len(files) - n :]
-    else:
-        valid_files = valid_files or []
-        held_out = set(valid_files)
-        train_files = [p for p in files if p not in held_out]
-    if not any(stats[p].chars for p in train_files):
-        if valid_files and any(stats[p].chars for p in files):
-            raise CorpusError(
-                "the validation files take all of the training text: "
-                "pass --validation with fewer files, or --validation none"
-            )
-        raise CorpusError(f"--data {' '.join(data_patterns)} holds no text (the files are empty)")
+    train_files, valid_files = _split(files, valid_files, stats, data_patterns)
     train_counts = _sum_counts(stats[p] for p in train_files)
     if min_count == "auto":
         min_count = min_count_for(sum(stats[p].chars for p in train_files))
     if min_count is not None:
         alphabet = alphabet.grown(*train_counts, min_count)
+    codes, folder, encoded = _encode(train_files, valid_files, stats, alphabet, cache, progress)
+    _check_unchanged(every, stats, cache, folder if encoded else None)
 
     def share_unknown(paths, counts):
         chars = sum(stats[p].chars for p in paths)
         return alphabet.unknown_count(*counts) / chars if chars else 0.0
 
-    codes, folder, encoded = _encode(train_files, valid_files, stats, alphabet, cache, progress)
-    changed = [p for p in every if _stamp(p) != stats[p].stamp]
-    if changed:  # what was stored under its old fingerprint holds some of the new text
-        if encoded:
-            cache.forget(folder)
-        for path in changed:
-            cache.forget_file_stats(stats[path].sha256)
-        raise CorpusError(f"{changed[0]} changed while it was read: run again once it is written")
-
     def fingerprint(paths):
         return [[p, stats[p].size, stats[p].sha256] for p in paths]
 
+    valid_x = valid_y = None
+    if with_validation_rows and len(codes["valid"]) >= 2:
+        valid_x, valid_y = validation_rows(codes["valid"], VALID_SEQLEN, VALID_MAX_ROWS)
     return Corpus(
         train=codes["train"],
         valid=codes["valid"],
@@ -346,7 +306,62 @@ def read_corpus(
         min_count=min_count,
         codes_folder=folder,
         encoded=encoded,
+        valid_x=valid_x,
+        valid_y=valid_y,
     )
+
+
+def _find_text(data_patterns, validation_patterns):
+    """The files --data names, and those --validation names ([] for none; None for
+    the default split); CorpusError if either names no file."""
+    files = find_files(data_patterns)
+    if not files:
+        raise CorpusError(
+            f"--data {' '.join(data_patterns)} matches no file: "
+            "check the path, and quote globs so the shell does not expand them"
+        )
+    valid_files = None if validation_patterns is None else []
+    if validation_patterns:
+        valid_files = find_files(validation_patterns)
+        if not valid_files:
+            raise CorpusError(
+                f"--validation {' '.join(validation_patterns)} matches no file: "
+                "check the path, or pass --validation none"
+            )
+    return files, valid_files
+
+
+def _split(files, valid_files, stats, data_patterns):
+    """(training files, validation files): the files held out (valid_files; None: the
+    default split of the last files, by their sizes) and the rest; CorpusError if the
+    training files hold no text."""
+    if valid_files is None:
+        n = default_validation_count([stats[p].chars for p in files])
+        train_files, valid_files = files[: len(files) - n], files[len(files) - n :]
+    else:
+        held_out = set(valid_files)
+        train_files = [p for p in files if p not in held_out]
+    if not any(stats[p].chars for p in train_files):
+        if valid_files and any(stats[p].chars for p in files):
+            raise CorpusError(
+                "the validation files take all of the training text: "
+                "pass --validation with fewer files, or --validation none"
+            )
+        raise CorpusError(f"--data {' '.join(data_patterns)} holds no text (the files are empty)")
+    return train_files, valid_files
+
+
+def _check_unchanged(paths, stats, cache, encoded_folder):
+    """CorpusError if a file changed while it was read, and what was stored under its
+    old fingerprint (its counts; the codes encoded now, in encoded_folder) forgotten:
+    it holds some of the new text."""
+    changed = [p for p in paths if _stamp(p) != stats[p].stamp]
+    if changed:
+        if encoded_folder:
+            cache.forget(encoded_folder)
+        for path in changed:
+            cache.forget_file_stats(stats[path].sha256)
+        raise CorpusError(f"{changed[0]} changed while it was read: run again once it is written")
 
 
 class FileStats(NamedTuple):
@@ -383,27 +398,32 @@ def _file_stats(paths, cache, progress):
             to_count.append(path)
     counting = _Pass(progress, "counting", sum(sizes[p] for p in to_count))
     for path in to_count:
-        counts, counted = np.zeros(0, dtype=np.int64), counting.done
-        for text in read_text_pieces(path, PIECE):
-            text = text.replace("\r\n", "\n")
-            # ASCII (most text) counted as bytes: a quarter of the memory traffic
-            piece = np.bincount(
-                np.frombuffer(text.encode("ascii"), np.uint8)
-                if text.isascii()
-                else code_points(text)
-            )
-            if len(piece) > len(counts):
-                counts = np.pad(counts, (0, len(piece) - len(counts)))
-            counts[: len(piece)] += piece
-            counting.add(len(text))  # characters: near enough to bytes for a progress line
-        counting.add(sizes[path] - (counting.done - counted))  # bytes beyond its characters
-        points = np.flatnonzero(counts)
-        stats[path] = FileStats(sizes[path], hashes[path], stamps[path], points, counts[points])
+        points, counts = _count(path, sizes[path], counting)
+        stats[path] = FileStats(sizes[path], hashes[path], stamps[path], points, counts)
         cache.put_file_stats(
             hashes[path],
-            {"size": sizes[path], "points": points.tolist(), "counts": counts[points].tolist()},
+            {"size": sizes[path], "points": points.tolist(), "counts": counts.tolist()},
         )
     return stats
+
+
+def _count(path, size, counting):
+    """(code points, counts) of the characters of a file of size bytes, CRLF read as
+    LF, read a piece at a time; counting: its _Pass."""
+    counts, counted = np.zeros(0, dtype=np.int64), counting.done
+    for text in read_text_pieces(path, PIECE):
+        text = text.replace("\r\n", "\n")
+        # ASCII (most text) counted as bytes: a quarter of the memory traffic
+        piece = np.bincount(
+            np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else code_points(text)
+        )
+        if len(piece) > len(counts):
+            counts = np.pad(counts, (0, len(piece) - len(counts)))
+        counts[: len(piece)] += piece
+        counting.add(len(text))  # characters: near enough to bytes for a progress line
+    counting.add(size - (counting.done - counted))  # bytes beyond its characters
+    points = np.flatnonzero(counts)
+    return points, counts[points]
 
 
 def _stats_from_json(known, stamp, sha256):
@@ -430,31 +450,14 @@ class _Pass:
             self.progress(self.what, self.done, self.total)
 
 
-def _stamp(path):
-    """(size, mtime, inode) of a regular file: what changes when it is written."""
-    _check_regular(path)
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
 def _sha256(path, progress):
     """The SHA-256 of a file's bytes, read in pieces; refuses a binary file (a NUL byte)."""
     sha = hashlib.sha256()
-    try:
-        with open(path, "rb") as f:
-            while raw := f.read(PIECE):
-                if b"\0" in raw:
-                    raise CorpusError(
-                        f"{path} is not a text file (it holds NUL bytes): "
-                        "narrow --data to text files, e.g. 'DIR/**/*.txt'"
-                    )
-                sha.update(raw)
-                progress.add(len(raw))
-    except OSError as e:
-        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    with _reading(path), open(path, "rb") as f:
+        while raw := f.read(PIECE):
+            _refuse_binary(raw, path)
+            sha.update(raw)
+            progress.add(len(raw))
     return sha.hexdigest()
 
 
@@ -646,8 +649,8 @@ def validation_rows(codes, seqlen, max_rows=None):
 def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
     """Yield a text file's codes in alphabet piece by piece, reading at most size
     bytes at a time, so that a file of any size costs a piece's memory. The pieces
-    put together are exactly alphabet.encode(read_file(path).text). Refuses a binary
-    file (a NUL byte) when it reaches it, as read_file does."""
+    put together are exactly the codes of the whole file's text. Refuses a binary
+    file (a NUL byte) when it reaches it."""
     for text in read_text_pieces(path, size):
         yield alphabet.encode(text)
 
@@ -655,21 +658,17 @@ def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
 def read_text_pieces(path, size=1 << 20):
     """Yield a text file's text piece by piece (read_pieces, before encoding, which
     reads CRLF as LF): a UTF-8 sequence or a CRLF cut by a piece boundary reads as if
-    it were not. A pipe works too: the file is read once, from its start to its end."""
+    it were not. A pipe works too: the file is read once, from its start to its end.
+    Bytes that are not UTF-8 read as lone surrogates (surrogateescape), one each: each
+    is counted and read as unknown, where "replace" would hide it as a U+FFFD."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     held = ""  # a CR that ends a piece: CRLF if the next piece starts with LF
-    try:
-        with open(path, "rb") as f:
-            while True:
-                raw = f.read(size)
-                if b"\0" in raw:
-                    raise CorpusError(
-                        f"{path} is not a text file (it holds NUL bytes): give a text file"
-                    )
-                text = held + decoder.decode(raw, final=not raw)
-                held = text[-1:] if raw and text.endswith("\r") else ""
-                yield text[: len(text) - len(held)]
-                if not raw:
-                    return
-    except OSError as e:
-        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
+    with _reading(path), open(path, "rb") as f:
+        while True:
+            raw = f.read(size)
+            _refuse_binary(raw, path)
+            text = held + decoder.decode(raw, final=not raw)
+            held = text[-1:] if raw and text.endswith("\r") else ""
+            yield text[: len(text) - len(held)]
+            if not raw:
+                return

@@ -17,6 +17,19 @@ import txtutils
 from txtutils import CorpusError
 
 PRINTABLE = "".join(chr(c) for c in range(32, 127))
+encode, decode = txtutils.DEFAULT.encode, txtutils.DEFAULT.decode  # the talk's alphabet
+
+
+def text_of(path):
+    """A file's whole text as reading it gives it, the simple way (the tests' reference
+    for what reads in pieces): a byte that is not UTF-8 as a lone surrogate."""
+    with open(path, "rb") as f:
+        return f.read().decode("utf-8", errors="surrogateescape")
+
+
+def count_chars(text):
+    """(code points, counts) of the characters of text, CRLF counted as LF."""
+    return np.unique(txtutils.code_points(text.replace("\r\n", "\n")), return_counts=True)
 
 
 # ---------------------------------------------------------------------------
@@ -31,52 +44,52 @@ def test_the_alphabet_has_98_distinct_symbols():
 
 def test_printable_ascii_tab_and_newline_round_trip_each_to_its_own_code():
     text = PRINTABLE + "\t\n"
-    codes = txtutils.encode(text)
+    codes = encode(text)
     assert codes.dtype == np.uint8
-    assert txtutils.decode(codes) == text
+    assert decode(codes) == text
     # 97 characters onto codes 1..97: one code each, 0 is left for "unknown"
     assert sorted(codes.tolist()) == list(range(1, 98))
     for code in codes:
-        assert txtutils.ALPHABET[code] == txtutils.decode([code])
+        assert txtutils.ALPHABET[code] == decode([code])
 
 
 @pytest.mark.parametrize(
     "char, code", [("\t", 1), (" ", 2), ("~", 96), ("\n", 97), ("A", ord("A") - 30)]
 )
 def test_documented_codes(char, code):
-    assert txtutils.encode(char).tolist() == [code]
+    assert encode(char).tolist() == [code]
 
 
 def test_crlf_becomes_lf():
-    assert txtutils.encode("a\r\nb\r\n").tolist() == txtutils.encode("a\nb\n").tolist()
-    assert txtutils.decode(txtutils.encode("one\r\ntwo")) == "one\ntwo"
+    assert encode("a\r\nb\r\n").tolist() == encode("a\nb\n").tolist()
+    assert decode(encode("one\r\ntwo")) == "one\ntwo"
 
 
 @pytest.mark.parametrize("char", ["é", "\r", "\x00", "\x7f", "\x80", "€", "\u2028", "😀"])
 def test_unknown_characters_encode_to_0_one_code_each(char):
-    codes = txtutils.encode(f"a{char}b")
-    assert codes.tolist() == [txtutils.encode("a")[0], txtutils.UNKNOWN, txtutils.encode("b")[0]]
+    codes = encode(f"a{char}b")
+    assert codes.tolist() == [encode("a")[0], txtutils.UNKNOWN, encode("b")[0]]
     assert txtutils.UNKNOWN == 0
-    assert txtutils.decode(codes) == "a\ufffdb"
+    assert decode(codes) == "a\ufffdb"
 
 
 def test_a_lone_cr_is_unknown_but_the_lf_of_cr_cr_lf_stays():
-    assert txtutils.encode("\r\r\n").tolist() == [0, 97]
+    assert encode("\r\r\n").tolist() == [0, 97]
 
 
 def test_empty_text_encodes_to_an_empty_array():
-    codes = txtutils.encode("")
+    codes = encode("")
     assert codes.shape == (0,)
-    assert txtutils.decode(codes) == ""
+    assert decode(codes) == ""
 
 
 def test_a_lone_surrogate_is_unknown_and_does_not_crash():
     """Python puts lone surrogates in sys.argv for bytes that are not UTF-8
     (rnn_play.py --prime $'\\xff')."""
-    assert txtutils.encode("a\udcffb").tolist() == [
-        txtutils.encode("a")[0],
+    assert encode("a\udcffb").tolist() == [
+        encode("a")[0],
         txtutils.UNKNOWN,
-        txtutils.encode("b")[0],
+        encode("b")[0],
     ]
 
 
@@ -272,7 +285,7 @@ UNICODE_TEXTS = {
 
 
 def grown(text, min_count=txtutils.MIN_COUNT):
-    return txtutils.DEFAULT.grown(*txtutils.count_chars(text), min_count)
+    return txtutils.DEFAULT.grown(*count_chars(text), min_count)
 
 
 @pytest.mark.parametrize("name", UNICODE_TEXTS)
@@ -293,7 +306,7 @@ def test_a_cjk_alphabet_of_thousands_of_symbols_holds_in_two_bytes_a_character()
     alphabet = grown(UNICODE_TEXTS["cjk"])
     assert alphabet.size == 98 + 3200
     assert alphabet.encode(UNICODE_TEXTS["cjk"]).dtype == np.uint16
-    assert txtutils.DEFAULT.encode("abc").dtype == np.uint8
+    assert encode("abc").dtype == np.uint8
 
 
 def test_ascii_text_gives_exactly_the_talks_alphabet():
@@ -334,7 +347,7 @@ def test_min_count_auto_keeps_a_small_text_s_alphabet_and_thins_a_big_one(tmp_pa
 
 def test_a_grown_alphabet_keeps_the_codes_it_had():
     parent = grown("жжщщ")
-    child = parent.grown(*txtutils.count_chars("ääжж"))
+    child = parent.grown(*count_chars("ääжж"))
     assert child.chars == parent.chars + "ä"
     assert child.encode("жщä").tolist() == [*parent.encode("жщ").tolist(), parent.size]
 
@@ -445,7 +458,7 @@ def test_files_are_read_sorted_whatever_order_they_were_made_in(tmp_path):
         results.append(txtutils.read_corpus([str(tmp_path / folder / "*.txt")], []))
     for train, _, train_files, *_ in results:
         assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
-        assert txtutils.decode(train) == "A" * 10 + "B" * 10 + "C" * 10
+        assert decode(train) == "A" * 10 + "B" * 10 + "C" * 10
 
 
 def make_tree(root):
@@ -465,7 +478,7 @@ def test_a_directory_is_read_recursively_skipping_hidden_files_and_folders(tmp_p
     assert train_files == sorted(
         str(tmp_path / "corpus" / p) for p in ["a.txt", "sub/b.txt", "sub/deeper/c.txt"]
     )
-    assert txtutils.decode(train) == "abc"
+    assert decode(train) == "abc"
     assert len(valid) == 0 and valid_files == []
 
 
@@ -478,7 +491,7 @@ def test_a_recursive_glob_is_accepted_and_overlapping_patterns_read_a_file_once(
     )
     for train, _, train_files, *_ in [by_glob, overlapping]:
         assert names(train_files) == ["a.txt", "b.txt", "c.txt"]
-        assert txtutils.decode(train) == "abc"
+        assert decode(train) == "abc"
 
 
 @contextlib.contextmanager
@@ -505,7 +518,7 @@ def test_a_folder_walk_or_a_glob_skips_a_fifo(tmp_path):
         with at_most(10):
             corpus = txtutils.read_corpus([str(pattern)], [])
         assert corpus.train_files == [str(tmp_path / "a.txt")]
-        assert txtutils.decode(corpus.train) == "text"
+        assert decode(corpus.train) == "text"
 
 
 def test_a_folder_walk_skips_a_dangling_link_and_follows_a_good_one(tmp_path):
@@ -515,7 +528,7 @@ def test_a_folder_walk_skips_a_dangling_link_and_follows_a_good_one(tmp_path):
     (tmp_path / "corpus" / "c.txt").symlink_to(tmp_path / "gone.txt")
     corpus = txtutils.read_corpus([str(tmp_path / "corpus")], [])
     assert names(corpus.train_files) == ["a.txt", "b.txt"]
-    assert txtutils.decode(corpus.train) == "abee"
+    assert decode(corpus.train) == "abee"
 
 
 def test_a_fifo_or_a_dangling_link_named_as_it_is_is_a_corpus_error(tmp_path):
@@ -558,8 +571,8 @@ def test_by_default_the_last_sorted_files_are_held_out_for_validation(tmp_path):
     assert txtutils.default_validation_count([100] * 10) == 2
     assert names(train_files) == [f"{i:02d}.txt" for i in range(8)]
     assert names(valid_files) == ["08.txt", "09.txt"]
-    assert txtutils.decode(train) == "".join(letters[i] * 100 for i in range(8))
-    assert txtutils.decode(valid) == "I" * 100 + "J" * 100
+    assert decode(train) == "".join(letters[i] * 100 for i in range(8))
+    assert decode(valid) == "I" * 100 + "J" * 100
 
 
 def test_by_default_4_files_give_no_validation(tmp_path):
@@ -586,16 +599,16 @@ def test_explicit_validation_files_are_never_trained_on(tmp_path):
     )
     assert names(valid_files) == ["c.txt", "e.txt"]
     assert names(train_files) == ["a.txt", "b.txt", "d.txt", "f.txt"]
-    assert set(txtutils.decode(train)) == set("abdf")
-    assert txtutils.decode(valid) == "c" * 50 + "e" * 50
+    assert set(decode(train)) == set("abdf")
+    assert decode(valid) == "c" * 50 + "e" * 50
 
 
 def test_a_relative_validation_path_is_held_out_from_absolute_data_paths(tmp_path, monkeypatch):
     files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
     monkeypatch.chdir(tmp_path)
     train, valid, _, valid_files, *_ = txtutils.read_corpus([str(tmp_path)], ["./b.txt"])
-    assert txtutils.decode(train) == "aaa"
-    assert txtutils.decode(valid) == "bbb"
+    assert decode(train) == "aaa"
+    assert decode(valid) == "bbb"
     assert valid_files == [str(tmp_path / "b.txt")]
 
 
@@ -605,8 +618,8 @@ def test_validation_files_outside_the_data_are_read_too(tmp_path):
     train, valid, _, valid_files, *_ = txtutils.read_corpus(
         [str(tmp_path / "data")], [str(tmp_path / "held" / "v.txt")]
     )
-    assert txtutils.decode(train) == "aaabbb"
-    assert txtutils.decode(valid) == "vvvv"
+    assert decode(train) == "aaabbb"
+    assert decode(valid) == "vvvv"
     assert valid_files == [str(tmp_path / "held" / "v.txt")]
 
 
@@ -632,7 +645,7 @@ def test_reading_twice_gives_the_same_split(tmp_path):
 def test_files_with_crlf_or_invalid_utf8_are_read(tmp_path):
     (tmp_path / "a.txt").write_bytes(b"one\r\ntwo\xff!")
     train, *_ = txtutils.read_corpus([str(tmp_path)], [])
-    assert txtutils.decode(train) == "one\ntwo\ufffd!"
+    assert decode(train) == "one\ntwo\ufffd!"
 
 
 def test_a_pattern_that_matches_nothing_is_a_corpus_error(tmp_path):

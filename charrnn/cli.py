@@ -1,4 +1,5 @@
-"""What the command-line programs share: one-line errors, argument types, free ports.
+"""What the command-line programs share: one-line errors, argument types, sizes in
+bytes for people, free ports.
 
 No TensorFlow here, so the tools that do not need it (fetch_corpus.py,
 screenshot_tensorboard.py) start quickly.
@@ -57,6 +58,15 @@ def utf8_text(value):
 def warn(message):
     """A warning the user should see, on stderr, at once."""
     print(message, file=sys.stderr, flush=True)
+
+
+def size(n):
+    """Bytes for people, about three digits: '350 kB', '5.1 MB', '512 MB', '3.2 GB',
+    '194 GB'."""
+    for unit, scale in (("GB", 10**9), ("MB", 10**6)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}" if n < 100 * scale else f"{n / scale:,.0f} {unit}"
+    return f"{n / 10**3:,.0f} kB"
 
 
 def free_ports(n, host="127.0.0.1"):

@@ -4,36 +4,35 @@ folder's layout is in its docstring). generate runs generate.py's compiled loop,
 the same prime, seed and settings give rnn_play.py's text; no op needs a GPU.
 """
 
-import contextlib
 import json
 import math
 import os
 import shutil
-import sys
 
 import tensorflow as tf
 
 import txtutils
-from charrnn.generate import CHUNK, SCORE_CHUNK, chunk_function
+from charrnn import memory
+from charrnn.generate import GENERATE_PER_CALL, SCORE_PER_CALL, generation_loop
+from charrnn.model import nats_and_hits, transpose_codes
+from charrnn.tf_quiet import quiet_stderr
 
 # What the graph's UTF-8 decoder reads an invalid sequence as, before it becomes that
 # many unknown characters (code 0), one per byte: a lone surrogate, which no valid
 # UTF-8 encodes (nor is in an alphabet), so that it is never a U+FFFD of the text.
 NOT_UTF8 = 0xD800
 INT64_MAX = 2**63 - 1
+# The logits of one call of score at most, in bytes: those of rnn_play.py's call for the
+# talk's 98 symbols (1.6 MB). rnn_play.py --score lets a call's logits grow to 64 MB for
+# its one text; a server runs the calls of many requests side by side.
+SCORE_LOGITS = SCORE_PER_CALL * txtutils.ALPHASIZE * memory.FLOAT
 
 
-def score_cells(alphasize):
-    """Characters (rows x columns) that score runs through the model per call, for an
-    alphabet of alphasize symbols. Of a call's tensors, the logits [CELLS, ALPHASIZE]
-    (and the softmax's copy) are what grows with the alphabet: rnn_play.py's chunk of
-    SCORE_CHUNK characters for the 98 symbols (1.6 MB of logits), proportionally fewer
-    for a longer alphabet (150 symbols: 2,676; thousands of CJK characters: 100-200),
-    so that a call's logits stay that size; never more than SCORE_CHUNK characters
-    (longer calls measured slower), nor fewer than 1. (rnn_play.py --score lets a call's
-    logits grow to generate.SCORE_LOGITS floats, 64 MB, for its one text: a server runs
-    the calls of many requests side by side, so the export keeps the 98 symbols' size.)"""
-    return max(1, min(SCORE_CHUNK, SCORE_CHUNK * txtutils.ALPHASIZE // alphasize))
+def score_cells_per_call(alphasize):
+    """Characters (rows x columns) that score runs through the model per call: for the
+    98 symbols SCORE_PER_CALL (longer calls measured slower), proportionally fewer for a
+    longer alphabet (150 symbols: 2,676; thousands of CJK characters: 100-200)."""
+    return memory.chars_per_call(SCORE_LOGITS, 1, alphasize, most=SCORE_PER_CALL)
 
 
 class Step(tf.Module):
@@ -81,8 +80,8 @@ class Exported(Step):
             ),
             default_value=0,
         )
-        self.chunk = chunk_function(model)  # rnn_play.py's generation loop
-        self.score_cells = score_cells(self.alphasize)
+        self.loop = generation_loop(model)  # rnn_play.py's
+        self.score_cells = score_cells_per_call(self.alphasize)
         self.generate = tf.function(
             self._generate,
             input_signature=[
@@ -189,31 +188,28 @@ class Exported(Step):
         return tf.cond(same & (rows > 0), together, one_by_one)
 
     def sample(self, logits, state, seed, length, top_n, temperature):
-        """length characters per row [B, LENGTH], drawn as Generator.next(CHUNK)
-        draws them: whole chunks, the seed of chunk c folded with c, then cut."""
-        chunk = CHUNK
-        chunks = (length + chunk - 1) // chunk
+        """length characters per row [B, LENGTH], drawn as Generator.next(n) draws them
+        with n = GENERATE_PER_CALL: whole calls, the seed of call c folded with c, then cut."""
+        n = GENERATE_PER_CALL
+        calls = (length + n - 1) // n
         cut = (top_n > 0) & (top_n < self.alphasize)  # sample_logits' test, in the graph
 
         def body(c, logits, state, out):
             s = tf.random.experimental.stateless_fold_in(seed, c)
             codes, logits, state = tf.cond(
                 cut,
-                lambda: self.chunk(logits, state, s, chunk, top_n, temperature),
-                lambda: self.chunk(logits, state, s, chunk, 0, temperature),
-            )  # [CHUNK, B]
+                lambda: self.loop(logits, state, s, n, top_n, temperature),
+                lambda: self.loop(logits, state, s, n, 0, temperature),
+            )  # [N, B]
             return c + 1, logits, state, out.write(c, codes)
 
-        out = tf.TensorArray(tf.int32, size=chunks, element_shape=[chunk, None])
+        out = tf.TensorArray(tf.int32, size=calls, element_shape=[n, None])
         _, _, _, out = tf.while_loop(
-            lambda c, *_: c < chunks, body, (tf.constant(0), logits, state, out)
+            lambda c, *_: c < calls, body, (tf.constant(0), logits, state, out)
         )
         rows = tf.shape(logits)[0]
-        codes = tf.cond(chunks > 0, out.concat, lambda: tf.zeros([0, rows], tf.int32))
-        # transposed as floats (exact below 2**24, and code points end at 0x10FFFF):
-        # TensorFlow's oneDNN build logs an error for every integer transpose
-        codes = tf.cast(tf.transpose(tf.cast(codes, tf.float32)), tf.int32)  # [B, CHUNKS*CHUNK]
-        return codes[:, :length]
+        codes = tf.cond(calls > 0, out.concat, lambda: tf.zeros([0, rows], tf.int32))
+        return transpose_codes(codes)[:, :length]  # [B, LENGTH]
 
     def _score(self, text):
         """Bits per character of each text, one state from its first character to its
@@ -228,11 +224,10 @@ class Exported(Step):
 
         def body(start, state, nats):
             logits, state = self.model.infer(x[:, start : start + width], state)
-            losses = tf.nn.sparse_softmax_cross_entropy_with_logits(
-                labels=y[:, start : start + width], logits=logits
-            )  # [B, WIDTH]
-            real = start + tf.range(tf.shape(losses)[1]) < chars[:, None]
-            nats += tf.cast(tf.reduce_sum(tf.where(real, losses, 0.0), axis=1), tf.float64)
+            labels = y[:, start : start + width]  # [B, WIDTH]
+            real = start + tf.range(tf.shape(labels)[1]) < chars[:, None]
+            losses, _ = nats_and_hits(logits, labels, real)  # [B, WIDTH]
+            nats += tf.cast(tf.reduce_sum(losses, axis=1), tf.float64)
             return start + width, state, nats
 
         _, _, nats = tf.while_loop(
@@ -281,16 +276,3 @@ def litert_step(saved_model_dir, quantized):
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     with quiet_stderr():  # the MLIR converter logs its passes straight to fd 2
         return converter.convert()
-
-
-@contextlib.contextmanager
-def quiet_stderr():
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-    try:
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)

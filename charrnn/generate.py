@@ -1,6 +1,6 @@
 """Generation: text from a model, for any number of independent streams at once.
 The whole loop (the model's step, sampling, feeding back) runs inside one compiled
-graph, a chunk of characters per call, so Python is off the per-character path.
+graph, GENERATE_PER_CALL characters per call, so Python is off the per-character path.
 """
 
 import os
@@ -9,27 +9,29 @@ import numpy as np
 import tensorflow as tf
 
 import txtutils
+from charrnn import memory
+from charrnn.model import nats_and_hits
 
 TOPN = 2  # rnn_play.py's default per 98 symbols: the original's 2 for a trained model of
 # the talk's alphabet, likely yet varied; default_topn keeps that share of a bigger one
-CHUNK = 256  # characters per compiled call of generation: ~30 ms for one stream, still smooth
-# characters per compiled call when scoring: long enough that a call's overhead is
-# nothing, short enough for a progress line to move (16384 measured slower)
-SCORE_CHUNK = 4096
+GENERATE_PER_CALL = 256  # characters per compiled call of generation: ~30 ms for one
+# stream, still smooth
+# characters per compiled call when scoring (at most): long enough that a call's
+# overhead is nothing, short enough for a progress line to move (16384 measured slower)
+SCORE_PER_CALL = 4096
 SCORE_PIECE = 1 << 20  # bytes of the scored file read at a time
-SCORE_LOGITS = 1 << 24  # floats of logits per scoring call at most (64 MB): a big alphabet
-# scores fewer characters per call (98 symbols: SCORE_CHUNK; 5,000: 3,355; 300,000: 55)
+SCORE_LOGITS = 64 << 20  # bytes of logits per scoring call at most: one text, one process,
+# so a big alphabet may take that much (98 symbols: SCORE_PER_CALL; 5,000: 3,355; 300,000: 55)
 # A temperature is taken as at least this: logits / T stays finite in float32 (a model's
 # logits are far below 1e8), so a tinier one samples the likeliest, as T -> 0 should,
 # where a float32 0 gave +-inf logits, and the sampler the lowest code.
 MIN_TEMPERATURE = 1e-30
 
 
-def score_chunk(alphasize, rows=1):
+def score_per_call(alphasize, rows=1):
     """Characters per compiled call that scores a text, or feeds a prime to rows
-    streams at once: SCORE_CHUNK, fewer for an alphabet whose logits [ROWS, CHUNK,
-    ALPHASIZE] would pass SCORE_LOGITS floats."""
-    return max(1, min(SCORE_CHUNK, SCORE_LOGITS // (alphasize * rows)))
+    streams at once: SCORE_PER_CALL, fewer where the logits would pass SCORE_LOGITS."""
+    return memory.chars_per_call(SCORE_LOGITS, rows, alphasize, most=SCORE_PER_CALL)
 
 
 def default_topn(alphasize, per_98=TOPN):
@@ -56,15 +58,15 @@ def sample_logits(logits, seed, topn, temperature):
     return tf.random.stateless_categorical(logits, 1, seed, dtype=tf.int32)[:, 0]
 
 
-def chunk_function(model):
-    """The generation loop of model, XLA-compiled: chunk(logits, state, seed, n, topn,
+def generation_loop(model):
+    """The generation loop of model, XLA-compiled: loop(logits, state, seed, n, topn,
     temperature) samples n characters per stream from logits [STREAMS, ALPHASIZE],
     feeding each back, and returns their codes [n, STREAMS], the last logits and the
     state. topn as in sample_logits; temperature: float32 []. Generator and the
     exported SavedModel (rnn_export.py) both run this one graph, so that the same
     prime, seed and settings give the same text through either."""
 
-    def chunk(logits, state, seed, n, topn, temperature):
+    def loop(logits, state, seed, n, topn, temperature):
         def body(i, logits, state, out):
             code = sample_logits(
                 logits, tf.random.experimental.stateless_fold_in(seed, i), topn, temperature
@@ -78,7 +80,7 @@ def chunk_function(model):
         )
         return out.stack(), logits, state  # [n, STREAMS]
 
-    return tf.function(chunk, jit_compile=True, autograph=False)
+    return tf.function(loop, jit_compile=True, autograph=False)
 
 
 class Generator:
@@ -91,38 +93,63 @@ class Generator:
 
     The same prime and seed give the same text, however it is cut into next() calls
     of the same size. A prime too long to hold (a file: rnn_play.py --prime-file) is
-    fed in pieces: start(first_piece, seed), then feed(piece) for each of the rest."""
+    fed in pieces: start(first_piece, seed), then feed(piece) for each of the rest;
+    however it is cut, it runs through the model in the same calls."""
 
     def __init__(self, model, topn=0, temperature=1.0):
         self.model = model
         # a tensor when it cuts (see sample_logits), so that the compiled loop is
-        # chunk_function's whatever the value
+        # generation_loop's whatever the value
         self.topn = tf.constant(topn, tf.int32) if 0 < topn < model.alphasize else 0
         self.temperature = tf.constant(temperature, tf.float32)
-        self._chunk = chunk_function(model)
+        self._loop = generation_loop(model)
 
     def start(self, prime, seed):
         prime = np.asarray(prime, dtype=np.int32)  # [STREAMS, LENGTH]
-        self.state = self.model.zero_state(len(prime))
+        self._state = self.model.zero_state(len(prime))
         self.seed = tf.constant([seed % 2**63, 0], tf.int64)
         self.calls = 0
+        self._held = prime[:, :0]  # fed, not yet run: less than a call's worth
         self.feed(prime)
 
     def feed(self, prime):
-        """Feed more prime, int [STREAMS, LENGTH], after what was fed: score_chunk
-        characters per compiled call, so that its logits stay small however long it is
-        (a prime that fits one call, as a typed one does, is fed in one)."""
-        prime = np.asarray(prime, dtype=np.int32)
-        step = score_chunk(self.model.alphasize, len(prime))
-        for i in range(0, prime.shape[1], step):
-            logits, self.state = self.model.infer(prime[:, i : i + step], self.state)
-            self.logits = logits[:, -1]  # [STREAMS, ALPHASIZE]
+        """Feed more prime, int [STREAMS, LENGTH], after what was fed. It runs through
+        the model score_per_call characters per compiled call, so that the logits stay
+        small however long it is, and a prime of any length compiles two shapes at
+        most: the calls' and the last, shorter one, run when the text is asked for."""
+        prime = np.asarray(prime)  # (a broadcast view stays one: a call's codes at a time)
+        per_call = score_per_call(self.model.alphasize, len(prime))
+        start = 0
+        if self._held.shape[1]:  # complete the call begun before
+            start = per_call - self._held.shape[1]
+            part = prime[:, :start].astype(np.int32)
+            self._held = np.concatenate([self._held, part], axis=1)
+            if self._held.shape[1] < per_call:
+                return
+            self._run_prime(self._held)
+        whole = start + (prime.shape[1] - start) // per_call * per_call
+        for i in range(start, whole, per_call):
+            self._run_prime(prime[:, i : i + per_call].astype(np.int32))
+        self._held = prime[:, whole:].astype(np.int32)
+
+    def _run_prime(self, codes):
+        logits, self._state = self.model.infer(codes, self._state)
+        self.logits = logits[:, -1]  # [STREAMS, ALPHASIZE]
+
+    @property
+    def state(self):
+        """The state [STREAMS, LAYERS*CELL] after everything fed and generated."""
+        if self._held.shape[1]:
+            self._run_prime(self._held)
+            self._held = self._held[:, :0]
+        return self._state
 
     def next(self, n):
         seed = tf.random.experimental.stateless_fold_in(self.seed, self.calls)
         self.calls += 1
-        codes, self.logits, self.state = self._chunk(
-            self.logits, self.state, seed, n, self.topn, self.temperature
+        state = self.state  # (the prime's last call runs first: it sets the logits)
+        codes, self.logits, self._state = self._loop(
+            self.logits, state, seed, n, self.topn, self.temperature
         )
         return codes.numpy().T  # [STREAMS, n]
 
@@ -137,16 +164,17 @@ class Scorer:
         scorer.feed(codes)            # int [N], as many times as there are pieces
         scorer.finish()               # (nats per character, accuracy, characters)
 
-    The text runs through the model `chunk` characters per call, a layer at a time
-    (each layer's input products one matmul over the chunk, only the recurrent ones a
-    time step at a time, in an XLA-compiled loop: model.scoring_call): faster than the
-    generation loop, which must run the whole stack for each character it samples
-    (make bench shows both)."""
+    The text runs through the model `per_call` characters per call, a layer at a time
+    (each layer's input products one matmul over the call's characters, only the
+    recurrent ones a time step at a time, in an XLA-compiled loop: model.scoring_call):
+    faster than the generation loop, which must run the whole stack for each character
+    it samples (make bench shows both)."""
 
-    def __init__(self, model, chunk=None):
-        self.model, self.chunk = model, chunk or score_chunk(model.alphasize)
+    def __init__(self, model, per_call=None):
+        self.model = model
+        self.per_call = per_call or score_per_call(model.alphasize)
         # compiled in parts (model.scoring_call), not whole: faster for one long row
-        self._run = tf.function(self._chunk_graph, autograph=False)
+        self._run = tf.function(self._call_graph, autograph=False)
         self.start()
 
     def start(self):
@@ -155,20 +183,20 @@ class Scorer:
         self.loss, self.hits, self.characters = 0.0, 0, 0
 
     def feed(self, codes):
-        """Score every whole chunk that codes complete; keep the rest for later."""
+        """Score every whole call's worth that codes complete; keep the rest for later."""
         self.pending = np.concatenate([self.pending, np.asarray(codes, np.int32)])
-        done = 0
-        while len(self.pending) - done > self.chunk:  # chunk + 1 codes: chunk predictions
-            self._score(self.pending[done : done + self.chunk + 1], self.chunk)
-            done += self.chunk
+        done, n = 0, self.per_call
+        while len(self.pending) - done > n:  # n + 1 codes: n predictions
+            self._score(self.pending[done : done + n + 1], n)
+            done += n
         self.pending = self.pending[done:]
 
     def finish(self):
-        """Score what is left (one call, padded to a whole chunk: one compiled shape for
+        """Score what is left (one call, padded to a whole call: one compiled shape for
         every call) and return (mean nats per character, accuracy, characters)."""
         n = len(self.pending) - 1
         if n > 0:
-            padded = np.zeros(self.chunk + 1, np.int32)
+            padded = np.zeros(self.per_call + 1, np.int32)
             padded[: n + 1] = self.pending
             self._score(padded, n)  # the state is left past the text's end: start() again
             self.pending = self.pending[-1:]
@@ -183,16 +211,13 @@ class Scorer:
         self.hits += int(hits)
         self.characters += n
 
-    def _chunk_graph(self, x, y, state, n):
-        """x, y: int [CHUNK], y the characters that follow x, the first n of them real.
-        Returns the summed loss and hits of those n, and the state after all CHUNK."""
-        logits, state = self.model.scoring_call(x[None], state)  # [1, CHUNK, ALPHASIZE]
-        logits = logits[0]  # [CHUNK, ALPHASIZE]
-        real = tf.range(tf.shape(x)[0]) < n  # [CHUNK]
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
-        hits = tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y)
-        loss = tf.reduce_sum(tf.where(real, losses, 0.0))
-        return loss, tf.reduce_sum(tf.cast(real & hits, tf.int32)), state
+    def _call_graph(self, x, y, state, n):
+        """x, y: int [PER_CALL], y the characters that follow x, the first n of them real.
+        Returns the summed loss and hits of those n, and the state after all PER_CALL."""
+        logits, state = self.model.scoring_call(x[None], state)  # [1, PER_CALL, ALPHASIZE]
+        real = tf.range(tf.shape(x)[0]) < n  # [PER_CALL]
+        nats, hits = nats_and_hits(logits[0], y, real)  # [PER_CALL] each
+        return tf.reduce_sum(nats), tf.reduce_sum(hits), state
 
 
 class ScoringStopped(KeyboardInterrupt):
@@ -220,9 +245,9 @@ def score(scorer, path, alphabet=txtutils.DEFAULT, piece_bytes=SCORE_PIECE, prog
         for codes in txtutils.read_pieces(path, piece_bytes, alphabet):
             read += len(codes)
             unknown += int(np.count_nonzero(codes == txtutils.UNKNOWN))
-            # a chunk at a time, so that the progress line moves every compiled call
-            for i in range(0, len(codes), scorer.chunk):
-                scorer.feed(codes[i : i + scorer.chunk])
+            # a call's worth at a time, so that the progress line moves every call
+            for i in range(0, len(codes), scorer.per_call):
+                scorer.feed(codes[i : i + scorer.per_call])
                 if progress:
                     progress.show(scorer.characters)
         if read < 2:

@@ -7,6 +7,7 @@ to play, and --streams each checked before anything is built.
 
 import math
 
+from charrnn import cli
 from charrnn.model import weight_shapes
 
 
@@ -52,6 +53,13 @@ def needed(config, rows, length, training=False):
     return FLOAT * copies * parameters(config) + LAYER_BYTES * layers + activations
 
 
+def chars_per_call(budget, rows, alphasize, most):
+    """Characters per compiled call that keep the call's logits [ROWS, CHARS, ALPHASIZE]
+    (float32) within budget bytes: most, fewer for a big alphabet, never fewer than 1.
+    The logits are what grows with the alphabet; each caller says why its budget."""
+    return max(1, min(most, budget // (FLOAT * rows * alphasize)))
+
+
 def available():
     """Bytes this process can still allocate: the kernel's MemAvailable (or MemTotal,
     from a kernel older than 3.14), less if a cgroup (a container) limits it more; None
@@ -81,15 +89,6 @@ def available():
     return available
 
 
-def size(n):
-    """Bytes for people: '350 kB', '512 MB', '3.2 GB', '194 GB'."""
-    if n < 10**6:
-        return f"{n / 10**3:,.0f} kB"
-    if n < 10**9:
-        return f"{n / 10**6:,.0f} MB"
-    return f"{n / 10**9:,.1f} GB" if n < 10**11 else f"{n / 10**9:,.0f} GB"
-
-
 def check(bytes_needed, what, fix):
     """Raise OutOfMemory if bytes_needed exceed what this machine has available,
     in one line: '{what} needs at least N GB of memory, and this machine has M GB
@@ -97,8 +96,8 @@ def check(bytes_needed, what, fix):
     have = available()
     if have is not None and bytes_needed > have:
         raise OutOfMemory(
-            f"{what} needs at least {size(bytes_needed)} of memory, and this machine has "
-            f"{size(have)} available: {fix}"
+            f"{what} needs at least {cli.size(bytes_needed)} of memory, and this machine has "
+            f"{cli.size(have)} available: {fix}"
         )
 
 

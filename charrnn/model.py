@@ -178,9 +178,7 @@ class CharRNN(keras.Model):
         its backward pass; otherwise gru_stack_inference, for sequences of any length."""
         seqlen, batch = tf.shape(x)[1], tf.shape(x)[0]
         dtype = self.train_dtype if training else tf.float32
-        # transposed as floats (exact for codes below 2**24): TensorFlow's oneDNN build
-        # logs an error on stderr for every integer transpose
-        codes = tf.cast(tf.transpose(tf.cast(x, tf.float32)), tf.int32)  # [SEQLEN, BATCH]
+        codes = transpose_codes(x)  # [SEQLEN, BATCH]
         cell0 = self.grus[0].cell
         xw0 = first_layer_products(codes, cell0.kernel, cell0.bias[0], keep[0], self.dropout_rate)
         weights = [  # LAYERS x (W, b, U, c), the matrices in 16 bits under mixed precision
@@ -248,6 +246,13 @@ class CharRNN(keras.Model):
         return logits[:, 0], state
 
 
+def transpose_codes(codes):
+    """int32 [A, B] -> [B, A], transposed as floats (exact below 2**24, and code points
+    end at 0x10FFFF): TensorFlow's oneDNN build logs an error on stderr for every
+    integer transpose."""
+    return tf.cast(tf.transpose(tf.cast(codes, tf.float32)), tf.int32)
+
+
 def weight_shapes(config):
     """(name, shape) of every weight the model of config has, in checkpoint terms
     ("gru0/kernel", [ALPHASIZE, 3*CELL]): a generator, so a config of 100,000 layers
@@ -298,28 +303,40 @@ def check_finite(model, step, x, y):
 
 
 def loss_and_accuracy(logits, y):
-    """Mean softmax cross-entropy (nats per character) and accuracy of the argmax, of
-    logits [..., ALPHASIZE] and the characters y [...] that follow."""
+    """Mean softmax cross-entropy (nats per character) and accuracy of logits
+    [..., ALPHASIZE] against the characters y [...] that follow: training's and
+    validation's figures, with a gradient."""
     n = tf.cast(tf.size(y), tf.float32)
     flat = tf.reshape(logits, [-1, tf.shape(logits)[-1]])  # [N, ALPHASIZE]
-    loss, hits = _cross_entropy(flat, tf.reshape(y, [-1]))
-    return loss / n, tf.cast(hits, tf.float32) / n
+    nats, hits = _cross_entropy(flat, tf.reshape(y, [-1]))  # [N] each
+    return tf.reduce_sum(nats) / n, tf.cast(tf.reduce_sum(hits), tf.float32) / n
+
+
+def nats_and_hits(logits, y, real):
+    """The cross-entropy (nats) and hit (1 or 0) of each character, 0 where real is
+    False (padding): logits [..., ALPHASIZE], y and real [...]. The same definition as
+    loss_and_accuracy's, for scoring (rnn_play.py --score, the export), no gradient."""
+    shape = tf.shape(y)
+    flat = tf.reshape(logits, [-1, tf.shape(logits)[-1]])  # [N, ALPHASIZE]
+    nats, hits, _ = _cross_entropy_forward(flat, tf.reshape(y, [-1]))  # [N] each
+    nats, hits = tf.reshape(nats, shape), tf.reshape(hits, shape)
+    return tf.where(real, nats, 0.0), tf.where(real, hits, 0)
 
 
 @tf.custom_gradient
 def _cross_entropy(logits, y):
-    """(summed cross-entropy, hits) of logits [N, ALPHASIZE] and labels [N], with
-    logits read as few times as XLA can: with thousands of symbols the logits are
-    the biggest tensor of a step (5,000 symbols: 120 MB), and TensorFlow's own op
-    with the argmax beside it read them ~3x as often (measured 145 ms against 47 ms
-    for [6000, 5000]). Its gradient, softmax minus one-hot, is computed in one pass
-    when asked for."""
-    loss, hits, lse = _cross_entropy_forward(logits, y)
+    """(cross-entropy, hit) of each character, of logits [N, ALPHASIZE] and labels
+    [N], with logits read as few times as XLA can: with thousands of symbols the
+    logits are the biggest tensor of a step (5,000 symbols: 120 MB), and TensorFlow's
+    own op with the argmax beside it read them ~3x as often (measured 145 ms against
+    47 ms for [6000, 5000]). Its gradient, softmax minus one-hot, is computed in one
+    pass when asked for."""
+    nats, hits, lse = _cross_entropy_forward(logits, y)
 
-    def grad(d_loss, d_hits):
-        return _cross_entropy_backward(logits, y, lse, d_loss), None
+    def grad(d_nats, d_hits):
+        return _cross_entropy_backward(logits, y, lse, d_nats), None
 
-    return (loss, hits), grad
+    return (nats, hits), grad
 
 
 @tf.function(jit_compile=True, autograph=False)
@@ -327,27 +344,27 @@ def _cross_entropy_forward(logits, y):
     top = tf.reduce_max(logits, axis=-1)  # [N]
     lse = top + tf.math.log(tf.reduce_sum(tf.exp(logits - top[:, None]), axis=-1))  # [N]
     picked = tf.gather(logits, y, batch_dims=1)  # [N]: the logit of the right character
-    # a hit: the right character's logit is the highest (argmax's, but for exact ties)
-    hits = tf.reduce_sum(tf.cast(picked >= top, tf.int32))
-    return tf.reduce_sum(lse - picked), hits, lse
+    # a hit: the right character's logit is the highest (an exact tie counts as one)
+    hits = tf.cast(picked >= top, tf.int32)
+    return lse - picked, hits, lse
 
 
 @tf.function(jit_compile=True, autograph=False)
-def _cross_entropy_backward(logits, y, lse, d_loss):
+def _cross_entropy_backward(logits, y, lse, d_nats):
     softmax = tf.exp(logits - lse[:, None])  # [N, ALPHASIZE]
-    return (softmax - tf.one_hot(y, tf.shape(logits)[-1])) * d_loss
+    return (softmax - tf.one_hot(y, tf.shape(logits)[-1])) * d_nats[:, None]
 
 
-def mean_loss_and_accuracy(model, pieces, carry_state=False):
+def mean_loss_and_accuracy(model, pieces):
     """(mean nats per character, mean accuracy, characters) of the model over pieces,
-    an iterable of (x, y) int32 arrays [ROWS, LENGTH], y the characters that follow x.
-    Each piece starts from a zero state, or with carry_state, from the state the
-    previous piece ended in (the same rows, continued). Means are weighted by the
-    characters of each piece, so that a shorter last piece counts for what it holds."""
+    an iterable of (x, y) int32 arrays [ROWS, LENGTH], y the characters that follow x:
+    the same rows cut along their length, so that the first piece starts from a zero
+    state and each next one from the state the one before ended in. Means are weighted
+    by the characters of each piece, so that a shorter last piece counts for what it holds."""
     total_loss = total_hits = 0.0
     characters, state = 0, None
     for x, y in pieces:
-        if state is None or not carry_state:
+        if state is None:
             state = model.zero_state(len(x))  # [ROWS, LAYERS*CELL]
         logits, state = model.infer(x, state)  # [ROWS, LENGTH, ALPHASIZE]
         loss, accuracy = loss_and_accuracy(logits, y)

@@ -57,8 +57,8 @@ class Reports:
         if self.chief:
             print(*args, **kwargs)
 
-    def start(self, text, model, dist, step):
-        """What the run trains, on what, and where it writes."""
+    def start(self, text, batches_per_epoch, model, dist, step):
+        """What the run trains (text: txtutils.Corpus), on what, and where it writes."""
         run, config = self.run, self.config
         params = sum(math.prod(v.shape) for v in model.trainable_variables)
         replicas = f", {dist.replicas} replicas" if dist.strategy else ""
@@ -72,24 +72,26 @@ class Reports:
             f"{model.train_dtype.name} matmuls in training{replicas}"
         )
         valid_names = ", ".join(os.path.basename(f) for f in text.valid_files) or "none"
-        capped = text.valid_x is not None and text.valid_x.size < text.valid_rows_in_all
+        # fewer characters than whole rows of the validation text hold: rows capped
+        in_rows = (len(text.valid) - 1) // txtutils.VALID_SEQLEN * txtutils.VALID_SEQLEN
+        capped = text.valid_x is not None and text.valid_x.size < in_rows
         self.say(
             f"training on {len(text.train):,} characters ({len(text.train_files)} files), "
-            f"validating on {text.valid_chars:,} ({valid_names})"
+            f"validating on {len(text.valid):,} ({valid_names})"
             + (f", {text.valid_x.size:,} of them, spread evenly, each time" if capped else "")
         )
         self.say(describe_alphabet(text.alphabet, text.unknown, text.min_count))
         if text.codes_folder:
-            bytes_ = (len(text.train) + text.valid_chars) * text.train.itemsize
+            bytes_ = (len(text.train) + len(text.valid)) * text.train.itemsize
             how = "encoded now" if text.encoded else "encoded by an earlier run"
-            self.say(f"the text's codes: {text.codes_folder} ({_megabytes(bytes_)}, {how})")
+            self.say(f"the text's codes: {text.codes_folder} ({cli.size(bytes_)}, {how})")
         for path, count in text.not_utf8.items() if self.chief else ():
             cli.warn(
                 f"warning: {path}: {count:,} bytes are not UTF-8 and are read as unknown "
                 "characters; convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
             )
         self.say(
-            f"{text.batches_per_epoch:,} batches of {config['batch_size']} x "
+            f"{batches_per_epoch:,} batches of {config['batch_size']} x "
             f"{config['seqlen']} per epoch; checkpoints in {run.dir}, TensorBoard logs in "
             f"{run.log_dir} (make tensorboard)",
             flush=True,
@@ -186,10 +188,6 @@ def describe_alphabet(alphabet, unknown, min_count=None):
     )
 
 
-def _megabytes(n):
-    return f"{n / 1e9:,.1f} GB" if n >= 1e9 else f"{n / 1e6:,.1f} MB"
-
-
 class ReadingProgress:
     """progress(what, done, total) for txtutils.read_corpus: a line every EVERY seconds
     while a pass over a big text goes on, none for a text read in a moment."""
@@ -209,7 +207,7 @@ class ReadingProgress:
         self.said = now
         left = (total - done) * (now - self.since) / done
         print(
-            f"reading the text: {what} {done / total:.0%} of {_megabytes(total)}, "
+            f"reading the text: {what} {done / total:.0%} of {cli.size(total)}, "
             f"{format_duration(left)} left",
             flush=True,
         )

@@ -106,23 +106,23 @@ class RunLock:
         self.file.flush()
 
 
-def resolve(what, checkpoint_dir, warn):
+def find_checkpoint(what, checkpoint_dir, warn):
     """Find a checkpoint prefix from what a user typed: None (the newest run), a run
     name under checkpoint_dir, a run directory (its newest good checkpoint), either
     followed by ":best" (the run's checkpoint of the lowest validation loss: Best),
     or a checkpoint prefix."""
     if what is not None and what.endswith(BEST_SUFFIX) and not os.path.exists(what):
         run = what.removesuffix(BEST_SUFFIX)
-        for run_dir in (run, os.path.join(checkpoint_dir, run)):
-            if newest_in(run_dir):
-                prefix = newest_good(os.path.join(run_dir, BEST_DIR), warn)
-                if prefix is None:
-                    raise ckpt.CheckpointError(
-                        f"run {run} has no best checkpoint yet: one is kept at each save "
-                        "that follows a validation"
-                    )
-                return prefix
-        raise ckpt.CheckpointError(f"no run named {run}: see the runs in {checkpoint_dir}/")
+        run_dir = _run_dir(run, checkpoint_dir)
+        if run_dir is None:
+            raise ckpt.CheckpointError(f"no run named {run}: see the runs in {checkpoint_dir}/")
+        prefix = newest_good(os.path.join(run_dir, BEST_DIR), warn)
+        if prefix is None:
+            raise ckpt.CheckpointError(
+                f"run {run} has no best checkpoint yet: one is kept at each save "
+                "that follows a validation"
+            )
+        return prefix
     if what is None:
         what = newest_run(checkpoint_dir)
         if what is None:
@@ -133,12 +133,12 @@ def resolve(what, checkpoint_dir, warn):
     if os.path.isfile(what + ".index"):
         ckpt.verify(what)
         return what
-    for run_dir in (what, os.path.join(checkpoint_dir, what)):
-        if newest_in(run_dir):
-            prefix = newest_good(run_dir, warn)
-            if prefix is None:
-                raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged")
-            return prefix
+    run_dir = _run_dir(what, checkpoint_dir)
+    if run_dir is not None:
+        prefix = newest_good(run_dir, warn)
+        if prefix is None:
+            raise ckpt.CheckpointError(f"every checkpoint in {run_dir} is damaged")
+        return prefix
     if os.path.isdir(what) or os.path.isdir(os.path.join(checkpoint_dir, what)):
         raise ckpt.CheckpointError(
             f"{what} holds no checkpoint: name a run directory "
@@ -147,6 +147,15 @@ def resolve(what, checkpoint_dir, warn):
     raise ckpt.CheckpointError(
         f"no run or checkpoint named {what}: see the runs in {checkpoint_dir}/"
     )
+
+
+def _run_dir(name, checkpoint_dir):
+    """The run directory a name stands for, a path or a run under checkpoint_dir, in
+    that order: the first that holds a checkpoint, or None."""
+    for run_dir in (name, os.path.join(checkpoint_dir, name)):
+        if newest_in(run_dir):
+            return run_dir
+    return None
 
 
 def load_model(path):
@@ -195,7 +204,7 @@ def open_run(args, chief):
             raise UsageError(
                 "--init-from starts a new run and --resume continues one: give one of them"
             )
-        run.parent = resolve(args.init_from, args.checkpoint_dir, cli.warn)
+        run.parent = find_checkpoint(args.init_from, args.checkpoint_dir, cli.warn)
         run.parent_config = ckpt.read_config(run.parent)
     if resuming:
         if chief:

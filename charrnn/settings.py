@@ -60,11 +60,11 @@ count_or_auto = Values(
     lambda v: v == "auto" or (type(v) is int and v > 0),
     'a whole number above 0, or "auto"',
 )
-# --mixed-precision: on, off, or "auto" (the default); a test may name a type
+# --mixed-precision: on, off, or "auto" (the default)
 precision = Values(
     "boolean",
     bool,
-    lambda v: type(v) is bool or v in ("auto", "float16", "bfloat16", "float32"),
+    lambda v: type(v) is bool or v == "auto",
     'true, false or "auto"',
 )
 
@@ -221,7 +221,7 @@ PARENT_TEXT = [s.name for s in SAVED if s.kind == TEXT]
 
 def add_flags(parser):
     """Every setting's flag, in --help's sections, and --recipe. A saved setting's flag
-    not given is None, so that resolve() can tell it from a value given; a SESSION
+    not given is None, so that merge() can tell it from a value given; a SESSION
     setting's is its default."""
     for s in SETTINGS:
         if s.name in GROUPS:
@@ -251,7 +251,7 @@ def shown(value):
     return f"{value:g}" if type(value) is float else str(value)
 
 
-def resolve(args, saved=None, parent=None):
+def merge(args, saved=None, parent=None):
     """The run's settings (DEFAULTS' keys): the flags given, else the checkpoint's
     (saved: a resumed run's config), else the table's defaults; fine-tuning (parent:
     the config of the checkpoint it starts from) takes the parent's MODEL settings,

@@ -27,6 +27,8 @@ import tempfile
 
 import numpy as np
 
+from charrnn import cli
+
 VERSION = 1  # of the layout above: a new layout is a new key, never a misread old entry
 _TMP = ".tmp-"  # prefix of what is being written: host-pid-random
 
@@ -138,8 +140,8 @@ class Cache:
             ) from None
         if free < needed_bytes + (64 << 20):
             raise CacheError(
-                f"the encoded text needs {_size(needed_bytes)} in {self.folder}, which has "
-                f"{_size(free)} free: free some space, or pass --cache-dir another disk"
+                f"the encoded text needs {cli.size(needed_bytes)} in {self.folder}, which has "
+                f"{cli.size(free)} free: free some space, or pass --cache-dir another disk"
             )
         tmp = os.path.join(self.folder, _temporary_name())
         try:
@@ -278,7 +280,3 @@ def _alive(pid):
     except OSError:
         return True  # someone else's process: alive
     return True
-
-
-def _size(n):
-    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"

@@ -4,14 +4,12 @@ and the samples. rnn_train.py's loop calls these in turn.
 """
 
 import math
-from types import SimpleNamespace
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 import txtutils
-from charrnn import ckpt, cli, hardware, textcache
+from charrnn import ckpt, cli, hardware, memory, textcache
 from charrnn.cli import UsageError
 from charrnn.distribute import Distribution
 from charrnn.model import build_model, loss_and_accuracy, mean_loss_and_accuracy
@@ -23,8 +21,12 @@ from charrnn.model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 LOSS_SCALE = 2.0**15
 SAMPLE_LENGTH = 600  # characters in each sample
 SAMPLE_TOPN = 10  # per 98 symbols (generate.default_topn): an early model needs a wide cut
-VALID_ROWS = 256  # validation rows per compiled call (txtutils: how many, how long)...
-VALID_CHUNK = 128  # ...and characters of each (valid_chunk: fewer for a big alphabet)
+# A validation runs all its rows (txtutils.VALID_MAX_ROWS) at once, VALID_PER_CALL
+# characters of each per compiled call, the state carried along the rows: the same
+# figures as whole rows at once, in a fraction of the memory (256 x 1,024 took ~2 GB)...
+VALID_PER_CALL = 128
+VALID_LOGITS = 64 << 20  # ...fewer for an alphabet whose logits would pass 64 MB (a
+# 5,000-symbol alphabet: 26 characters a call)
 
 
 # ---------------------------------------------------------------------------
@@ -32,11 +34,10 @@ VALID_CHUNK = 128  # ...and characters of each (valid_chunk: fewer for a big alp
 
 
 def read_text(config, run, dist, cache_dir, progress=None):
-    """The training text and what the run learns of it: its alphabet (a resumed run's
-    own; a new run's grown from the talk's, or from the parent's when fine-tuning, by
-    the characters of its training text), its files' fingerprint, how many steps the
-    run has, and the validation rows (the chief's: validation involves no other
-    worker). The codes are read from cache_dir (txtutils.read_corpus). A
+    """The run's text (txtutils.Corpus): its alphabet a resumed run's own, a new run's
+    grown from the talk's (or from the parent's when fine-tuning) by the characters of
+    its training text; its validation rows the chief's only (validation involves no
+    other worker). The codes are read from cache_dir (txtutils.read_corpus). A
     resumed run must find the text it was trained on (UsageError)."""
     if run.resume_from:
         start, min_count = ckpt.alphabet_of(run.saved_config), None
@@ -44,48 +45,36 @@ def read_text(config, run, dist, cache_dir, progress=None):
         start = ckpt.alphabet_of(run.parent_config) if run.parent else txtutils.DEFAULT
         min_count = config["min_char_count"]
     try:
-        corpus = txtutils.read_corpus(
-            config["data"], config["validation"], start, min_count, cache_dir, progress
+        text = txtutils.read_corpus(
+            config["data"],
+            config["validation"],
+            start,
+            min_count,
+            cache_dir,
+            progress,
+            with_validation_rows=dist.chief,
         )
     except textcache.CacheError as e:
         raise UsageError(str(e)) from None
-    train, valid = corpus.train, corpus.valid
     saved_fingerprint = run.saved_config.get("data_fingerprint") if run.resume_from else None
-    changed = saved_fingerprint and txtutils.changes(saved_fingerprint, corpus.fingerprint)
+    changed = saved_fingerprint and txtutils.changes(saved_fingerprint, text.fingerprint)
     if changed:
         raise UsageError(
             f"the text of run {run.name} has changed ({changed}): resume it on the text "
             f"it was trained on, or train on this text in a new run with --init-from {run.name}"
         )
     dist.check_batch_size(config["batch_size"])
-    batches = txtutils.batches_per_epoch(len(train), config["batch_size"], config["seqlen"])
+    return text
+
+
+def run_length(config, text):
+    """(batches per epoch, the run's steps): --epochs of the text, or --max-steps if
+    fewer; CorpusError if the text does not fill one batch."""
+    batches = txtutils.batches_per_epoch(len(text.train), config["batch_size"], config["seqlen"])
     total_steps = config["epochs"] * batches
     if config["max_steps"]:
         total_steps = min(total_steps, config["max_steps"])
-    valid_x = valid_y = None
-    if len(valid) >= 2 and dist.chief:  # [ROWS, VALID_SEQLEN] each, ROWS <= VALID_MAX_ROWS
-        valid_x, valid_y = txtutils.validation_rows(
-            valid, txtutils.VALID_SEQLEN, txtutils.VALID_MAX_ROWS
-        )
-    return SimpleNamespace(
-        alphabet=corpus.alphabet,
-        min_count=corpus.min_count,
-        fingerprint=corpus.fingerprint,
-        not_utf8=corpus.not_utf8,
-        unknown=corpus.unknown,
-        train=train,
-        valid_chars=len(valid),
-        # what whole rows of the validation text would hold: more, if its rows are capped
-        valid_rows_in_all=(len(valid) - 1) // txtutils.VALID_SEQLEN * txtutils.VALID_SEQLEN,
-        train_files=corpus.train_files,
-        valid_files=corpus.valid_files,
-        codes_folder=corpus.codes_folder,
-        encoded=corpus.encoded,
-        batches_per_epoch=batches,
-        total_steps=total_steps,
-        valid_x=valid_x,
-        valid_y=valid_y,
-    )
+    return batches, total_steps
 
 
 def make_model(config, dist):
@@ -175,31 +164,20 @@ def make_train_step(model, optimizer, config, dist=None):
 # Validation and samples
 
 
-def valid_chunk(alphasize):
-    """Characters per validation call: VALID_CHUNK, fewer with an alphabet of over
-    1,024 symbols, so that its logits [VALID_ROWS, CHUNK, ALPHASIZE] stay within
-    128 MB (a 5,000-symbol alphabet: 26 characters)."""
-    return max(1, VALID_CHUNK * min(1024, alphasize) // alphasize)
+def valid_per_call(alphasize):
+    """Characters of each validation row per compiled call (see VALID_PER_CALL)."""
+    return memory.chars_per_call(
+        VALID_LOGITS, txtutils.VALID_MAX_ROWS, alphasize, most=VALID_PER_CALL
+    )
 
 
 def validate(model, text, log, step):
     """Loss and accuracy on the validation rows, each from a zero state, no dropout,
-    on the console and in the log; returns the loss.
-    Computed VALID_ROWS rows by valid_chunk(ALPHASIZE) characters at a time, the state
-    carried along each row: the same figures as whole rows at once, in a fraction of the
-    memory (whole rows of 256 x 1024 characters took ~2 GB)."""
-    x, y = text.valid_x, text.valid_y  # [ROWS, VALID_SEQLEN]
-    chunk = valid_chunk(model.alphasize)
-    totals, chars = np.zeros(2), 0
-    for i in range(0, len(x), VALID_ROWS):
-        pieces = (
-            (x[i : i + VALID_ROWS, j : j + chunk], y[i : i + VALID_ROWS, j : j + chunk])
-            for j in range(0, x.shape[1], chunk)
-        )
-        loss, accuracy, n = mean_loss_and_accuracy(model, pieces, carry_state=True)
-        totals += n * np.array([loss, accuracy])
-        chars += n
-    loss, accuracy = totals / chars
+    on the console and in the log; returns the loss."""
+    x, y = text.valid_x, text.valid_y  # [ROWS, VALID_SEQLEN], ROWS <= VALID_MAX_ROWS
+    n = valid_per_call(model.alphasize)
+    pieces = ((x[:, j : j + n], y[:, j : j + n]) for j in range(0, x.shape[1], n))
+    loss, accuracy, _ = mean_loss_and_accuracy(model, pieces)
     print(f"validation: loss {loss:.3f}  acc {accuracy:.3f}", flush=True)
     log.scalar("validation", "loss", loss, step, log.LOSS)
     log.scalar("validation", "accuracy", accuracy, step, log.ACCURACY)

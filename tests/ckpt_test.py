@@ -21,7 +21,7 @@ from conftest import run_cli, run_clis
 @pytest.fixture(scope="module")
 def real(tiny_run):
     """The tiny run's newest checkpoint: (prefix, model, config)."""
-    prefix = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    prefix = runs.find_checkpoint("tiny", str(tiny_run["checkpoints"]), print)
     model, config = runs.load_model(prefix)
     return prefix, model, config
 
@@ -164,13 +164,13 @@ def test_the_estimate_counts_the_model_s_real_weights(real):
 
 def the_default_run():
     """The config of a default `make train`, as rnn_train.py makes it."""
-    config = settings.resolve(rnn_train.parse_args([]))
+    config = settings.merge(rnn_train.parse_args([]))
     return dict(config, alphabet=txtutils.ALPHABET, alphasize=txtutils.ALPHASIZE)
 
 
 def test_new_runs_beyond_memory_are_refused_and_the_default_run_is_not(monkeypatch):
     config = the_default_run()
-    validation = (training.VALID_ROWS, training.VALID_CHUNK)
+    validation = (txtutils.VALID_MAX_ROWS, training.VALID_PER_CALL)
     for edit, words in [
         ({"cell_size": 10**6}, ["1 x 1000000 GRU", "--cell-size"]),
         ({"layers": 100_000}, ["100000 x 512 GRU", "--layers"]),

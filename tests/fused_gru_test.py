@@ -99,7 +99,9 @@ def test_training_steps_through_keras_layers_match_the_fused_path(dtype, monkeyp
     calls = []
     for gru in layers.grus:
         monkeypatch.setattr(gru, "call", counting(gru.call, calls))
-    codes = txtutils.encode("ROMEO: the moon sees juliet.\nJULIET: the sun calls the nurse.\n" * 30)
+    codes = txtutils.DEFAULT.encode(
+        "ROMEO: the moon sees juliet.\nJULIET: the sun calls the nurse.\n" * 30
+    )
     start, w_fused, fused_losses = train(fused, STEPS, codes)
     _, w_keras, keras_losses = train(layers, STEPS, codes)
     assert calls  # the step was traced through Keras' layers

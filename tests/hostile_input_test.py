@@ -153,7 +153,7 @@ def one_error_line(err, prog):
 @example("\ud800\udfff\udc80")  # lone surrogates, as from non-UTF-8 argv bytes
 @example("\x00\x7f\x80\ufffd\U0010ffff")
 def test_encode_takes_any_text_and_maps_each_character_by_the_alphabet(text):
-    codes = txtutils.encode(text)
+    codes = txtutils.DEFAULT.encode(text)
     assert codes.dtype == np.uint8
     assert codes.shape == (len(text) - text.count("\r\n"),)
     assert ((codes >= 0) & (codes < txtutils.ALPHASIZE)).all()
@@ -161,13 +161,15 @@ def test_encode_takes_any_text_and_maps_each_character_by_the_alphabet(text):
     # decoding shows every character outside the alphabet as the "unknown" mark
     normalised = text.replace("\r\n", "\n")
     known = set(txtutils.ALPHABET[1:])
-    assert txtutils.decode(codes) == "".join(c if c in known else "\ufffd" for c in normalised)
+    assert txtutils.DEFAULT.decode(codes) == "".join(
+        c if c in known else "\ufffd" for c in normalised
+    )
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.text(alphabet=txtutils.ALPHABET[1:]))
 def test_encode_then_decode_gives_back_text_in_the_alphabet(text):
-    assert txtutils.decode(txtutils.encode(text)) == text
+    assert txtutils.DEFAULT.decode(txtutils.DEFAULT.encode(text)) == text
 
 
 # ---------------------------------------------------------------------------
@@ -180,24 +182,28 @@ def test_encode_then_decode_gives_back_text_in_the_alphabet(text):
 @example(b"")
 @example(b"\0")
 @example(b"\xff\xfe\r\n\xc3")
-def test_read_file_refuses_exactly_the_files_holding_nul_and_decodes_the_rest(data):
+def test_reading_refuses_exactly_the_files_holding_nul_and_decodes_the_rest(data):
+    """read_pieces (what --score, --prime-file and the cache read with), in pieces of 7
+    bytes so that characters and CRLFs are cut; and what read_corpus counts of it."""
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "hostile.txt")
         with open(path, "wb") as f:
             f.write(data)
         if b"\0" in data:
             with pytest.raises(txtutils.CorpusError, match="is not a text file") as info:
-                txtutils.read_file(path)
+                list(txtutils.read_pieces(path, 7))
             assert path in str(info.value)
             assert "\n" not in str(info.value)
         else:
-            read = txtutils.read_file(path)
-            codes = txtutils.encode(read.text)
+            codes = np.concatenate([np.zeros(0, np.uint8), *txtutils.read_pieces(path, 7)])
             assert codes.dtype == np.uint8
             np.testing.assert_array_equal(codes.astype(np.int64), expected_file_codes(data))
-            escaped = data.decode("utf-8", errors="surrogateescape")
-            assert read.not_utf8 == sum(0xDC80 <= ord(c) <= 0xDCFF for c in escaped)
-            assert read.size == len(data)
+            if codes.size:
+                corpus = txtutils.read_corpus([path], [], cache_dir=os.path.join(tmp, "cache"))
+                escaped = data.decode("utf-8", errors="surrogateescape")
+                not_utf8 = sum(0xDC80 <= ord(c) <= 0xDCFF for c in escaped)
+                assert corpus.not_utf8 == ({path: not_utf8} if not_utf8 else {})
+                assert corpus.fingerprint["train"][0][1] == len(data)
 
 
 # ---------------------------------------------------------------------------

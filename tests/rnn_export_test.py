@@ -24,7 +24,7 @@ import tensorflow as tf
 import rnn_export
 import txtutils
 from charrnn import ckpt, export, runs
-from charrnn.generate import CHUNK, SCORE_CHUNK, Generator, Scorer
+from charrnn.generate import GENERATE_PER_CALL, SCORE_PER_CALL, Generator, Scorer
 from charrnn.model import build_model
 from conftest import HERE, cache_env, run_clis
 
@@ -183,7 +183,7 @@ def expected_rows(model, alphabet, primes, length, seed, topn=0, temperature=1.0
 
 def drawn(generator, alphabet, length):
     """The next length characters of each stream, drawn in CHUNKs as rnn_play.py draws."""
-    chunks = [generator.next(CHUNK) for _ in range(-(-length // CHUNK))]
+    chunks = [generator.next(GENERATE_PER_CALL) for _ in range(-(-length // GENERATE_PER_CALL))]
     return ["".join(alphabet[c] for c in row[:length]) for row in np.concatenate(chunks, axis=1)]
 
 
@@ -226,7 +226,7 @@ def exported(tiny_run, tmp_path_factory):
     model, config = runs.load_model(prefix)
     alphabet = config["alphabet"]
 
-    tiny_model, tiny_config = runs.load_model(runs.resolve("tiny", checkpoints, print))
+    tiny_model, tiny_config = runs.load_model(runs.find_checkpoint("tiny", checkpoints, print))
     tiny_alphabet = tiny_config["alphabet"]
     with open(held_out, encoding="utf-8") as f:
         text = f.read()
@@ -439,12 +439,12 @@ def test_the_graph_reads_any_bytes_as_rnn_play_does():
 def test_score_calls_shrink_with_the_alphabet():
     """The characters of one score call: rnn_play.py's chunk for the 98 symbols, and as
     many as keep the logits of a call at most that many floats for a longer alphabet."""
-    floats = SCORE_CHUNK * txtutils.ALPHASIZE
-    assert export.score_cells(txtutils.ALPHASIZE) == SCORE_CHUNK
+    floats = SCORE_PER_CALL * txtutils.ALPHASIZE
+    assert export.score_cells_per_call(txtutils.ALPHASIZE) == SCORE_PER_CALL
     for alphasize in [99, 107, 150, 1000, 5000, floats - 1]:
-        cells = export.score_cells(alphasize)
+        cells = export.score_cells_per_call(alphasize)
         assert cells * alphasize <= floats < (cells + 1) * alphasize, alphasize
-    assert export.score_cells(floats + 1) == 1 == export.score_cells(10**9)
+    assert export.score_cells_per_call(floats + 1) == 1 == export.score_cells_per_call(10**9)
 
 
 def test_a_long_alphabet_scores_in_several_calls_as_rnn_play_scores():
@@ -452,7 +452,7 @@ def test_a_long_alphabet_scores_in_several_calls_as_rnn_play_scores():
     of two rows; texts of several calls score as rnn_play.py scores each alone."""
     alphabet = txtutils.ALPHABET + "".join(chr(0x4E00 + i) for i in range(3000))
     model, module = small_export(alphabet)
-    assert module.score_cells == SCORE_CHUNK * txtutils.ALPHASIZE // len(alphabet) == 129
+    assert module.score_cells == SCORE_PER_CALL * txtutils.ALPHASIZE // len(alphabet) == 129
     rng = np.random.default_rng(6)
     texts = ["".join(rng.choice(list(alphabet[1:]), n)) for n in (300, 170)]
     out = module.score(tf.constant([t.encode() for t in texts]))

@@ -19,6 +19,7 @@ from charrnn import generate, runs
 from charrnn.generate import Generator, Scorer
 from charrnn.model import build_model, loss_and_accuracy, mean_loss_and_accuracy
 from conftest import HERE, cache_env, run_cli, run_clis, run_main, without_cache_noise
+from txtutils_test import text_of
 
 
 def checkpoints(tiny_run):
@@ -74,13 +75,13 @@ def test_score_prints_bits_per_character(tiny_run, tmp_path):
     )
     bits, nats, accuracy, n = float(m[1]), float(m[2]), float(m[3]), int(m[4].replace(",", ""))
     assert abs(bits - nats / np.log(2)) < 2e-3
-    assert n == len(txtutils.encode(txtutils.read_file(text).text)) - 1
+    assert n == len(txtutils.DEFAULT.encode(text_of(text))) - 1
     assert 0 < accuracy <= 1
     # better than a uniform guess over 98 symbols, as the training run's validation showed
     assert nats < np.log(98) - 1
     # the same figure as running the whole text in one call with the state carried
-    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
-    codes = txtutils.encode(txtutils.read_file(text).text).astype(np.int32)
+    model, _ = runs.load_model(runs.find_checkpoint("tiny", str(tiny_run["checkpoints"]), print))
+    codes = txtutils.DEFAULT.encode(text_of(text)).astype(np.int32)
     logits, _ = model.infer(codes[None, :-1], model.zero_state(1))
     expected, _ = loss_and_accuracy(logits, codes[None, 1:])
     assert abs(nats - float(expected)) < 2e-3
@@ -191,7 +192,7 @@ def mixed_bytes(n, seed=0):
 def test_reading_in_pieces_gives_the_codes_of_the_whole_file(tmp_path):
     path = tmp_path / "mixed.txt"
     path.write_bytes(mixed_bytes(3000))
-    whole = txtutils.encode(txtutils.read_file(str(path)).text)
+    whole = txtutils.DEFAULT.encode(text_of(str(path)))
     for size in (1, 2, 3, 5, 64, 1000, 1 << 20):
         pieces = list(txtutils.read_pieces(str(path), size))
         np.testing.assert_array_equal(np.concatenate(pieces), whole, err_msg=f"size {size}")
@@ -206,10 +207,10 @@ def test_reading_in_pieces_gives_the_codes_of_the_whole_file(tmp_path):
 def old_score(model, path):
     """--score as it was before streaming (git show 0d68509:rnn_play.py): the whole
     file read at once, 1000 characters per call of model.infer, the state carried."""
-    codes = txtutils.encode(txtutils.read_file(path).text).astype(np.int32)
+    codes = txtutils.DEFAULT.encode(text_of(path)).astype(np.int32)
     x, y = codes[:-1], codes[1:]
     pieces = ((x[None, i : i + 1000], y[None, i : i + 1000]) for i in range(0, len(x), 1000))
-    return mean_loss_and_accuracy(model, pieces, carry_state=True)
+    return mean_loss_and_accuracy(model, pieces)
 
 
 def test_score_gives_the_old_figures_across_chunks_and_pieces(tiny_run, tmp_path):
@@ -221,9 +222,9 @@ def test_score_gives_the_old_figures_across_chunks_and_pieces(tiny_run, tmp_path
     text = text[:2000] + mixed_bytes(500) + text[2000:]
     path = tmp_path / "text.txt"
     path.write_bytes(text)
-    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
+    model, _ = runs.load_model(runs.find_checkpoint("tiny", str(tiny_run["checkpoints"]), print))
     nats, accuracy, n = old_score(model, str(path))
-    for chunk, piece in ((512, 700), (generate.SCORE_CHUNK, generate.SCORE_PIECE)):
+    for chunk, piece in ((512, 700), (generate.SCORE_PER_CALL, generate.SCORE_PIECE)):
         got = generate.score(Scorer(model, chunk), str(path), piece_bytes=piece)
         assert got[2] == n > 3 * 512
         assert abs(got[0] - nats) < 1e-5, (chunk, piece)
@@ -314,8 +315,8 @@ def test_score_reads_a_pipe_once(tiny_run, tmp_path):
 def test_a_tiny_temperature_samples_the_likeliest(tiny_run):
     """--temperature 1e-46 is 0 in float32: it gave logits of +-inf, and the sampler the
     lowest code; a temperature near 0 must pick the likeliest, as --topn 1 does."""
-    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
-    prime = [txtutils.encode("ROMEO: the ")] * 3
+    model, _ = runs.load_model(runs.find_checkpoint("tiny", str(tiny_run["checkpoints"]), print))
+    prime = [txtutils.DEFAULT.encode("ROMEO: the ")] * 3
     texts = []
     for options in ({"topn": 1}, {"temperature": 1e-46}, {"temperature": 1e-30, "topn": 5}):
         generator = Generator(model, **options)
@@ -330,13 +331,13 @@ def test_scoring_a_big_alphabet_keeps_its_logits_small():
     """The logits of one scoring call are [CHUNK, ALPHASIZE]: with a fixed chunk of
     4,096, a crafted 300,000-symbol model asked ~5 GB per call. The chunk shrinks with
     the alphabet; the 98 symbols keep theirs."""
-    assert generate.score_chunk(98) == generate.SCORE_CHUNK
+    assert generate.score_per_call(98) == generate.SCORE_PER_CALL
     for alphasize in (5000, 300_000):
-        chunk = generate.score_chunk(alphasize)
+        chunk = generate.score_per_call(alphasize)
         assert 1 <= chunk * alphasize <= generate.SCORE_LOGITS
     model = build_model({"alphasize": 300_000, "cell_size": 4, "layers": 1, "dropout": 0.0})
     scorer = Scorer(model)
-    assert scorer.chunk == generate.score_chunk(300_000) == 55
+    assert scorer.per_call == generate.score_per_call(300_000) == 55
     scorer.feed(np.arange(200, dtype=np.int32))
     assert scorer.finish()[2] == 199
 
@@ -386,8 +387,8 @@ def test_a_prime_file_is_the_prime_and_may_be_long(tiny_run, tmp_path, capsys):
     assert from_file.stdout.replace("\r\n", "\n") == given.stdout  # (shown as it is)
     assert samples_of(given.stdout)[0].startswith(text)
     # the state after the long prime is the state of the whole text at once
-    model, _ = runs.load_model(runs.resolve("tiny", str(tiny_run["checkpoints"]), print))
-    codes = txtutils.encode(text)
+    model, _ = runs.load_model(runs.find_checkpoint("tiny", str(tiny_run["checkpoints"]), print))
+    codes = txtutils.DEFAULT.encode(text)
     chunked = Generator(model)
     chunked.start(codes[None, : len(codes) // 2], seed=0)
     chunked.feed(codes[None, len(codes) // 2 :])

@@ -36,7 +36,7 @@ from conftest import (
     without_cache_noise,
     write_corpus,
 )
-from txtutils_test import UNICODE_TEXTS, cjk_text
+from txtutils_test import UNICODE_TEXTS, cjk_text, count_chars
 
 
 def read_events(folder):
@@ -447,7 +447,7 @@ def test_dropout_starts_where_dropout_from_epoch_says(tmp_path):
 
 
 def test_validation_in_chunks_gives_the_figures_of_whole_rows():
-    """validate() runs rows VALID_CHUNK characters at a time with the state carried
+    """validate() runs rows VALID_PER_CALL characters at a time with the state carried
     along (for memory): the same loss and accuracy as whole rows in one call."""
     keras.utils.set_random_seed(0)
     model = build_model({"alphasize": 98, "cell_size": 16, "layers": 2, "dropout": 0.0})
@@ -494,7 +494,7 @@ def test_a_corpus_in_every_script_trains_plays_and_scores_in_the_c_locale(tmp_pa
         env=C_LOCALE,
     )
     assert train.returncode == 0, train.stderr
-    expected = txtutils.DEFAULT.grown(*txtutils.count_chars(train_text))
+    expected = txtutils.DEFAULT.grown(*count_chars(train_text))
     assert expected.size > 98 + 5000
     config = ckpt.read_config(runs.newest_in(str(tmp_path / "ck" / "u")))
     assert config["alphabet"] == expected.chars and config["alphasize"] == expected.size
@@ -615,9 +615,9 @@ def test_init_from_keeps_every_weight_of_the_parent_and_adds_rows_for_new_symbol
     """The fine-tuned model before its first step: every weight of the parent bit for
     bit, and for the symbols the parent lacked, the input kernel's rows and the logits
     layer's columns a new model starts from."""
-    parent = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    parent = runs.find_checkpoint("tiny", str(tiny_run["checkpoints"]), print)
     parent_config = ckpt.read_config(parent)
-    alphabet = ckpt.alphabet_of(parent_config).grown(*txtutils.count_chars("жжщщ"))
+    alphabet = ckpt.alphabet_of(parent_config).grown(*count_chars("жжщщ"))
     config = dict(parent_config, alphabet=alphabet.chars, alphasize=alphabet.size)
     keras.utils.set_random_seed(0)
     model = build_model(config)
@@ -655,7 +655,7 @@ def test_init_from_starts_a_new_run_on_other_text_and_its_resume_knows_that_text
     corpus = tmp_path / "ru"
     corpus.mkdir()
     (corpus / "ru.txt").write_text(UNICODE_TEXTS["cyrillic"] * 30)
-    parent = runs.resolve("tiny", str(tiny_run["checkpoints"]), print)
+    parent = runs.find_checkpoint("tiny", str(tiny_run["checkpoints"]), print)
     dirs = where(tmp_path)
     ft = run_cli(
         "rnn_train.py",
@@ -709,11 +709,11 @@ def test_a_run_names_its_best_checkpoint_and_run_best_finds_it(tmp_path, capsys)
     losses = [float(v) for v in re.findall(r"^validation: loss ([\d.]+)", result.stdout, re.M)]
     step = 20 * (1 + losses.index(min(losses)))
     assert f"the best: step {step}, validation loss {min(losses):.3f} (r:best)" in result.stdout
-    prefix = runs.resolve("r:best", str(tmp_path / "ck"), print)
+    prefix = runs.find_checkpoint("r:best", str(tmp_path / "ck"), print)
     assert prefix == str(tmp_path / "ck" / "r" / "best" / f"ckpt-{step}")
     ckpt.verify(prefix)
     with pytest.raises(ckpt.CheckpointError, match="no run named nosuchrun"):
-        runs.resolve("nosuchrun:best", str(tmp_path / "ck"), print)
+        runs.find_checkpoint("nosuchrun:best", str(tmp_path / "ck"), print)
 
 
 # ---------------------------------------------------------------------------

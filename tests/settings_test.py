@@ -1,5 +1,5 @@
 """settings.py: one table gives rnn_train.py's flags, defaults, --recipe talk, the
-rules of a resume and the checkpoint's checks - and the README documents each."""
+rules of a resume and the checkpoint's checks - and docs/training.md documents each."""
 
 import os
 import re
@@ -13,7 +13,7 @@ from conftest import HERE
 
 
 def parse(*argv):
-    return settings.resolve(rnn_train.parse_args(list(argv)))
+    return settings.merge(rnn_train.parse_args(list(argv)))
 
 
 def test_every_saved_setting_has_a_flag_and_its_default():
@@ -52,36 +52,36 @@ def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
     assert set(settings.INHERITED) == {"cell_size", "layers"}
     saved = dict(settings.DEFAULTS, seqlen=20, epochs=3)
     args = rnn_train.parse_args(["--epochs", "5"])
-    assert settings.resolve(args, saved)["epochs"] == 5 and saved["seqlen"] == 20
+    assert settings.merge(args, saved)["epochs"] == 5 and saved["seqlen"] == 20
     with pytest.raises(settings.UsageError, match="trained with --seqlen 20, not 30"):
-        settings.resolve(rnn_train.parse_args(["--seqlen", "30"]), saved)
+        settings.merge(rnn_train.parse_args(["--seqlen", "30"]), saved)
     parent = dict(settings.DEFAULTS, cell_size=64, layers=2)
-    fine_tuned = settings.resolve(rnn_train.parse_args([]), parent=parent)
+    fine_tuned = settings.merge(rnn_train.parse_args([]), parent=parent)
     assert (fine_tuned["cell_size"], fine_tuned["layers"]) == (64, 2)
     with pytest.raises(settings.UsageError, match="has --layers 2, not 3"):
-        settings.resolve(rnn_train.parse_args(["--layers", "3", "--init-from", "p"]), parent=parent)
+        settings.merge(rnn_train.parse_args(["--layers", "3", "--init-from", "p"]), parent=parent)
 
 
 def test_a_resume_keeps_its_alphabet_s_rule():
     """--min-char-count chose a run's alphabet once: a resume cannot change it (it was
     ignored, and recorded in the checkpoint, which then misdescribed its alphabet)."""
     saved = dict(settings.DEFAULTS, min_char_count=3)
-    assert settings.resolve(rnn_train.parse_args(["--min-char-count", "3"]), saved)
+    assert settings.merge(rnn_train.parse_args(["--min-char-count", "3"]), saved)
     with pytest.raises(settings.UsageError, match="trained with --min-char-count 3, not 5"):
-        settings.resolve(rnn_train.parse_args(["--min-char-count", "5"]), saved)
+        settings.merge(rnn_train.parse_args(["--min-char-count", "5"]), saved)
     old = {k: v for k, v in settings.DEFAULTS.items() if k != "min_char_count"}
     with pytest.raises(settings.UsageError, match="trained with --min-char-count 2, not 5"):
-        settings.resolve(rnn_train.parse_args(["--min-char-count", "5"]), old)
+        settings.merge(rnn_train.parse_args(["--min-char-count", "5"]), old)
 
 
 def test_fine_tuning_trains_on_the_parent_s_text_unless_given_its_own():
     """The advice of a refused resume, "train on this text in a new run with
     --init-from RUN", must train on the run's text, not on Shakespeare."""
     parent = dict(settings.DEFAULTS, data=["mine/*.txt"], validation=["mine/last.txt"])
-    child = settings.resolve(rnn_train.parse_args(["--init-from", "p"]), parent=parent)
+    child = settings.merge(rnn_train.parse_args(["--init-from", "p"]), parent=parent)
     assert (child["data"], child["validation"]) == (["mine/*.txt"], ["mine/last.txt"])
     args = rnn_train.parse_args(["--init-from", "p", "--data", "new/*.txt"])
-    child = settings.resolve(args, parent=parent)
+    child = settings.merge(args, parent=parent)
     assert (child["data"], child["validation"]) == (["new/*.txt"], None)
 
 
@@ -98,11 +98,11 @@ def test_a_checkpoint_is_checked_against_the_same_ranges(setting):
 
 
 def readme_flag_rows():
-    """{flag: the default its row gives} of the README's table of rnn_train.py's flags
-    (None for the flags of a row that names several)."""
-    with open(os.path.join(HERE, "README.md"), encoding="utf-8") as f:
-        readme = f.read()
-    section = readme.split("## Training: `rnn_train.py`", 1)[1].split("\n## ", 1)[0]
+    """{flag: the default its row gives} of the table of rnn_train.py's flags in
+    docs/training.md (None for the flags of a row that names several)."""
+    with open(os.path.join(HERE, "docs", "training.md"), encoding="utf-8") as f:
+        page = f.read()
+    section = page.split("\n## Every flag", 1)[1].split("\n## ", 1)[0]
     rows = {}
     for first, default in re.findall(r"^\| (`--[^|]*) \|([^|]*)\|", section, re.MULTILINE):
         flags = re.findall(r"`(--[a-z-]+)", first)
@@ -112,7 +112,7 @@ def readme_flag_rows():
     return rows
 
 
-def test_the_readme_gives_every_flag_with_its_default():
+def test_the_docs_give_every_flag_with_its_default():
     rows = readme_flag_rows()
     assert {s.option for s in settings.SETTINGS} | {"--recipe"} == set(rows)
     for s in settings.SETTINGS:
@@ -132,8 +132,8 @@ def test_a_checkpoint_from_before_dropout_from_epoch_keeps_when_its_dropout_star
     """Checkpoints made before --dropout-from-epoch said when dropout starts as a
     fraction of the run (--dropout-from): a resume reads it as that many epochs."""
     old = {k: v for k, v in settings.DEFAULTS.items() if k != "dropout_from_epoch"}
-    resumed = settings.resolve(rnn_train.parse_args([]), dict(old, dropout_from=0.25, epochs=8))
+    resumed = settings.merge(rnn_train.parse_args([]), dict(old, dropout_from=0.25, epochs=8))
     assert resumed["dropout_from_epoch"] == 2.0
-    assert settings.resolve(rnn_train.parse_args([]), old)["dropout_from_epoch"] == 5.0
+    assert settings.merge(rnn_train.parse_args([]), old)["dropout_from_epoch"] == 5.0
     given = rnn_train.parse_args(["--dropout-from-epoch", "1"])
-    assert settings.resolve(given, dict(old, dropout_from=0.25))["dropout_from_epoch"] == 1.0
+    assert settings.merge(given, dict(old, dropout_from=0.25))["dropout_from_epoch"] == 1.0

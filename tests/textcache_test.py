@@ -17,6 +17,7 @@ import txtutils
 from charrnn import textcache
 from charrnn.textcache import CacheError
 from conftest import HERE
+from txtutils_test import count_chars, text_of
 
 # Pieces of a few bytes cut UTF-8 sequences, CRLFs and bytes that are not UTF-8 apart
 TEXTS = {
@@ -38,7 +39,7 @@ def write_text(folder, texts=TEXTS, raw=RAW):
 
 def encoded_whole(paths, alphabet):
     """What the codes must be: each file read whole and encoded, one after the other."""
-    parts = [alphabet.encode(txtutils.read_file(p).text) for p in paths]
+    parts = [alphabet.encode(text_of(p)) for p in paths]
     return np.concatenate(parts) if parts else np.zeros(0, alphabet.dtype)
 
 
@@ -47,8 +48,8 @@ def test_codes_counts_and_alphabet_are_those_of_each_file_read_whole(tmp_path, m
     monkeypatch.setattr(txtutils, "PIECE", piece)
     data = write_text(tmp_path / "text")
     corpus = txtutils.read_corpus(data, [str(tmp_path / "text" / "d.txt")], cache_dir=None)
-    whole = "".join(txtutils.read_file(p).text for p in corpus.train_files)
-    assert corpus.alphabet == txtutils.DEFAULT.grown(*txtutils.count_chars(whole))
+    whole = "".join(text_of(p) for p in corpus.train_files)
+    assert corpus.alphabet == txtutils.DEFAULT.grown(*count_chars(whole))
     assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
     assert np.array_equal(corpus.valid, encoded_whole(corpus.valid_files, corpus.alphabet))
     assert corpus.not_utf8 == {str(tmp_path / "text" / "d.txt"): 12 + 2}

@@ -35,7 +35,7 @@ import tensorflow as tf
 
 import txtutils
 from charrnn import cli, settings, training
-from charrnn.generate import Scorer, score, score_chunk
+from charrnn.generate import Scorer, score, score_per_call
 from charrnn.hardware import cpu_name
 from charrnn.model import build_model
 from tools.timing import generation_run, median_time, speeds_in_turn
@@ -463,9 +463,9 @@ def scoring_run(model, folder, chunks, alphabet=txtutils.DEFAULT):
     """rnn_play.py --score (reading the file included, loading the model not),
     compiled: a function that scores a file of random characters of the alphabet,
     written into folder (the speed does not depend on what the text says), and the
-    characters it scores: `chunks` whole compiled calls of the model's score_chunk,
+    characters it scores: `chunks` whole compiled calls of the model's score_per_call,
     so that a big alphabet's shorter chunk is not timed with a padded last one."""
-    chars = chunks * score_chunk(model.alphasize) + 1  # every character but the first scored
+    chars = chunks * score_per_call(model.alphasize) + 1  # every character but the first scored
     rng = np.random.default_rng(0)
     text = alphabet.decode(rng.integers(1, alphabet.size, size=chars))
     path, first = os.path.join(folder, "text.txt"), os.path.join(folder, "compile.txt")
@@ -508,12 +508,12 @@ def real_run_memory_mb(config, steps, folder, code, limit_mb):
     all: whole rows once held 2 GB more), so the program is measured too."""
     rng = np.random.default_rng(0)
     B, T = config["batch_size"], config["seqlen"]
-    train_chars, valid_chars = B * T * (steps + 2), training.VALID_ROWS * 1100
+    train_chars, valid_chars = B * T * (steps + 2), txtutils.VALID_MAX_ROWS * 2200
     paths = []
     for name, chars in (("train.txt", train_chars), ("valid.txt", valid_chars)):
         paths.append(os.path.join(folder, name))
         with open(paths[-1], "w") as f:
-            f.write(txtutils.decode(rng.integers(1, config["alphasize"], size=chars)))
+            f.write(txtutils.DEFAULT.decode(rng.integers(1, config["alphasize"], size=chars)))
     flags = {
         "--data": paths[0],
         "--validation": paths[1],

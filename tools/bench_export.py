@@ -26,7 +26,7 @@ from ai_edge_litert.interpreter import Interpreter
 import txtutils
 from charrnn import runs
 from charrnn.export import export
-from charrnn.generate import CHUNK, default_topn
+from charrnn.generate import GENERATE_PER_CALL, default_topn
 from charrnn.hardware import cpu_name
 from tools.timing import generation_run, median_time, speeds_in_turn
 
@@ -45,8 +45,8 @@ def saved_run(saved, streams, chars, alphasize):
         top_n=tf.constant(default_topn(alphasize)),  # rnn_play.py's, as generation_run
         seed=tf.constant(0, tf.int64),
     )
-    generate(length=tf.constant(CHUNK), **args)  # compiles
-    length = -(-chars // CHUNK) * CHUNK
+    generate(length=tf.constant(GENERATE_PER_CALL), **args)  # compiles
+    length = -(-chars // GENERATE_PER_CALL) * GENERATE_PER_CALL
 
     def run():
         generate(length=tf.constant(length), **args)["text"].numpy()
@@ -90,7 +90,7 @@ def main(argv=None):  # a measuring tool: bad arguments may end in a traceback
     if len(argv) < 3:
         sys.exit(__doc__)
     what, held_out, out = argv[:3]
-    prefix = runs.resolve(what, "checkpoints", print)  # a run name, directory or checkpoint
+    prefix = runs.find_checkpoint(what, "checkpoints", print)  # a run name, directory or checkpoint
     chars = int(argv[3]) if len(argv) > 3 else 20_000
     model, config = runs.load_model(prefix)
     t0 = time.perf_counter()

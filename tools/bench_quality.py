@@ -122,7 +122,7 @@ def peer_child(minutes, cell, test, train):
 
     start = time.perf_counter()
     alphabet, B, T, layers = txtutils.DEFAULT, 200, 30, 3
-    text = np.concatenate([alphabet.encode(txtutils.read_file(f).text) for f in train])
+    text = np.concatenate([c for f in train for c in txtutils.read_pieces(f, alphabet=alphabet)])
 
     class Peer(keras.Model):
         def __init__(self):
@@ -166,17 +166,17 @@ def peer_child(minutes, cell, test, train):
             break
 
     @tf.function
-    def score_chunk(x, y, states):
+    def score_per_call(x, y, states):
         logits, new = model(x, states)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
         return tf.reduce_sum(losses), new
 
-    codes = alphabet.encode(txtutils.read_file(test).text).astype(np.int32)
+    codes = np.concatenate(list(txtutils.read_pieces(test, alphabet=alphabet))).astype(np.int32)
     states, total, chunk = [tf.zeros([1, cell]) for _ in range(layers)], 0.0, 1024
     for i in range(0, len(codes) - 1, chunk):
         x, y = codes[i : i + chunk], codes[i + 1 : i + chunk + 1]
         x = x[: len(y)]
-        loss, states = score_chunk(x[None], y[None], states)
+        loss, states = score_per_call(x[None], y[None], states)
         total += float(loss)
     print(json.dumps({"nats": total / (len(codes) - 1), "steps": steps}))
 

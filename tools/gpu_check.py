@@ -143,7 +143,7 @@ def practice_text(chars, seed=0):
         line = f"{rng.choice(names)}: the {rng.choice(['moon', 'sun'])} {rng.choice(verbs)}.\n"
         lines.append(line)
         length += len(line)
-    return txtutils.encode("".join(lines))
+    return txtutils.DEFAULT.encode("".join(lines))
 
 
 def twins(config, mixed_precision):
@@ -303,7 +303,7 @@ def check_inference(report, model, text):
     )
     try:
         generator = Generator(model, topn=2)
-        generator.start(txtutils.encode("\n")[None], seed=0)
+        generator.start(txtutils.DEFAULT.encode("\n")[None], seed=0)
         generator.next(100)  # compiles
         t0 = time.perf_counter()
         sample = generator.next(100)[0]
@@ -318,7 +318,7 @@ def check_inference(report, model, text):
     report.check(
         "generation",
         valid,
-        f"{speed:,.0f} chars/s for one stream; {txtutils.decode(sample[:40])!r}",
+        f"{speed:,.0f} chars/s for one stream; {txtutils.DEFAULT.decode(sample[:40])!r}",
     )
     uniform = math.log(model.alphasize)
     report.check(

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from charrnn.generate import CHUNK, Generator, default_topn
+from charrnn.generate import GENERATE_PER_CALL, Generator, default_topn
 
 
 def median_time(fn, repeats):
@@ -33,11 +33,11 @@ def generation_run(model, streams, chars):
     characters, and the characters it generates in all."""
     generator = Generator(model, topn=default_topn(model.alphasize))  # rnn_play.py's
     generator.start(np.zeros([streams, 1], np.int32), seed=0)
-    generator.next(CHUNK)  # compiles
-    calls = -(-chars // CHUNK)
+    generator.next(GENERATE_PER_CALL)  # compiles
+    calls = -(-chars // GENERATE_PER_CALL)
 
     def generate():
         for _ in range(calls):
-            generator.next(CHUNK)
+            generator.next(GENERATE_PER_CALL)
 
-    return generate, streams * calls * CHUNK
+    return generate, streams * calls * GENERATE_PER_CALL
