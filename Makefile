@@ -2,7 +2,7 @@
 #   make train [ARGS="--flags"]   make play [ARGS="..."]   make export ARGS="RUN DIR"
 #   make tensorboard   make test   make bench   make bench-export ARGS="RUN TEXT DIR"
 #   make bench-quality [ARGS="--minutes 5 15"]   (held-out loss per minute, against Keras)
-#   make gpu-check   (after installing TensorFlow's CUDA build: README, "GPU")
+#   make gpu-check   (after installing TensorFlow's CUDA build: docs/gpu.md)
 #   make corpus (Shakespeare, into shakespeare/)   make corpus-zh (Chinese, into
 #   fortunes-zh/: Debian's fortunes-zh 2.98; the tests train on it, so make test fetches it)
 PYTHON ?= python3

@@ -59,7 +59,7 @@ def parse_args(argv):
 
 
 # ---------------------------------------------------------------------------
-# The exported module: the model's weights, the alphabet, three signatures
+# The output folder (what goes into it: charrnn/export.py)
 
 
 class ExportError(Exception):

@@ -84,7 +84,8 @@ def parse_args(argv):
         "--temperature",
         type=cli.positive_float,
         default=1.0,
-        help="below 1 is bolder in the likeliest choices, above 1 wilder (default 1.0)",
+        help="divide the logits by T: below 1 more conservative (the likeliest "
+        "characters likelier), above 1 wilder (default 1.0)",
     )
     p.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
     p.add_argument(

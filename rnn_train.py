@@ -149,8 +149,8 @@ def train(args):
     try:
         with StopRequest() as stop:
             state = dist.split(state)
-            rows = dist.worker_rows(B)  # a worker reads only its rows of the text
-            batches = txtutils.minibatch_sequencer(text.train, B, T, config["epochs"], step, rows)
+            mine = dist.worker_rows(B)  # a slice: a worker reads only its rows of the text
+            batches = txtutils.minibatch_sequencer(text.train, B, T, config["epochs"], step, mine)
             for x, y, epoch in batches:  # x, y: [BATCH (this worker's rows), SEQLEN]
                 if step >= total:  # (a signal is heeded after the step, by every worker)
                     break

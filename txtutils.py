@@ -590,21 +590,21 @@ def batches_per_epoch(text_len, batch_size, seqlen):
     return nb_batches
 
 
-def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0, rows=None):
+def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0, row_slice=None):
     """Yield (x, y, epoch), x and y int32 arrays of shape [batch_size, seqlen], y being
     x shifted by one character. The remainder that does not fill a whole batch is
     dropped. start_step skips that many batches (to resume where a run stopped).
-    rows: a slice of the rows to read (a worker's share of the batch), else all.
+    row_slice: the rows to read (a worker's share of the batch), else all.
 
     Each batch reads only its own characters from codes, so codes may be the text
     cache's file of a text of any size (textcache.Codes)."""
     nb_batches = batches_per_epoch(len(codes), batch_size, seqlen)
     row_len = nb_batches * seqlen  # each row's slice of the text
-    rows = rows or slice(None)
+    row_slice = row_slice or slice(None)
     for step in range(start_step, epochs * nb_batches):
         epoch, b = divmod(step, nb_batches)
         # at epoch e, row k goes on with slice (k + e) mod batch_size
-        slices = np.roll(np.arange(batch_size), -epoch)[rows]
+        slices = np.roll(np.arange(batch_size), -epoch)[row_slice]
         xy = read_rows(codes, slices * row_len + b * seqlen, seqlen + 1)  # [ROWS, SEQLEN+1]
         xy = xy.astype(np.int32)
         yield np.ascontiguousarray(xy[:, :-1]), np.ascontiguousarray(xy[:, 1:]), epoch

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import txtutils
+from charrnn import textcache
 from txtutils import CorpusError
 
 PRINTABLE = "".join(chr(c) for c in range(32, 127))
@@ -176,20 +177,20 @@ def test_start_step_resumes_with_the_very_batches_a_full_run_would_give():
 def test_a_worker_s_rows_are_those_rows_of_the_whole_batch(rows):
     text = np.arange(6 * 5 * 7 + 1)
     whole = txtutils.minibatch_sequencer(text, 6, 5, epochs=3, start_step=4)
-    mine = txtutils.minibatch_sequencer(text, 6, 5, epochs=3, start_step=4, rows=rows)
+    mine = txtutils.minibatch_sequencer(text, 6, 5, epochs=3, start_step=4, row_slice=rows)
     for (x, y, epoch), (my_x, my_y, my_epoch) in itertools.zip_longest(whole, mine):
         assert np.array_equal(x[rows], my_x) and np.array_equal(y[rows], my_y)
         assert epoch == my_epoch
 
 
-def test_batches_from_a_memory_map_are_those_from_memory(tmp_path):
+def test_batches_from_the_cache_file_are_those_from_memory(tmp_path):
     codes = np.random.default_rng(0).integers(0, 98, 5000).astype(np.uint8)
     (tmp_path / "codes").write_bytes(codes.tobytes())
-    mapped = np.memmap(tmp_path / "codes", dtype=np.uint8, mode="r")
-    in_memory = txtutils.minibatch_sequencer(codes, 7, 11, epochs=2)
-    from_map = txtutils.minibatch_sequencer(mapped, 7, 11, epochs=2)
-    for (x, y, _), (mx, my, _) in itertools.zip_longest(in_memory, from_map):
-        assert mx.dtype == np.int32 and np.array_equal(x, mx) and np.array_equal(y, my)
+    with open(tmp_path / "codes", "rb") as f:
+        on_disk = txtutils.minibatch_sequencer(textcache.Codes(f, np.uint8), 7, 11, epochs=2)
+        in_memory = txtutils.minibatch_sequencer(codes, 7, 11, epochs=2)
+        for (x, y, _), (dx, dy, _) in itertools.zip_longest(in_memory, on_disk):
+            assert dx.dtype == np.int32 and np.array_equal(x, dx) and np.array_equal(y, dy)
 
 
 def test_too_small_a_text_is_a_corpus_error_saying_the_size_needed():

@@ -48,8 +48,7 @@ def make_strategy(args):
     if args.strategy == "multiworker":
         if not os.environ.get("TF_CONFIG"):
             raise cli.UsageError(
-                "--strategy multiworker needs the cluster in TF_CONFIG; see the "
-                'README\'s "Beyond one machine"'
+                "--strategy multiworker needs the cluster in TF_CONFIG: see docs/multiworker.md"
             )
         try:
             json.loads(os.environ["TF_CONFIG"])
@@ -87,19 +86,19 @@ class Distribution:
         """Where variables are made: mirrored on every replica under a strategy."""
         return self.strategy.scope() if self.strategy else contextlib.nullcontext()
 
-    def split(self, rows, batch_size=None):
-        """rows [BATCH, ...] (the whole batch) or this worker's rows of it
+    def split(self, values, batch_size=None):
+        """values [BATCH, ...] (the whole batch) or this worker's rows of it
         (worker_rows), as a per-replica value: replica r gets rows r*BATCH/REPLICAS up
         to (r+1)*BATCH/REPLICAS, always the same ones, so each replica's rows continue
-        its rows of the previous batch. batch_size: BATCH, if rows are a worker's."""
+        its rows of the previous batch. batch_size: BATCH, if values are a worker's."""
         if not self.strategy:
-            return rows
-        each = (batch_size or len(rows)) // self.replicas
+            return values
+        each = (batch_size or len(values)) // self.replicas
         first = self.worker_rows(batch_size).start if batch_size else 0
 
         def share(context):
             r = context.replica_id_in_sync_group
-            return tf.convert_to_tensor(rows[r * each - first : (r + 1) * each - first])
+            return tf.convert_to_tensor(values[r * each - first : (r + 1) * each - first])
 
         return self.strategy.experimental_distribute_values_from_function(share)
 

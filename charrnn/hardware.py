@@ -1,5 +1,5 @@
-"""What this machine offers: a GPU, bfloat16 in the CPU's hardware, its name. The one
-place that reads /proc/cpuinfo (model.py, bench.py and gpu_check.py ask here)."""
+"""What this machine offers: a GPU, bfloat16 in the CPU's hardware, the CPU's name. The
+one place that reads /proc/cpuinfo (model.py, training.py and the tools ask here)."""
 
 import platform
 

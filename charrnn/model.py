@@ -119,30 +119,30 @@ class CharRNN(keras.Model):
         self.logits_layer.build((None, self.cell_size))
         self.built = True
 
-    def call(self, x, state, training=False, dropout_seed=None, rows=None):
+    def call(self, x, state, training=False, dropout_seed=None, replica_rows=None):
         """x: int [BATCH, SEQLEN]; state: [BATCH, LAYERS*CELL].
         Returns logits [BATCH, SEQLEN, ALPHASIZE] and the new state [BATCH, LAYERS*CELL].
 
         In training, dropout_seed (int [2], e.g. [seed, step]) draws the dropout masks
         statelessly (None: no dropout): a step's masks depend on nothing else, so a
         resumed run draws exactly the masks the uninterrupted run would have.
-        rows = [first, total]: x holds rows first.. of a batch of total rows (one
+        replica_rows = [first, total]: x holds rows first.. of a batch of total rows (one
         replica's share under tf.distribute), whose masks are those rows of the whole
         batch's masks, so that a distributed step drops what one process would. Both
         ways of computing draw the same masks, in time-major order [SEQLEN, BATCH, ...]."""
         # Inference runs the fused equations on every device: generation runs the model
         # inside an XLA-compiled loop, and Keras' cuDNN GRU cannot be compiled by XLA.
         keras_layers = bool(training) and not self.fused
-        return self._forward(x, state, training, dropout_seed, rows, keras_layers)
+        return self._forward(x, state, training, dropout_seed, replica_rows, keras_layers)
 
-    def keras_call(self, x, state, training=False, dropout_seed=None, rows=None):
+    def keras_call(self, x, state, training=False, dropout_seed=None, replica_rows=None):
         """call() through Keras' GRU layers whatever the device and the mode: what
         training runs on a GPU, for the tests and gpu_check.py to compare with the
         fused path."""
-        return self._forward(x, state, training, dropout_seed, rows, keras_layers=True)
+        return self._forward(x, state, training, dropout_seed, replica_rows, keras_layers=True)
 
-    def _forward(self, x, state, training, dropout_seed, rows, keras_layers, scan=None):
-        keep = self._keep_masks(tf.shape(x), training, dropout_seed, rows)
+    def _forward(self, x, state, training, dropout_seed, replica_rows, keras_layers, scan=None):
+        keep = self._keep_masks(tf.shape(x), training, dropout_seed, replica_rows)
         states_in = tf.split(state, self.layers_count, axis=1)  # LAYERS x [BATCH, CELL]
         if keras_layers:
             logits, states_out = self._keras(x, states_in, keep, training)
@@ -150,20 +150,22 @@ class CharRNN(keras.Model):
             logits, states_out = self._fused(x, states_in, keep, training, scan)
         return logits, tf.concat(states_out, axis=1)  # [BATCH, LAYERS*CELL]
 
-    def _keep_masks(self, shape, training, seed, rows=None):
+    def _keep_masks(self, shape, training, seed, replica_rows=None):
         """Dropout as multipliers: 0 for a dropped value, 1/(1-rate) for a kept one; one
         per layer input (the first drops whole characters: one value of a one-hot
         vector) and one on the output. None when not dropping."""
         if not training or self.dropout_rate == 0 or seed is None:
             return [None] * (self.layers_count + 1)
         seqlen, batch = shape[1], shape[0]
-        first, total = (rows[0], rows[1]) if rows is not None else (0, batch)
+        first, total = replica_rows if replica_rows is not None else (0, batch)
         masks = []
         for i in range(self.layers_count + 1):
             width = 1 if i == 0 else self.cell_size
             s = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), i)
             u = tf.random.stateless_uniform([seqlen, total, width], s)  # [SEQLEN, TOTAL, WIDTH]
-            u = u[:, first : first + batch] if rows is not None else u  # [SEQLEN, BATCH, WIDTH]
+            u = (
+                u[:, first : first + batch] if replica_rows is not None else u
+            )  # [SEQLEN, BATCH, WIDTH]
             masks.append(tf.cast(u >= self.dropout_rate, tf.float32) / (1 - self.dropout_rate))
         return masks
 

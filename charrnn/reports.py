@@ -15,8 +15,9 @@ from charrnn.model import Diverged
 
 
 class TrainingFailed(Exception):
-    """The run could not go on (diverged, could not save, lost a worker); the message
-    says what was kept and what to do."""
+    """The run could not go on: it diverged, or its last steps could not be saved (a
+    lost worker is distribute.WorkerLost); the message says what was kept and what to
+    do."""
 
 
 # Why a run stops before its end, in the order that wins when workers differ: a

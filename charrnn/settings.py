@@ -97,7 +97,7 @@ class Setting:
 # ---------------------------------------------------------------------------
 # The settings. The model is the talk's (3 x 512 GRU, 30 characters unrolled, 200
 # rows a batch); the recipe learns faster than the talk's (--recipe talk gives it
-# back; the README's "Quality" shows what each change buys).
+# back; docs/quality.md shows what each change buys).
 S = Setting
 SETTINGS = [
     # ---- text and model
@@ -187,7 +187,8 @@ SETTINGS = [
       flag=dict(metavar="RUN_OR_CHECKPOINT")),
     S("checkpoint_dir", "checkpoints", text, SESSION, "where runs keep checkpoints"),
     S("cache_dir", None, text, SESSION,
-      "where the encoded text is kept, read once and memory-mapped by every run on it "
+      "where the encoded text is kept: encoded once, read a batch's rows at a time by "
+      "every run on it "
       "(default: CHECKPOINT_DIR/.text; safe to delete)", flag=dict(metavar="DIR")),
     S("log_dir", "log", text, SESSION, "TensorBoard logs"),
     # ---- data-parallel training (distribute.py)

@@ -112,7 +112,7 @@ class Cache:
                 path = os.path.join(folder, name + ".codes")
                 if os.path.getsize(path) != length * dtype.itemsize:
                     return None
-                arrays[name] = _map(path, dtype)
+                arrays[name] = _open_codes(path, dtype)
             return arrays
         except (OSError, ValueError, KeyError, TypeError):
             return None
@@ -127,7 +127,7 @@ class Cache:
         writer = _Writer(dtype)
         if not self.folder:  # unnamed files: gone when the process ends
             yield writer.unnamed()
-            writer.map_unnamed()
+            writer.reopen_unnamed()
             return
         final = self.codes_folder(key)
         try:
@@ -206,17 +206,13 @@ class _Writer:
                     f.close()
         return lengths
 
-    def map_unnamed(self):
+    def reopen_unnamed(self):
         self.close()
-        self.arrays = {name: _map_file(f, self.dtype) for name, f in self.files.items()}
+        self.arrays = {name: Codes(f, self.dtype) for name, f in self.files.items()}
 
 
-def _map(path, dtype):
+def _open_codes(path, dtype):
     return Codes(open(path, "rb"), dtype)  # open as long as the Codes are
-
-
-def _map_file(f, dtype):
-    return Codes(f, dtype)
 
 
 class Codes:

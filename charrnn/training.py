@@ -138,9 +138,11 @@ def make_train_step(model, optimizer, config, dist=None):
         # x, y: [BATCH/REPLICAS, SEQLEN]; state: [BATCH/REPLICAS, LAYERS*CELL]
         # The dropout masks depend on (seed, step) alone: a resumed run draws the same ones.
         dropout_seed = tf.stack([tf.constant(seed, tf.int64), step]) if dropout else None
-        rows = dist.rows_of_this_replica(config["batch_size"])
+        replica_rows = dist.rows_of_this_replica(config["batch_size"])
         with tf.GradientTape() as tape:
-            logits, new_state = model(x, state, training=True, dropout_seed=dropout_seed, rows=rows)
+            logits, new_state = model(
+                x, state, training=True, dropout_seed=dropout_seed, replica_rows=replica_rows
+            )
             loss, accuracy = loss_and_accuracy(logits, y)
             share = loss / dist.replicas  # of the whole batch's mean loss
             share = share if scaler is None else scaler.scale_loss(share)

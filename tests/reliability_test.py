@@ -1,5 +1,5 @@
 """Training survives kills, damaged checkpoints, divergence, full disks and a second
-writer; each test tries to break one promise of the README's "What survives what"."""
+writer; each test tries to break one promise of docs/reliability.md ("What survives what")."""
 
 import glob
 import os

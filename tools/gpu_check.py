@@ -1,7 +1,7 @@
 """Check this project's GPU path on this machine, in one command: `make gpu-check`.
 
 This project has no machine with a GPU, so what only a GPU runs is checked here, by
-the first user who has one, after installing the CUDA build (README, "GPU"):
+the first user who has one, after installing the CUDA build (docs/gpu.md):
 
 - the device: TensorFlow's build, the GPUs and their compute capability;
 - cuDNN: the training step's graph must hold cuDNN's GRU op (CudnnRNNV3), and the
@@ -16,8 +16,8 @@ It prints the figures and a verdict to paste into a bug report, and exits 1 if a
 check failed. Without a GPU it says so and checks what it can (CI runs it so:
 gpu_check_test.py).
 
-    python gpu_check.py            # the default model (3 x 512, batch 200 x 30)
-    python gpu_check.py --quick    # a tiny model, in seconds
+    python -m tools.gpu_check            # the default model (3 x 512, batch 200 x 30)
+    python -m tools.gpu_check --quick    # a tiny model, in seconds
 """
 
 from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)

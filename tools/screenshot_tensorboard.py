@@ -1,7 +1,8 @@
-"""Screenshot TensorBoard's scalar charts with headless Chromium, for the README.
+"""Screenshot TensorBoard's scalar charts with headless Chromium: the README's picture
+(docs/tensorboard.png).
 
-    .venv/bin/python screenshot_tensorboard.py log/RUNNAME curves.png
-    .venv/bin/python screenshot_tensorboard.py log/RUNNAME curves.png --tags loss accuracy \\
+    .venv/bin/python -m tools.screenshot_tensorboard log/RUNNAME curves.png
+    .venv/bin/python -m tools.screenshot_tensorboard log/RUNNAME curves.png --tags loss accuracy \\
         --width 1600 --height 1000 --smoothing 0
 
 It serves LOGDIR with a real TensorBoard on 127.0.0.1, opens the Time Series
