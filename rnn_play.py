@@ -37,6 +37,23 @@ KEPT_BYTES = 9
 
 
 def parse_args(argv):
+    p = parser()
+    args = p.parse_args(argv)
+    if args.prime == []:  # Python 3.11's argparse turns the value of --prime=-- into []
+        args.prime = "--"
+    if args.prime_file is not None and args.prime is not None:
+        p.error("argument --prime-file: give --prime or --prime-file, not both")
+    args.prime = "\n" if args.prime is None else args.prime
+    if not args.prime:
+        p.error("argument --prime: give at least one character")
+    if args.stop == "":
+        p.error("argument --stop: give at least one character")
+    if args.length == 0 and (args.streams > 1 or args.out_dir):
+        p.error("argument --length: give a length with --streams or --out-dir (0 never ends)")
+    return args
+
+
+def parser():
     p = cli.ArgumentParser(
         prog=PROG, description="Generate text from a checkpoint of rnn_train.py."
     )
@@ -84,8 +101,8 @@ def parse_args(argv):
         "--temperature",
         type=cli.positive_float,
         default=1.0,
-        help="divide the logits by T: below 1 more conservative (the likeliest "
-        "characters likelier), above 1 wilder (default 1.0)",
+        help="divide the logits by it: below 1 more conservative (the likeliest "
+        "characters likelier still), above 1 wilder (default 1.0)",
     )
     p.add_argument("--seed", type=int, help="random seed: the same seed gives the same text")
     p.add_argument(
@@ -111,19 +128,7 @@ def parse_args(argv):
         default="checkpoints",
         help="where to look for runs (default checkpoints)",
     )
-    args = p.parse_args(argv)
-    if args.prime == []:  # Python 3.11's argparse turns the value of --prime=-- into []
-        args.prime = "--"
-    if args.prime_file is not None and args.prime is not None:
-        p.error("argument --prime-file: give --prime or --prime-file, not both")
-    args.prime = "\n" if args.prime is None else args.prime
-    if not args.prime:
-        p.error("argument --prime: give at least one character")
-    if args.stop == "":
-        p.error("argument --stop: give at least one character")
-    if args.length == 0 and (args.streams > 1 or args.out_dir):
-        p.error("argument --length: give a length with --streams or --out-dir (0 never ends)")
-    return args
+    return p
 
 
 class Progress:

@@ -102,6 +102,25 @@ class Clock:
         return min(left, max(0.0, self.limit - self.elapsed())) if self.limit else left
 
 
+def checked_run_config(config, text, run):
+    """What each checkpoint says of the run: its settings, and what it read from its
+    text (txtutils.Corpus) - checked, and the memory the run needs on this machine
+    too, before any folder is made."""
+    run_config = dict(
+        config,
+        alphabet=text.alphabet.chars,
+        alphasize=text.alphabet.size,
+        data_fingerprint=text.fingerprint,
+        parent=run.origin,
+    )
+    ckpt.check_config(run_config, "the run's settings")
+    validation = None  # a validation call: its rows, and characters of each
+    if text.valid_x is not None:
+        validation = (len(text.valid_x), valid_per_call(text.alphabet.size))
+    memory.check_training(run_config, validation)
+    return run_config
+
+
 def train(args):
     clock = Clock(args.time_limit)
     dist = Distribution.from_flags(args)
@@ -110,21 +129,7 @@ def train(args):
     cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
     text = read_text(config, run, dist, cache_dir, ReadingProgress(dist.chief))
     batches_per_epoch, total = run_length(config, text)
-    # what each checkpoint says of the run: its settings, and what it read from its text
-    run_config = dict(
-        config,
-        alphabet=text.alphabet.chars,
-        alphasize=text.alphabet.size,
-        data_fingerprint=text.fingerprint,
-        parent=run.origin,
-    )
-    validation = (
-        (len(text.valid_x), valid_per_call(text.alphabet.size))
-        if text.valid_x is not None
-        else None
-    )
-    ckpt.check_config(run_config, "the run's settings")
-    memory.check_training(run_config, validation)
+    run_config = checked_run_config(config, text, run)
     runs.create_folders(run, dist.chief)
     model, optimizer = make_model(run_config, dist)
     if run.parent:  # a new run fine-tuned from another: its weights, grown to this alphabet
@@ -136,10 +141,7 @@ def train(args):
     B, T = config["batch_size"], config["seqlen"]
     reports = Reports(PROG, run, config, total, log, dist.chief)
     if step >= total:
-        reports.say(
-            f"run {run.name} is complete at step {step} of {total}: "
-            "raise --epochs or --max-steps to train it further"
-        )
+        reports.complete(step)
         return 0
     reports.start(text, batches_per_epoch, model, dist, step)
     train_step = make_train_step(model, optimizer, config, dist)

@@ -98,6 +98,13 @@ class Reports:
             flush=True,
         )
 
+    def complete(self, step):
+        """A run resumed with nothing left to train."""
+        self.say(
+            f"run {self.run.name} is complete at step {step} of {self.total}: "
+            "raise --epochs or --max-steps to train it further"
+        )
+
     def progress(self, window, step, epoch, seconds_left, learning_rate):
         """A progress line, and the training figures averaged over the window."""
         config, log = self.config, self.log

@@ -104,6 +104,29 @@ class Output:
         return "".join(self.lines)
 
 
+def wait_for_a_save(proc, output, run_dir, started_ns):
+    """Until a partial save shows, after the first save of the restart has completed,
+    so that the run goes on. A save follows a progress line (both every 3 steps):
+    polling before the first would only slow the program down."""
+    output.training.wait(timeout=120)
+    for shows in (True, False, True):  # a save, its end, the next save
+        wait_for_partial_save(proc, run_dir, started_ns, shows)
+
+
+def wait_for_a_random_moment(output, started, startup, rng):
+    """Until a random moment of a restart's life up to 2 s past its first line (by then
+    it holds the lock and has restored the checkpoint; compiling follows). Before that
+    line, timed from the start, the last restart's start-up taken as its length; after
+    it, from the line itself: as many land after it on a slow or busy machine as on a
+    fast one."""
+    moment = rng.uniform(0.5, startup + 2)
+    if moment > startup:
+        output.first.wait(timeout=120)
+        time.sleep(moment - startup)
+    else:
+        time.sleep(max(0, started + moment - time.monotonic()))
+
+
 def test_kill_9_at_random_moments(tmp_path):
     """SIGKILL 20 times at random moments (seeded), a third of them aimed at a
     checkpoint being written: every checkpoint left is readable, each restart resumes
@@ -134,11 +157,6 @@ def test_kill_9_at_random_moments(tmp_path):
         str(total),
         *dirs,
     ]
-    # Random kills fall anywhere in a restart's life up to 2 s past its first line (by
-    # then it holds the lock and has restored the checkpoint; compiling follows). Before
-    # that line they are timed from the start, the last restart's start-up taken as its
-    # length; after it, from the line itself: as many land after it on a slow or busy
-    # machine as on a fast one.
     startup = 4.0  # seconds to the first line, until a restart shows it here
     kills = during_save = resumes_checked = 0
     while kills < 20:
@@ -153,20 +171,10 @@ def test_kill_9_at_random_moments(tmp_path):
             env=cache_env(),
         )
         output = Output(proc)
-        if kills % 3 == 2:  # aim at a save: kill as soon as a partial one shows...
-            # ...after the first save of the restart has completed, so that the run goes
-            # on. A save follows a progress line (both every 3 steps): polling before the
-            # first would only slow the program down.
-            output.training.wait(timeout=120)
-            for shows in (True, False, True):  # a save, its end, the next save
-                wait_for_partial_save(proc, run_dir, started_ns, shows)
+        if kills % 3 == 2:
+            wait_for_a_save(proc, output, run_dir, started_ns)
         else:
-            moment = rng.uniform(0.5, startup + 2)
-            if moment > startup:
-                output.first.wait(timeout=120)
-                time.sleep(moment - startup)
-            else:
-                time.sleep(max(0, started + moment - time.monotonic()))
+            wait_for_a_random_moment(output, started, startup, rng)
         if proc.poll() is not None:  # finished before the kill: too few steps asked
             break
         proc.kill()
