@@ -244,12 +244,12 @@ def generate(generator, alphabet, length, stop=None, echo=None):
     going = np.ones(streams, bool)
     done = 0
     while going.any() and (length == 0 or done < length):
-        chunk = generator.next(GENERATE_PER_CALL)  # [STREAMS, GENERATE_PER_CALL]
-        chunk = chunk[:, : length - done] if length else chunk
-        done += chunk.shape[1]
+        codes = generator.next(GENERATE_PER_CALL)  # [STREAMS, GENERATE_PER_CALL]
+        codes = codes[:, : length - done] if length else codes
+        done += codes.shape[1]
         for i in np.flatnonzero(going):
-            text = alphabet.decode(chunk[i])
-            if stop:  # looked for across chunks: the tail of the last one, then this one
+            text = alphabet.decode(codes[i])
+            if stop:  # looked for across calls: the tail of the last one, then this one
                 found = (tails[i] + text).find(stop)
                 if found >= 0:
                     text, going[i] = text[: found + len(stop) - len(tails[i])], False

@@ -104,7 +104,7 @@ class Clock:
 
 def checked_run_config(config, text, run):
     """What each checkpoint says of the run: its settings, and what it read from its
-    text (txtutils.Corpus) - checked, and the memory the run needs on this machine
+    text (charrnn.corpus.Corpus) - checked, and the memory the run needs on this machine
     too, before any folder is made."""
     run_config = dict(
         config,

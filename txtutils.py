@@ -1,20 +1,15 @@
-"""Text utilities: the alphabet, reading a corpus, state-continuous batches.
+"""Text utilities: the alphabet, reading a text file in pieces, state-continuous
+batches and validation rows. (Reading a whole corpus - finding its files, the split,
+the cache - builds on these: charrnn/corpus.py.)
 
-Nothing here imports TensorFlow: it is all NumPy, so it is quick to test.
+Nothing here imports TensorFlow, nor anything of this project: it is all NumPy, so
+it is quick to test, and it sits under every other module.
 """
 
 import codecs
 import contextlib
-import glob
-import hashlib
-import os
-import stat
-from collections import Counter
-from typing import NamedTuple
 
 import numpy as np
-
-from charrnn import textcache
 
 # The talk's alphabet, 98 symbols, comes first in every alphabet, with the same codes:
 #   0 = unknown, 1 = tab, 2..96 = printable ASCII 32..126 (code - 30), 97 = line feed
@@ -113,39 +108,11 @@ def code_points(text):
 
 
 # ---------------------------------------------------------------------------
-# Reading a corpus
-
-
-def find_files(patterns):
-    """Expand globs (``**`` allowed) and directories (every regular file below, hidden
-    ones skipped) into a sorted list of unique absolute paths, so every machine picks the
-    same files in the same order. Globs and directories take regular files and links to
-    them only: a FIFO, socket, device or dangling link among them is skipped. A path
-    named as it is (no wildcard) is kept whatever it is, for reading to refuse in words."""
-    found = set()
-    for pattern in patterns:
-        pattern = os.path.expanduser(pattern)
-        for path in glob.glob(pattern, recursive=True):
-            if os.path.isdir(path):
-                found.update(_regular_files_below(path))
-            elif os.path.isfile(path) or path == pattern:
-                found.add(path)
-    return sorted(os.path.abspath(p) for p in found)
-
-
-def _regular_files_below(folder):
-    """The regular files (or links to them) below folder, hidden ones skipped: reading
-    a FIFO would wait for a writer forever, and a dangling link holds no text."""
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        for name in files:
-            path = os.path.join(root, name)
-            if not name.startswith(".") and os.path.isfile(path):
-                yield path
+# Reading a file
 
 
 @contextlib.contextmanager
-def _reading(path):
+def reading(path):
     """What goes wrong reading path, as the one line a user reads (CorpusError)."""
     try:
         yield
@@ -153,412 +120,13 @@ def _reading(path):
         raise CorpusError(f"cannot read {path}: {e.strerror}") from None
 
 
-def _refuse_binary(raw, path):
+def refuse_binary(raw, path):
     """A NUL byte is no text's: a binary file is refused, never read as text."""
     if b"\0" in raw:
         raise CorpusError(
             f"{path} is not a text file (it holds NUL bytes): give text files only "
             "(a glob such as 'DIR/**/*.txt' picks them out of a folder)"
         )
-
-
-def _stamp(path):
-    """(size, mtime, inode) of a regular file, what changes when it is written; raise
-    CorpusError if it is not one (or a link to one). Checked before opening it:
-    opening a FIFO for reading waits for a writer, forever."""
-    try:
-        st = os.stat(path)
-    except OSError as e:
-        if os.path.islink(path) and not os.path.exists(path):
-            raise CorpusError(
-                f"{path} is a dangling link (to {os.readlink(path)}): fix it or remove it"
-            ) from None
-        raise CorpusError(f"cannot read {path}: {e.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode), "not a regular file")
-        raise CorpusError(f"{path} is {kind}, not a text file: name text files only")
-    return (st.st_size, st.st_mtime_ns, st.st_ino)
-
-
-_KINDS = {
-    stat.S_IFIFO: "a FIFO",
-    stat.S_IFSOCK: "a socket",
-    stat.S_IFCHR: "a device",
-    stat.S_IFBLK: "a device",
-    stat.S_IFDIR: "a directory",
-}
-
-
-def default_validation_count(sizes):
-    """How many of the last files to hold out: the fewest that hold more than 10% of
-    the text, or more than 90 KB of it (92,160 characters), whichever are fewer -
-    unless those hold more than a fifth of the text, when none are (a validation
-    split that takes that much from training is for the user to choose). So four
-    files of equal size or fewer give none. sizes: the files' lengths in characters."""
-    total = sum(sizes)
-
-    def files_to_exceed(limit):
-        held = 0
-        for n, size in enumerate(reversed(sizes), start=1):
-            held += size
-            if held > limit:
-                return n
-        return len(sizes)
-
-    n = min(files_to_exceed(total / 10), files_to_exceed(90 * 1024))
-    return n if sum(sizes[len(sizes) - n :]) * 5 <= total else 0
-
-
-class Corpus(NamedTuple):
-    """The text of a run, from reading it (read_corpus) to the training loop."""
-
-    train: textcache.Codes  # codes of the training text, files one after the other
-    valid: textcache.Codes  # codes of the validation text (both read from disk)
-    train_files: list
-    valid_files: list
-    alphabet: Alphabet
-    not_utf8: dict  # {path: bytes that are not UTF-8}, for the files that have some
-    fingerprint: dict  # {"train"|"valid": [[path, bytes, sha256], ...]}: see changes()
-    unknown: tuple  # the shares of unknown characters in the training, validation text
-    min_count: int | None  # the count a character needed to join the alphabet
-    codes_folder: str | None  # where the codes are kept (None: nowhere after the process)
-    encoded: bool  # whether they were encoded now (else found in the cache)
-    # the validation rows (validation_rows), int32 [ROWS, VALID_SEQLEN] each; None
-    # without validation text, or when not asked for (a worker that does not validate)
-    valid_x: np.ndarray | None
-    valid_y: np.ndarray | None
-
-
-def min_count_for(chars):
-    """--min-char-count auto: a character joins the alphabet if it is at least one in a
-    million characters of the training text, and seen at least MIN_COUNT times: the
-    rarer a symbol, the fewer chances the model has to learn it, and each one widens
-    the softmax of every step. Texts under 3 M characters keep MIN_COUNT."""
-    return max(MIN_COUNT, chars // AUTO_CHARS_PER_COUNT)
-
-
-AUTO_CHARS_PER_COUNT = 1_000_000
-PIECE = 4 << 20  # bytes read at a time: memory does not grow with a file's size
-
-
-def read_corpus(
-    data_patterns,
-    validation_patterns=None,
-    alphabet=DEFAULT,
-    min_count=MIN_COUNT,
-    cache_dir=None,
-    progress=None,
-    with_validation_rows=True,
-):
-    """Read the training and validation text (Corpus), in pieces: a text of any size
-    costs the memory of a small one; its codes live on disk, in the cache (cache_dir;
-    None: unnamed temporary files), and read from there a batch at a time.
-
-    validation_patterns: None picks the last files of the sorted list
-    (default_validation_count); [] means no validation; otherwise globs of the
-    files to hold out. Validation files are never trained on, even when
-    data_patterns also match them.
-
-    alphabet: the alphabet to start from, grown by the characters of the training
-    text seen at least min_count times ("auto": min_count_for the text's size; None:
-    not grown, as when resuming).
-
-    Every file is read through once to fingerprint it (SHA-256, quick); what is counted
-    and encoded is found in the cache by the files' contents, so only a text not seen
-    before is counted (a second pass) and encoded (a third). progress(what, done,
-    total): called as the bytes of each pass go by. Raises CorpusError for bad input,
-    textcache.CacheError if the cache cannot be written."""
-    files, valid_files = _find_text(data_patterns, validation_patterns)
-    cache = textcache.Cache(cache_dir)
-    every = files + [p for p in valid_files or [] if p not in set(files)]
-    stats = _file_stats(every, cache, progress)
-    train_files, valid_files = _split(files, valid_files, stats, data_patterns)
-    train_counts = _sum_counts(stats[p] for p in train_files)
-    if min_count == "auto":
-        min_count = min_count_for(sum(stats[p].chars for p in train_files))
-    if min_count is not None:
-        alphabet = alphabet.grown(*train_counts, min_count)
-    codes, folder, encoded = _encode(train_files, valid_files, stats, alphabet, cache, progress)
-    _check_unchanged(every, stats, cache, folder if encoded else None)
-
-    def share_unknown(paths, counts):
-        chars = sum(stats[p].chars for p in paths)
-        return alphabet.unknown_count(*counts) / chars if chars else 0.0
-
-    def fingerprint(paths):
-        return [[p, stats[p].size, stats[p].sha256] for p in paths]
-
-    valid_x = valid_y = None
-    if with_validation_rows and len(codes["valid"]) >= 2:
-        valid_x, valid_y = validation_rows(codes["valid"], VALID_SEQLEN, VALID_MAX_ROWS)
-    return Corpus(
-        train=codes["train"],
-        valid=codes["valid"],
-        train_files=train_files,
-        valid_files=valid_files,
-        alphabet=alphabet,
-        not_utf8={p: stats[p].not_utf8 for p in every if stats[p].not_utf8},
-        fingerprint={"train": fingerprint(train_files), "valid": fingerprint(valid_files)},
-        unknown=(
-            share_unknown(train_files, train_counts),
-            share_unknown(valid_files, _sum_counts(stats[p] for p in valid_files)),
-        ),
-        min_count=min_count,
-        codes_folder=folder,
-        encoded=encoded,
-        valid_x=valid_x,
-        valid_y=valid_y,
-    )
-
-
-def _find_text(data_patterns, validation_patterns):
-    """The files --data names, and those --validation names ([] for none; None for
-    the default split); CorpusError if either names no file."""
-    files = find_files(data_patterns)
-    if not files:
-        raise CorpusError(
-            f"--data {' '.join(data_patterns)} matches no file: "
-            "check the path, and quote globs so the shell does not expand them"
-        )
-    valid_files = None if validation_patterns is None else []
-    if validation_patterns:
-        valid_files = find_files(validation_patterns)
-        if not valid_files:
-            raise CorpusError(
-                f"--validation {' '.join(validation_patterns)} matches no file: "
-                "check the path, or pass --validation none"
-            )
-    return files, valid_files
-
-
-def _split(files, valid_files, stats, data_patterns):
-    """(training files, validation files): the files held out (valid_files; None: the
-    default split of the last files, by their sizes) and the rest; CorpusError if the
-    training files hold no text."""
-    if valid_files is None:
-        n = default_validation_count([stats[p].chars for p in files])
-        train_files, valid_files = files[: len(files) - n], files[len(files) - n :]
-    else:
-        held_out = set(valid_files)
-        train_files = [p for p in files if p not in held_out]
-    if not any(stats[p].chars for p in train_files):
-        if valid_files and any(stats[p].chars for p in files):
-            raise CorpusError(
-                "the validation files take all of the training text: "
-                "pass --validation with fewer files, or --validation none"
-            )
-        raise CorpusError(f"--data {' '.join(data_patterns)} holds no text (the files are empty)")
-    return train_files, valid_files
-
-
-def _check_unchanged(paths, stats, cache, encoded_folder):
-    """CorpusError if a file changed while it was read, and what was stored under its
-    old fingerprint (its counts; the codes encoded now, in encoded_folder) forgotten:
-    it holds some of the new text."""
-    changed = [p for p in paths if _stamp(p) != stats[p].stamp]
-    if changed:
-        if encoded_folder:
-            cache.forget(encoded_folder)
-        for path in changed:
-            cache.forget_file_stats(stats[path].sha256)
-        raise CorpusError(f"{changed[0]} changed while it was read: run again once it is written")
-
-
-class FileStats(NamedTuple):
-    """What a file holds, as far as reading it needs: found by its bytes' SHA-256."""
-
-    size: int  # bytes in the file
-    sha256: str
-    stamp: tuple  # (size, mtime, inode) when it was first read: a change is noticed
-    points: np.ndarray  # the code points of its characters (CRLF read as LF)...
-    counts: np.ndarray  # ...and how often each occurs
-
-    @property
-    def chars(self):
-        return int(self.counts.sum())
-
-    @property
-    def not_utf8(self):  # bytes that are not UTF-8: each read as one lone surrogate
-        return int(self.counts[(self.points >= 0xDC80) & (self.points <= 0xDCFF)].sum())
-
-
-def _file_stats(paths, cache, progress):
-    """{path: FileStats}: every file fingerprinted (a quick pass), then counted (a
-    slower one) unless the cache knows its content."""
-    stamps = {p: _stamp(p) for p in paths}
-    sizes = {p: stamps[p][0] for p in paths}
-    fingerprinting = _Pass(progress, "fingerprinting", sum(sizes.values()))
-    hashes = {p: _sha256(p, fingerprinting) for p in paths}
-    stats, to_count = {}, []
-    for path in paths:
-        known = _stats_from_json(cache.file_stats(hashes[path]), stamps[path], hashes[path])
-        if known:
-            stats[path] = known
-        else:
-            to_count.append(path)
-    counting = _Pass(progress, "counting", sum(sizes[p] for p in to_count))
-    for path in to_count:
-        points, counts = _count(path, sizes[path], counting)
-        stats[path] = FileStats(sizes[path], hashes[path], stamps[path], points, counts)
-        cache.put_file_stats(
-            hashes[path],
-            {"size": sizes[path], "points": points.tolist(), "counts": counts.tolist()},
-        )
-    return stats
-
-
-def _count(path, size, counting):
-    """(code points, counts) of the characters of a file of size bytes, CRLF read as
-    LF, read a piece at a time; counting: its _Pass."""
-    counts, counted = np.zeros(0, dtype=np.int64), counting.done
-    for text in read_text_pieces(path, PIECE):
-        text = text.replace("\r\n", "\n")
-        # ASCII (most text) counted as bytes: a quarter of the memory traffic
-        piece = np.bincount(
-            np.frombuffer(text.encode("ascii"), np.uint8) if text.isascii() else code_points(text)
-        )
-        if len(piece) > len(counts):
-            counts = np.pad(counts, (0, len(piece) - len(counts)))
-        counts[: len(piece)] += piece
-        counting.add(len(text))  # characters: near enough to bytes for a progress line
-    counting.add(size - (counting.done - counted))  # bytes beyond its characters
-    points = np.flatnonzero(counts)
-    return points, counts[points]
-
-
-def _stats_from_json(known, stamp, sha256):
-    """FileStats from the cache's JSON, or None if there is none or it does not make
-    sense (then the file is counted again)."""
-    try:
-        points, counts = (np.array(known[k], dtype=np.int64) for k in ("points", "counts"))
-        if known["size"] == stamp[0] and points.shape == counts.shape and points.ndim == 1:
-            return FileStats(stamp[0], sha256, stamp, points, counts)
-    except (TypeError, KeyError, ValueError):
-        pass
-    return None
-
-
-class _Pass:
-    """One pass over the text, for progress(what, done, total)."""
-
-    def __init__(self, progress, what, total):
-        self.progress, self.what, self.total, self.done = progress, what, total, 0
-
-    def add(self, n):
-        self.done = min(self.done + n, self.total)
-        if self.progress:
-            self.progress(self.what, self.done, self.total)
-
-
-def _sha256(path, progress):
-    """The SHA-256 of a file's bytes, read in pieces; refuses a binary file (a NUL byte)."""
-    sha = hashlib.sha256()
-    with _reading(path), open(path, "rb") as f:
-        while raw := f.read(PIECE):
-            _refuse_binary(raw, path)
-            sha.update(raw)
-            progress.add(len(raw))
-    return sha.hexdigest()
-
-
-def _sum_counts(stats):
-    """(code points, counts) of several files' FileStats together."""
-    stats = list(stats)
-    if not stats:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    points = np.concatenate([s.points for s in stats])
-    counts = np.concatenate([s.counts for s in stats])
-    unique, where = np.unique(points, return_inverse=True)
-    return unique, np.bincount(where, weights=counts, minlength=len(unique)).astype(np.int64)
-
-
-def _encode(train_files, valid_files, stats, alphabet, cache, progress):
-    """({"train"|"valid": codes}, the cache folder they are in, whether encoded now):
-    from the cache if it has them, else encoded file by file into it (a CR ending one
-    file is no CRLF with the next)."""
-    description = {
-        "train": [stats[p].sha256 for p in train_files],
-        "valid": [stats[p].sha256 for p in valid_files],
-        "alphabet": alphabet.chars,
-    }
-    key = textcache.key_of(description)
-    found = cache.open_codes(key, description)
-    if found is not None:
-        return found, cache.codes_folder(key), False
-    parts = {"train": train_files, "valid": valid_files}
-    total = sum(stats[p].chars for p in train_files + valid_files)
-    encoding = _Pass(progress, "encoding", total)
-    itemsize = np.dtype(alphabet.dtype).itemsize
-    with cache.write_codes(key, description, alphabet.dtype, total * itemsize) as writer:
-        for name, paths in parts.items():
-            f = writer.file(name)
-            for path in paths:
-                for codes in read_pieces(path, PIECE, alphabet):
-                    f.write(codes)
-                    encoding.add(len(codes))
-    return writer.arrays, cache.codes_folder(key), True
-
-
-def changes(old, new):
-    """What differs between two corpus fingerprints (Corpus.fingerprint), in a few
-    words, or None if they are the same text. The same files, byte for byte, in
-    another directory are the same text. A file is known by its path inside the folder
-    the text is read from, so that when that folder moved, an edited file reads as
-    edited, not as added and removed; a file moved inside the text is known by its name
-    when no other file added or removed has it."""
-
-    def named(fingerprint):
-        return [(os.path.basename(p), size, sha) for p, size, sha in fingerprint]
-
-    if all(named(old[k]) == named(new[k]) for k in ("train", "valid")):
-        return None
-    old_root, new_root = _roots(old, new)
-    old_home, new_home = _folder(old), _folder(new)  # where each reads, for people
-    said = [] if old_home == new_home else [f"read from {new_home} (was {old_home})"]
-    for k, what in (("train", "training"), ("valid", "validation")):
-        before = {os.path.relpath(p, old_root): sha for p, _, sha in old[k]}
-        after = {os.path.relpath(p, new_root): sha for p, _, sha in new[k]}
-        _match_by_name(before, after)
-        for verb, paths in (
-            ("added", sorted(after.keys() - before.keys())),
-            ("removed", sorted(before.keys() - after.keys())),
-            ("edited", sorted(p for p in after.keys() & before.keys() if after[p] != before[p])),
-        ):
-            if paths:
-                more = f" and {len(paths) - 3} more" if len(paths) > 3 else ""
-                said.append(f"{what} files {verb}: {', '.join(paths[:3])}{more}")
-    return "; ".join(said) or "the files are ordered or split otherwise"
-
-
-def _roots(old, new):
-    """The folders that two fingerprints' paths are known inside: the same folder for
-    both if they share a file, else each its own (the text moved)."""
-    if _paths(old) & _paths(new):
-        return (os.path.commonpath([_folder(old), _folder(new)]),) * 2
-    return _folder(old), _folder(new)
-
-
-def _paths(fingerprint):
-    return {p for k in fingerprint for p, _, _ in fingerprint[k]}
-
-
-def _folder(fingerprint):
-    """The folder that holds every file of a fingerprint."""
-    return os.path.commonpath([os.path.dirname(p) for p in _paths(fingerprint)])
-
-
-def _match_by_name(before, after):
-    """Move in after each added file to the place of the removed file of the same name,
-    if that name is no other added or removed file's: it is that file, moved."""
-
-    def by_name(paths):
-        counts = Counter(os.path.basename(p) for p in paths)
-        return {os.path.basename(p): p for p in paths if counts[os.path.basename(p)] == 1}
-
-    removed = by_name(before.keys() - after.keys())
-    added = by_name(after.keys() - before.keys())
-    for name in removed.keys() & added.keys():
-        after[removed[name]] = after.pop(added[name])
 
 
 # ---------------------------------------------------------------------------
@@ -613,7 +181,7 @@ def minibatch_sequencer(codes, batch_size, seqlen, epochs, start_step=0, row_sli
 def read_rows(codes, starts, length):
     """[len(starts), length]: codes[start : start + length] for each start, read from
     the file of textcache.Codes (only those characters), or from an array."""
-    if isinstance(codes, textcache.Codes):
+    if hasattr(codes, "rows"):  # textcache.Codes
         return codes.rows(starts, length)
     return np.asarray(codes)[np.asarray(starts)[:, None] + np.arange(length)]
 
@@ -642,10 +210,6 @@ def validation_rows(codes, seqlen, max_rows=None):
     return np.ascontiguousarray(xy[:, :-1]), np.ascontiguousarray(xy[:, 1:])
 
 
-# ---------------------------------------------------------------------------
-# Reading a file in pieces
-
-
 def read_pieces(path, size=1 << 20, alphabet=DEFAULT):
     """Yield a text file's codes in alphabet piece by piece, reading at most size
     bytes at a time, so that a file of any size costs a piece's memory. The pieces
@@ -663,10 +227,10 @@ def read_text_pieces(path, size=1 << 20):
     is counted and read as unknown, where "replace" would hide it as a U+FFFD."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="surrogateescape")
     held = ""  # a CR that ends a piece: CRLF if the next piece starts with LF
-    with _reading(path), open(path, "rb") as f:
+    with reading(path), open(path, "rb") as f:
         while True:
             raw = f.read(size)
-            _refuse_binary(raw, path)
+            refuse_binary(raw, path)
             text = held + decoder.decode(raw, final=not raw)
             held = text[-1:] if raw and text.endswith("\r") else ""
             yield text[: len(text) - len(held)]

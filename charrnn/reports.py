@@ -59,7 +59,7 @@ class Reports:
             print(*args, **kwargs)
 
     def start(self, text, batches_per_epoch, model, dist, step):
-        """What the run trains (text: txtutils.Corpus), on what, and where it writes."""
+        """What the run trains (text: charrnn.corpus.Corpus), on what, and where it writes."""
         run, config = self.run, self.config
         params = sum(math.prod(v.shape) for v in model.trainable_variables)
         replicas = f", {dist.replicas} replicas" if dist.strategy else ""
@@ -197,7 +197,7 @@ def describe_alphabet(alphabet, unknown, min_count=None):
 
 
 class ReadingProgress:
-    """progress(what, done, total) for txtutils.read_corpus: a line every EVERY seconds
+    """progress(what, done, total) for corpus.read_corpus: a line every EVERY seconds
     while a pass over a big text goes on, none for a text read in a moment."""
 
     EVERY = 5.0  # seconds

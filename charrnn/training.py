@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 
 import txtutils
-from charrnn import ckpt, cli, hardware, memory, textcache
+from charrnn import ckpt, cli, corpus, hardware, memory, textcache
 from charrnn.cli import UsageError
 from charrnn.distribute import Distribution
 from charrnn.model import build_model, loss_and_accuracy, mean_loss_and_accuracy
@@ -34,10 +34,10 @@ VALID_LOGITS = 64 << 20  # ...fewer for an alphabet whose logits would pass 64 M
 
 
 def read_text(config, run, dist, cache_dir, progress=None):
-    """The run's text (txtutils.Corpus): its alphabet a resumed run's own, a new run's
+    """The run's text (corpus.Corpus): its alphabet a resumed run's own, a new run's
     grown from the talk's (or from the parent's when fine-tuning) by the characters of
     its training text; its validation rows the chief's only (validation involves no
-    other worker). The codes are read from cache_dir (txtutils.read_corpus). A
+    other worker). The codes are read from cache_dir (corpus.read_corpus). A
     resumed run must find the text it was trained on (UsageError)."""
     if run.resume_from:
         start, min_count = ckpt.alphabet_of(run.saved_config), None
@@ -45,7 +45,7 @@ def read_text(config, run, dist, cache_dir, progress=None):
         start = ckpt.alphabet_of(run.parent_config) if run.parent else txtutils.DEFAULT
         min_count = config["min_char_count"]
     try:
-        text = txtutils.read_corpus(
+        text = corpus.read_corpus(
             config["data"],
             config["validation"],
             start,
@@ -57,7 +57,7 @@ def read_text(config, run, dist, cache_dir, progress=None):
     except textcache.CacheError as e:
         raise UsageError(str(e)) from None
     saved_fingerprint = run.saved_config.get("data_fingerprint") if run.resume_from else None
-    changed = saved_fingerprint and txtutils.changes(saved_fingerprint, text.fingerprint)
+    changed = saved_fingerprint and corpus.changes(saved_fingerprint, text.fingerprint)
     if changed:
         raise UsageError(
             f"the text of run {run.name} has changed ({changed}): resume it on the text "

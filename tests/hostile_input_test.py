@@ -25,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+import charrnn.corpus
 import rnn_play
 import rnn_train
 import txtutils
@@ -199,7 +200,9 @@ def test_reading_refuses_exactly_the_files_holding_nul_and_decodes_the_rest(data
             assert codes.dtype == np.uint8
             np.testing.assert_array_equal(codes.astype(np.int64), expected_file_codes(data))
             if codes.size:
-                corpus = txtutils.read_corpus([path], [], cache_dir=os.path.join(tmp, "cache"))
+                corpus = charrnn.corpus.read_corpus(
+                    [path], [], cache_dir=os.path.join(tmp, "cache")
+                )
                 escaped = data.decode("utf-8", errors="surrogateescape")
                 not_utf8 = sum(0xDC80 <= ord(c) <= 0xDCFF for c in escaped)
                 assert corpus.not_utf8 == ({path: not_utf8} if not_utf8 else {})
@@ -249,7 +252,7 @@ def test_read_corpus_takes_any_file_names_and_fails_only_with_corpus_error(
         total = sum(len(expected_file_codes(d)) for _, d in visible if b"\0" not in d)
 
         try:
-            corpus = txtutils.read_corpus(data_patterns, validation)
+            corpus = charrnn.corpus.read_corpus(data_patterns, validation)
             train, valid, train_files, valid_files = corpus[:4]
         except txtutils.CorpusError as e:
             message = str(e)

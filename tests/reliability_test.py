@@ -18,8 +18,8 @@ import pytest
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import charrnn.corpus
 import rnn_train
-import txtutils
 from charrnn import ckpt, runs
 from charrnn.model import loss_and_accuracy
 from conftest import (
@@ -437,7 +437,7 @@ def test_an_unwritable_checkpoint_folder_is_one_clear_line(tmp_path):
 def loss_on_a_batch(prefix, corpus):
     """The loss of the checkpoint's weights on the first batch of the corpus."""
     model, config = runs.load_model(prefix)
-    codes = np.asarray(txtutils.read_corpus([corpus], [])[0], dtype=np.int32)
+    codes = np.asarray(charrnn.corpus.read_corpus([corpus], [])[0], dtype=np.int32)
     n = config["batch_size"] * config["seqlen"]
     x, y = (
         codes[:n].reshape(config["batch_size"], -1),

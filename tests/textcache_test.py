@@ -1,4 +1,4 @@
-"""textcache and txtutils.read_corpus's use of it: a text read in pieces, counted and
+"""textcache and charrnn.corpus.read_corpus's use of it: a text read in pieces, counted and
 encoded once, found again by its files' contents, never trusted half-written.
 
 No TensorFlow here: real files, real folders, a real killed process."""
@@ -13,6 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import charrnn.corpus
 import txtutils
 from charrnn import textcache
 from charrnn.textcache import CacheError
@@ -45,9 +46,9 @@ def encoded_whole(paths, alphabet):
 
 @pytest.mark.parametrize("piece", [1, 2, 3, 7, 1 << 20])
 def test_codes_counts_and_alphabet_are_those_of_each_file_read_whole(tmp_path, monkeypatch, piece):
-    monkeypatch.setattr(txtutils, "PIECE", piece)
+    monkeypatch.setattr(charrnn.corpus, "PIECE", piece)
     data = write_text(tmp_path / "text")
-    corpus = txtutils.read_corpus(data, [str(tmp_path / "text" / "d.txt")], cache_dir=None)
+    corpus = charrnn.corpus.read_corpus(data, [str(tmp_path / "text" / "d.txt")], cache_dir=None)
     whole = "".join(text_of(p) for p in corpus.train_files)
     assert corpus.alphabet == txtutils.DEFAULT.grown(*count_chars(whole))
     assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
@@ -59,8 +60,8 @@ def test_codes_counts_and_alphabet_are_those_of_each_file_read_whole(tmp_path, m
 
 def test_a_second_read_finds_the_codes_the_first_encoded(tmp_path):
     data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
-    first = txtutils.read_corpus(data, cache_dir=cache)
-    second = txtutils.read_corpus(data, cache_dir=cache)
+    first = charrnn.corpus.read_corpus(data, cache_dir=cache)
+    second = charrnn.corpus.read_corpus(data, cache_dir=cache)
     assert (first.encoded, second.encoded) == (True, False)
     assert second.codes_folder == first.codes_folder
     assert os.path.dirname(first.codes_folder) == cache
@@ -69,26 +70,29 @@ def test_a_second_read_finds_the_codes_the_first_encoded(tmp_path):
     assert second.train.file.mode == "rb"  # a run cannot scribble on a shared text
     # the same bytes in another folder are the same text: nothing encoded again
     moved = write_text(tmp_path / "elsewhere")
-    assert txtutils.read_corpus(moved, cache_dir=cache).encoded is False
+    assert charrnn.corpus.read_corpus(moved, cache_dir=cache).encoded is False
 
 
 def test_a_file_edited_to_the_same_size_and_time_is_a_new_text(tmp_path):
     data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
-    before = txtutils.read_corpus(data, [], cache_dir=cache)
+    before = charrnn.corpus.read_corpus(data, [], cache_dir=cache)
     path = tmp_path / "text" / "c.txt"
     stat = path.stat()
     path.write_bytes(path.read_bytes().replace(b"plain", b"PLAIN", 1))
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
-    after = txtutils.read_corpus(data, [], cache_dir=cache)
+    after = charrnn.corpus.read_corpus(data, [], cache_dir=cache)
     assert after.encoded and after.codes_folder != before.codes_folder
-    assert txtutils.changes(before.fingerprint, after.fingerprint) == "training files edited: c.txt"
+    assert (
+        charrnn.corpus.changes(before.fingerprint, after.fingerprint)
+        == "training files edited: c.txt"
+    )
     assert np.array_equal(after.train, encoded_whole(after.train_files, after.alphabet))
 
 
 def test_another_alphabet_is_another_entry(tmp_path):
     data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
-    grown = txtutils.read_corpus(data, [], cache_dir=cache)
-    talks = txtutils.read_corpus(data, [], min_count=None, cache_dir=cache)  # a resume's
+    grown = charrnn.corpus.read_corpus(data, [], cache_dir=cache)
+    talks = charrnn.corpus.read_corpus(data, [], min_count=None, cache_dir=cache)  # a resume's
     assert talks.encoded and talks.alphabet == txtutils.DEFAULT != grown.alphabet
     assert np.array_equal(talks.train, encoded_whole(talks.train_files, txtutils.DEFAULT))
 
@@ -105,10 +109,10 @@ def test_an_interrupted_encoding_leaves_nothing_a_later_read_trusts(tmp_path):
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        txtutils.read_corpus(data, [], cache_dir=str(cache), progress=stop_halfway)
+        charrnn.corpus.read_corpus(data, [], cache_dir=str(cache), progress=stop_halfway)
     assert not [p for p in os.listdir(cache) if p.startswith("codes-")]
     assert not [p for p in os.listdir(cache) if p.startswith(".tmp")]
-    corpus = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    corpus = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
     assert corpus.encoded
     assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
 
@@ -120,18 +124,18 @@ def test_a_kill_in_the_middle_of_encoding_leaves_only_what_the_next_read_removes
     script = textwrap.dedent(f"""
         import os, signal, sys
         sys.path.insert(0, {HERE!r})
-        import txtutils
-        txtutils.PIECE = 5  # many pieces: the kill lands between two
+        import charrnn.corpus
+        charrnn.corpus.PIECE = 5  # many pieces: the kill lands between two
         def die(what, done, total):
             if what == "encoding" and done > total // 2:
                 os.kill(os.getpid(), signal.SIGKILL)
-        txtutils.read_corpus({data!r}, [], cache_dir={str(cache)!r}, progress=die)
+        charrnn.corpus.read_corpus({data!r}, [], cache_dir={str(cache)!r}, progress=die)
     """)
     killed = subprocess.run([sys.executable, "-c", script], capture_output=True)
     assert killed.returncode == -signal.SIGKILL
     left = os.listdir(cache)
     assert [p for p in left if p.startswith(".tmp")] and not [p for p in left if "codes-" in p]
-    corpus = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    corpus = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
     assert corpus.encoded
     assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
     assert not [p for p in os.listdir(cache) if p.startswith(".tmp")]
@@ -140,7 +144,7 @@ def test_a_kill_in_the_middle_of_encoding_leaves_only_what_the_next_read_removes
 @pytest.mark.parametrize("damage", ["cut short", "done.json scribbled", "done.json removed"])
 def test_a_damaged_entry_is_encoded_again(tmp_path, damage):
     data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
-    folder = txtutils.read_corpus(data, [], cache_dir=cache).codes_folder
+    folder = charrnn.corpus.read_corpus(data, [], cache_dir=cache).codes_folder
     if damage == "cut short":
         with open(os.path.join(folder, "train.codes"), "r+b") as f:
             f.truncate(100)
@@ -149,17 +153,17 @@ def test_a_damaged_entry_is_encoded_again(tmp_path, damage):
             f.write('{"description": 1')
     else:
         os.remove(os.path.join(folder, "done.json"))
-    corpus = txtutils.read_corpus(data, [], cache_dir=cache)
+    corpus = charrnn.corpus.read_corpus(data, [], cache_dir=cache)
     assert corpus.encoded and corpus.codes_folder == folder
     assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
 
 
 def test_damaged_file_statistics_are_counted_again(tmp_path):
     data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
-    first = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    first = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
     for name in os.listdir(cache / "files"):
         (cache / "files" / name).write_text('{"size": 3, "points": [65]')
-    again = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    again = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
     assert again.alphabet == first.alphabet and not again.encoded
 
 
@@ -167,7 +171,7 @@ def test_too_little_room_on_the_disk_is_one_clear_error_before_writing(tmp_path,
     data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
     monkeypatch.setattr(textcache.shutil, "disk_usage", lambda path: SimpleNamespace(free=0))
     with pytest.raises(CacheError, match=r"needs .* free: free some space, or pass --cache-dir"):
-        txtutils.read_corpus(data, [], cache_dir=str(cache))
+        charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
     assert not [p for p in os.listdir(cache) if "codes-" in p or p.startswith(".tmp")]
 
 
@@ -177,7 +181,7 @@ def test_a_cache_that_cannot_be_made_is_one_clear_error(tmp_path):
     with pytest.raises(
         CacheError, match="cannot write in .*: Not a directory; choose another --cache-dir"
     ):
-        txtutils.read_corpus(data, [], cache_dir=str(tmp_path / "a-file" / "cache"))
+        charrnn.corpus.read_corpus(data, [], cache_dir=str(tmp_path / "a-file" / "cache"))
 
 
 def test_a_failed_write_removes_what_it_wrote(tmp_path, monkeypatch):
@@ -189,14 +193,14 @@ def test_a_failed_write_removes_what_it_wrote(tmp_path, monkeypatch):
             raise OSError(28, "No space left on device")
 
     with pytest.raises(CacheError, match=r"No space left on device.*--cache-dir"):
-        txtutils.read_corpus(data, [], cache_dir=str(cache), progress=full)
+        charrnn.corpus.read_corpus(data, [], cache_dir=str(cache), progress=full)
     assert not [p for p in os.listdir(cache) if "codes-" in p or p.startswith(".tmp")]
 
 
 def test_progress_covers_each_pass_to_its_end(tmp_path, monkeypatch):
-    monkeypatch.setattr(txtutils, "PIECE", 64)
+    monkeypatch.setattr(charrnn.corpus, "PIECE", 64)
     data, seen = write_text(tmp_path / "text"), {}
-    txtutils.read_corpus(
+    charrnn.corpus.read_corpus(
         data, [], progress=lambda what, done, total: seen.setdefault(what, []).append((done, total))
     )
     assert list(seen) == ["fingerprinting", "counting", "encoding"]
@@ -207,7 +211,7 @@ def test_progress_covers_each_pass_to_its_end(tmp_path, monkeypatch):
 
 def test_rows_are_read_from_the_file_as_indexing_the_codes_would(tmp_path):
     data = write_text(tmp_path / "text")
-    codes = txtutils.read_corpus(data, [], cache_dir=str(tmp_path / "cache")).train
+    codes = charrnn.corpus.read_corpus(data, [], cache_dir=str(tmp_path / "cache")).train
     whole = np.asarray(codes)
     assert len(codes) == len(whole) > 1000 and whole.dtype == codes.dtype == np.uint8
     starts = np.array([0, 5, 999, len(whole) - 31])
@@ -230,8 +234,8 @@ def test_a_file_written_while_it_is_read_is_refused_and_nothing_it_made_is_kept(
     appended = []
 
     with pytest.raises(txtutils.CorpusError, match=r"c.txt changed while it was read"):
-        txtutils.read_corpus(data, [], cache_dir=str(cache), progress=append_halfway)
+        charrnn.corpus.read_corpus(data, [], cache_dir=str(cache), progress=append_halfway)
     assert not [p for p in os.listdir(cache) if "codes-" in p]
     assert len(os.listdir(cache / "files")) == len(TEXTS) + len(RAW) - 1  # not c.txt's
-    corpus = txtutils.read_corpus(data, [], cache_dir=str(cache))
+    corpus = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
     assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))

@@ -33,6 +33,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+import charrnn.corpus
 import txtutils
 from charrnn import cli, settings, training
 from charrnn.generate import Scorer, score, score_per_call
@@ -318,11 +319,11 @@ def text_run_figures(key, code, folder, train_glob, valid, model_flags, cache_di
 
 
 def encoding_mb_per_s(train_glob, valid, text_bytes, folder):
-    """MB/s (10^6 bytes of text a second) of txtutils.read_corpus reading, counting and
+    """MB/s (10^6 bytes of text a second) of charrnn.corpus.read_corpus reading, counting and
     encoding the text into a fresh cache folder: what a first run on a new text does
     before it can start, timed in this process on this checkout's txtutils."""
     start = time.perf_counter()
-    corpus = txtutils.read_corpus(
+    corpus = charrnn.corpus.read_corpus(
         [train_glob], [valid], cache_dir=os.path.join(folder, "encode-cache")
     )
     seconds = time.perf_counter() - start

@@ -166,7 +166,7 @@ def peer_child(minutes, cell, test, train):
             break
 
     @tf.function
-    def score_per_call(x, y, states):
+    def score_piece(x, y, states):
         logits, new = model(x, states)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=y, logits=logits)
         return tf.reduce_sum(losses), new
@@ -176,7 +176,7 @@ def peer_child(minutes, cell, test, train):
     for i in range(0, len(codes) - 1, chunk):
         x, y = codes[i : i + chunk], codes[i + 1 : i + chunk + 1]
         x = x[: len(y)]
-        loss, states = score_per_call(x[None], y[None], states)
+        loss, states = score_piece(x[None], y[None], states)
         total += float(loss)
     print(json.dumps({"nats": total / (len(codes) - 1), "steps": steps}))
 
