@@ -144,6 +144,11 @@ class Generator:
             self._held = self._held[:, :0]
         return self._state
 
+    @state.setter
+    def state(self, state):
+        """Go on from this state (what was fed and not yet run is dropped)."""
+        self._state, self._held = state, self._held[:, :0]
+
     def next(self, n):
         seed = tf.random.experimental.stateless_fold_in(self.seed, self.calls)
         self.calls += 1

@@ -157,7 +157,9 @@ class CharRNN(keras.Model):
         if not training or self.dropout_rate == 0 or seed is None:
             return [None] * (self.layers_count + 1)
         seqlen, batch = shape[1], shape[0]
-        first, total = replica_rows if replica_rows is not None else (0, batch)
+        first, total = (
+            (replica_rows[0], replica_rows[1]) if replica_rows is not None else (0, batch)
+        )
         masks = []
         for i in range(self.layers_count + 1):
             width = 1 if i == 0 else self.cell_size

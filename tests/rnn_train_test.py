@@ -792,7 +792,7 @@ def test_a_resume_maps_the_codes_its_run_encoded_and_says_so(tmp_path, capsys, m
     assert first.returncode == 0, first.stderr
     for what in ("fingerprinting", "counting", "encoding"):
         assert re.search(
-            rf"^reading the text: {what} 100% of [\d.]+ MB, 0m00s left$", first.stdout, re.M
+            rf"^reading the text: {what} 100% of [\d.,]+ [kMG]B, 0m00s left$", first.stdout, re.M
         )
     folder = re.search(r"^the text's codes: (\S+) \(.*, encoded now\)$", first.stdout, re.M)[1]
     assert os.path.dirname(folder) == str(tmp_path / "ck" / ".text")

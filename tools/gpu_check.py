@@ -308,7 +308,7 @@ def check_inference(report, model, text):
         t0 = time.perf_counter()
         sample = generator.next(100)[0]
         speed = 100 / (time.perf_counter() - t0)
-        scorer = Scorer(model, chunk=1000)
+        scorer = Scorer(model, per_call=1000)
         scorer.feed(text)
         nats, accuracy, chars = scorer.finish()
     except Exception as e:  # XLA failing to compile the loop, say: report it, go on
