@@ -9,6 +9,7 @@ A text of any size costs the memory of a small one: every file is read in pieces
 import glob
 import hashlib
 import os
+import re
 import stat
 from collections import Counter
 from typing import NamedTuple
@@ -22,19 +23,80 @@ from txtutils import DEFAULT, MIN_COUNT, VALID_MAX_ROWS, VALID_SEQLEN, Alphabet,
 
 def find_files(patterns):
     """Expand globs (``**`` allowed) and directories (every regular file below, hidden
-    ones skipped) into a sorted list of unique absolute paths, so every machine picks the
-    same files in the same order. Globs and directories take regular files and links to
-    them only: a FIFO, socket, device or dangling link among them is skipped. A path
-    named as it is (no wildcard) is kept whatever it is, for reading to refuse in words."""
-    found = set()
+    ones skipped) into a sorted list of absolute paths, so every machine picks the same
+    files in the same order. Globs and directories take regular files and links to them
+    only: a FIFO, socket, device or dangling link among them is skipped, and a link to
+    a folder is not followed (it would read a file twice, or forever). A path named as
+    it is (no wildcard) is kept whatever it is, for reading to refuse in words. A file
+    reached by several paths (links, a folder named two ways) is one file: its first
+    path in sorted order is kept."""
+    found = {}  # identity -> path
     for pattern in patterns:
         pattern = os.path.expanduser(pattern)
-        for path in glob.glob(pattern, recursive=True):
-            if os.path.isdir(path):
-                found.update(_regular_files_below(path))
-            elif os.path.isfile(path) or path == pattern:
-                found.add(path)
-    return sorted(os.path.abspath(p) for p in found)
+        for path in _expand(pattern):
+            below = _regular_files_below(path) if os.path.isdir(path) else [path]
+            for p in below:
+                if p == pattern or os.path.isfile(p):
+                    p, key = os.path.abspath(p), identity(p)
+                    found[key] = min(found.get(key, p), p)
+    return sorted(found.values())
+
+
+def identity(path):
+    """What a file is, whatever the path to it: its device and inode (a path that
+    names nothing is only itself)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return ("path", os.path.abspath(path))
+    return (st.st_dev, st.st_ino)
+
+
+def _expand(pattern):
+    """The paths a glob matches: glob's, but for ``**``, which Python's glob expands by
+    following links to folders (a link to a parent folder reads the text again and
+    again); here it walks the folders as a --data DIR walk does."""
+    parts = pattern.split(os.sep)
+    if "**" not in parts:
+        return glob.glob(pattern)
+    fixed = next(i for i, part in enumerate(parts) if glob.has_magic(part))
+    base = os.sep.join(parts[:fixed]) or (os.sep if pattern.startswith(os.sep) else "")
+    matches = _pattern_regex(parts[fixed:]).fullmatch
+    # hidden folders are walked only if the pattern names one (** never enters them)
+    hidden = any(part.startswith(".") for part in parts[fixed:])
+    found = []
+    for root, dirs, files in os.walk(base or os.curdir):
+        dirs[:] = [d for d in dirs if hidden or not d.startswith(".")]
+        for name in files + [d for d in dirs if not os.path.islink(os.path.join(root, d))]:
+            path = os.path.join(root, name)
+            if matches(os.path.relpath(path, base or os.curdir).replace(os.sep, "/")):
+                found.append(path if base else os.path.relpath(path))
+    return found
+
+
+def _pattern_regex(parts):
+    """A regular expression of glob's meaning of pattern parts (split at /): ``*``, ``?``
+    and ``[...]`` within one name, ``**`` any number of folders, and no wildcard
+    matching a name's leading dot."""
+    out = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out.append(r"(?:(?!\.)[^/]+/)*" + (r"(?!\.)[^/]+" if last else ""))
+            continue
+        regex = "" if part.startswith(".") else r"(?!\.)"
+        for m in re.finditer(r"\*|\?|\[!?\]?[^\]]*\]|.", part):
+            token = m.group()
+            if token == "*":
+                regex += "[^/]*"
+            elif token == "?":
+                regex += "[^/]"
+            elif token.startswith("[") and len(token) > 2:
+                regex += "[^" + token[2:-1] + "]" if token[1] == "!" else token
+            else:
+                regex += re.escape(token)
+        out.append(regex + ("" if last else "/"))
+    return re.compile("".join(out))
 
 
 def _regular_files_below(folder):
@@ -212,6 +274,10 @@ def _find_text(data_patterns, validation_patterns):
                 f"--validation {' '.join(validation_patterns)} matches no file: "
                 "check the path, or pass --validation none"
             )
+        # a held-out file named by another path than --data's (a link, a folder named
+        # two ways) is the same file: known by --data's path, so it is held out
+        same = {identity(p): p for p in files}
+        valid_files = sorted({same.get(identity(p), p) for p in valid_files})
     return files, valid_files
 
 

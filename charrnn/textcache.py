@@ -126,8 +126,15 @@ class Cache:
         needed_bytes, and if writing fails; the partial entry is removed either way."""
         writer = _Writer(dtype)
         if not self.folder:  # unnamed files: gone when the process ends
-            yield writer.unnamed()
-            writer.reopen_unnamed()
+            try:
+                yield writer.unnamed()
+                writer.reopen_unnamed()
+            except OSError as e:
+                writer.discard()
+                raise CacheError(
+                    f"cannot write the encoded text into a temporary file ({e.strerror}): "
+                    "free some space in the temporary folder, or pass --cache-dir"
+                ) from None
             return
         final = self.codes_folder(key)
         try:
@@ -164,8 +171,8 @@ class Cache:
                 f"cannot write the encoded text into {self.folder} ({e.strerror}): "
                 "free some space, or pass --cache-dir another folder"
             ) from None
-        finally:
-            writer.close()
+        finally:  # (closing again may fail again: a flush that failed is not retried)
+            writer.discard()
             shutil.rmtree(tmp, ignore_errors=True)
         arrays = self.open_codes(key, description)
         if arrays is None:
@@ -205,6 +212,13 @@ class _Writer:
                 if self.folder:
                     f.close()
         return lengths
+
+    def discard(self):
+        """Close every file, whatever flushing it gives: after a failure, what is left
+        in its buffer is lost with the entry."""
+        for f in self.files.values():
+            with contextlib.suppress(OSError):
+                f.close()
 
     def reopen_unnamed(self):
         self.close()

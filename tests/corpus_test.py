@@ -285,6 +285,37 @@ def test_a_relative_validation_path_is_held_out_from_absolute_data_paths(tmp_pat
     assert valid_files == [str(tmp_path / "b.txt")]
 
 
+def test_a_validation_file_reached_by_another_path_is_held_out(tmp_path, monkeypatch):
+    """cd alias/corpus (alias -> real), then --data "$PWD" --validation valid.txt: --data
+    goes through the link, the relative path through the real folder (the working
+    directory as the kernel knows it). Files are compared by what they are."""
+    files_of(tmp_path / "real" / "corpus", {"a.txt": "aaa", "b.txt": "bbb", "valid.txt": "vvv"})
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    monkeypatch.chdir(tmp_path / "alias" / "corpus")
+    alias = str(tmp_path / "alias" / "corpus")
+    train, valid, train_files, valid_files, *_ = charrnn.corpus.read_corpus([alias], ["valid.txt"])
+    assert names(train_files) == ["a.txt", "b.txt"] and decode(train) == "aaabbb"
+    assert valid_files == [os.path.join(alias, "valid.txt")] and decode(valid) == "vvv"
+
+
+def test_a_recursive_glob_does_not_follow_links_to_folders(tmp_path):
+    """Python's glob follows links to folders under **: a link to a sibling read every
+    file twice, a link to its own folder read one 81 times, and two such links hung."""
+    files_of(tmp_path / "c", {"top.txt": "t", "v2/a.txt": "a", "v2/sub/b.txt": "b"})
+    (tmp_path / "outside.txt").write_text("o")
+    (tmp_path / "c" / "latest").symlink_to("v2")
+    (tmp_path / "c" / "self").symlink_to(".")
+    (tmp_path / "c" / "up").symlink_to("..")
+    (tmp_path / "c" / "o.txt").symlink_to(tmp_path / "outside.txt")  # a file link is read
+    with at_most(20):
+        for pattern in ["c/**/*.txt", "c/**"]:
+            files = charrnn.corpus.find_files([str(tmp_path / pattern)])
+            expected = ["c/o.txt", "c/top.txt", "c/v2/a.txt", "c/v2/sub/b.txt"]
+            assert files == [str(tmp_path / p) for p in expected]
+        # the same as a walk of the folder
+        assert charrnn.corpus.find_files([str(tmp_path / "c")]) == files
+
+
 def test_validation_files_outside_the_data_are_read_too(tmp_path):
     files_of(tmp_path / "data", {"a.txt": "aaa", "b.txt": "bbb"})
     write(tmp_path / "held" / "v.txt", "vvvv")

@@ -197,6 +197,38 @@ def test_a_failed_write_removes_what_it_wrote(tmp_path, monkeypatch):
     assert not [p for p in os.listdir(cache) if "codes-" in p or p.startswith(".tmp")]
 
 
+@pytest.mark.parametrize("named", [True, False])
+def test_a_write_that_fails_when_the_files_are_closed_is_one_clear_error(tmp_path, named):
+    """The codes of a small text wait in the file's buffer until it is flushed at the
+    end, so a full disk (or quota) shows there: a real failing write (a file-size limit
+    of the process), which once escaped as a traceback from a second flush and left the
+    partial entry on the full disk."""
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text" / "a.txt").write_text("the codes of this text stay in a buffer\n" * 100)
+    cache = str(tmp_path / "cache") if named else None
+    script = textwrap.dedent(f"""
+        import resource, signal, sys
+        import charrnn.corpus, charrnn.textcache
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit: EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (3000, 3000))
+        try:
+            charrnn.corpus.read_corpus([{str(tmp_path / "text")!r}], [], cache_dir={cache!r})
+        except charrnn.textcache.CacheError as e:
+            sys.exit("CacheError: " + str(e))
+    """)
+    failed = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, PYTHONPATH=HERE, TMPDIR=str(tmp_path)),
+    )
+    assert failed.returncode == 1, failed.stderr
+    assert failed.stderr.startswith("CacheError: cannot write the encoded text"), failed.stderr
+    assert "File too large" in failed.stderr and "Traceback" not in failed.stderr
+    if named:
+        assert not [p for p in os.listdir(cache) if "codes-" in p or p.startswith(".tmp")]
+
+
 def test_progress_covers_each_pass_to_its_end(tmp_path, monkeypatch):
     monkeypatch.setattr(charrnn.corpus, "PIECE", 64)
     data, seen = write_text(tmp_path / "text"), {}

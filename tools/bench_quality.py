@@ -218,23 +218,25 @@ def main(argv=None):
     if not args.no_peer:
         entrants.append(("Keras GRU", None, None))
     results = []
-    for minutes in args.minutes:
-        for label, code, flags in entrants:
-            t0 = time.strftime("%H:%M")
-            if code is None:
-                figures = run_peer(minutes, train, test, work, args.peer_cell)
-            else:
-                name = f"{'this' if code == HERE else 'code'}-{minutes:g}"
-                figures = run_project(code, minutes, train, valid, test, work, name, flags)
-            results.append(dict(figures, who=label, minutes=minutes, started=t0))
-            print(
-                f"{minutes:g} min  {label:14s} {figures['nats']:.3f} nats/char  "
-                f"{figures['steps']:,} steps  (started {t0})",
-                flush=True,
-            )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"cpu": cpu, "test": os.path.basename(test), "runs": results}, f, indent=1)
+    runs = [(minutes, *entrant) for minutes in args.minutes for entrant in entrants]
+    for number, (minutes, label, code, flags) in enumerate(runs, start=1):
+        t0 = time.strftime("%H:%M")
+        if code is None:
+            figures = run_peer(minutes, train, test, work, args.peer_cell)
+        else:  # numbered: the same minutes twice, or --code ., are runs of their own
+            name = f"{number}-{'this' if label == 'this checkout' else 'code'}-{minutes:g}"
+            figures = run_project(code, minutes, train, valid, test, work, name, flags)
+        results.append(dict(figures, who=label, minutes=minutes, started=t0))
+        print(
+            f"{minutes:g} min  {label:14s} {figures['nats']:.3f} nats/char  "
+            f"{figures['steps']:,} steps  (started {t0})",
+            flush=True,
+        )
+        if args.json:  # after every run: a failure later keeps what was measured
+            with open(args.json, "w") as f:
+                json.dump(
+                    {"cpu": cpu, "test": os.path.basename(test), "runs": results}, f, indent=1
+                )
     return 0
 
 

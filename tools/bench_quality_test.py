@@ -55,9 +55,27 @@ def test_both_entrants_train_and_score_the_held_out_play(tmp_path):
         assert run["steps"] > 0
         assert 0 < run["nats"] < math.log(98) + 1, run  # a real score of a barely trained model
         assert f"{run['nats']:.3f} nats/char" in result.stdout
-    log = (work / "this-0.05.log").read_text()
+    log = (work / "1-this-0.05.log").read_text()
     # trained on a.txt and b.txt only: the held-out play and the validation play left out
     assert "training on 24,002 characters (2 files), validating on 12,001 (valid.txt)" in log
+
+
+def test_the_same_minutes_twice_are_two_runs(tmp_path):
+    """Runs are named by their number too: the same minutes twice (or --code .) once
+    wrote into one run and ended the bench with a traceback."""
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
+    out, work = tmp_path / "q.json", tmp_path / "work"
+    result = run_cli(
+        "tools/bench_quality.py",
+        *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
+        *("--minutes", "0.02", "0.02", "--no-peer", "--flags", " ".join(TINY)),
+        *("--work-dir", str(work), "--json", str(out)),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    assert [r["minutes"] for r in json.loads(out.read_text())["runs"]] == [0.02, 0.02]
+    assert (work / "1-this-0.02.log").exists() and (work / "2-this-0.02.log").exists()
 
 
 def test_a_missing_play_is_one_line(tmp_path):
