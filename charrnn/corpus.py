@@ -6,6 +6,7 @@ A text of any size costs the memory of a small one: every file is read in pieces
 (txtutils.read_pieces), and the codes live on disk, read a batch at a time.
 """
 
+import collections
 import glob
 import hashlib
 import os
@@ -135,6 +136,9 @@ _KINDS = {
 }
 
 
+VALID_CAP = 90 * 1024  # characters: the default split holds out at most the files past it
+
+
 def default_validation_count(sizes):
     """How many of the last files to hold out: the fewest that hold more than 10% of
     the text, or more than 90 KB of it (92,160 characters), whichever are fewer -
@@ -151,7 +155,7 @@ def default_validation_count(sizes):
                 return n
         return len(sizes)
 
-    n = min(files_to_exceed(total / 10), files_to_exceed(90 * 1024))
+    n = min(files_to_exceed(total / 10), files_to_exceed(VALID_CAP))
     return n if sum(sizes[len(sizes) - n :]) * 5 <= total else 0
 
 
@@ -214,18 +218,50 @@ def read_corpus(
     before is counted (a second pass) and encoded (a third). progress(what, done,
     total): called as the bytes of each pass go by. Raises CorpusError for bad input,
     textcache.CacheError if the cache cannot be written."""
+    for attempt in (1, 2):
+        try:
+            return _read(
+                data_patterns,
+                validation_patterns,
+                alphabet,
+                min_count,
+                textcache.Cache(cache_dir),
+                progress,
+                with_validation_rows,
+            )
+        except _StaleCounts:  # removed from the cache: counted again, once
+            if attempt == 2:
+                raise CorpusError("the text changed while it was read: run again") from None
+    raise AssertionError("unreachable")
+
+
+class _StaleCounts(Exception):
+    """Counts from the cache that disagree with the codes: forgotten, read again."""
+
+
+def _read(data_patterns, validation_patterns, alphabet, min_count, cache, progress, rows):
+    """One reading of the text (read_corpus's); raises _StaleCounts if the counts found
+    in the cache do not add up to the codes (then they are removed)."""
     files, valid_files = _find_text(data_patterns, validation_patterns)
-    cache = textcache.Cache(cache_dir)
     every = files + [p for p in valid_files or [] if p not in set(files)]
-    stats = _file_stats(every, cache, progress)
+    sums = _Sums(None if validation_patterns is None else set(valid_files))
+    stats = _file_stats(every, cache, progress, sums)
     train_files, valid_files = _split(files, valid_files, stats, data_patterns)
-    train_counts = _sum_counts(stats[p] for p in train_files)
+    if validation_patterns is None:
+        sums.hold_out(len(valid_files))
+    train_counts, valid_counts = sums.train.pairs(), sums.valid.pairs()
     if min_count == "auto":
         min_count = min_count_for(sum(stats[p].chars for p in train_files))
     if min_count is not None:
         alphabet = alphabet.grown(*train_counts, min_count)
     codes, folder, encoded = _encode(train_files, valid_files, stats, alphabet, cache, progress)
     _check_unchanged(every, stats, cache, folder if encoded else None)
+    for name, paths in (("train", train_files), ("valid", valid_files)):
+        if len(codes[name]) != sum(stats[p].chars for p in paths):
+            cache.forget(folder)
+            for path in every:
+                cache.forget_file_stats(stats[path].sha256)
+            raise _StaleCounts
 
     def share_unknown(paths, counts):
         chars = sum(stats[p].chars for p in paths)
@@ -235,7 +271,7 @@ def read_corpus(
         return [[p, stats[p].size, stats[p].sha256] for p in paths]
 
     valid_x = valid_y = None
-    if with_validation_rows and len(codes["valid"]) >= 2:
+    if rows and len(codes["valid"]) >= 2:
         valid_x, valid_y = txtutils.validation_rows(codes["valid"], VALID_SEQLEN, VALID_MAX_ROWS)
     return Corpus(
         train=codes["train"],
@@ -247,7 +283,7 @@ def read_corpus(
         fingerprint={"train": fingerprint(train_files), "valid": fingerprint(valid_files)},
         unknown=(
             share_unknown(train_files, train_counts),
-            share_unknown(valid_files, _sum_counts(stats[p] for p in valid_files)),
+            share_unknown(valid_files, valid_counts),
         ),
         min_count=min_count,
         codes_folder=folder,
@@ -302,59 +338,116 @@ def _split(files, valid_files, stats, data_patterns):
 
 
 def _check_unchanged(paths, stats, cache, encoded_folder):
-    """CorpusError if a file changed while it was read, and what was stored under its
-    old fingerprint (its counts; the codes encoded now, in encoded_folder) forgotten:
-    it holds some of the new text."""
-    changed = [p for p in paths if _stamp(p) != stats[p].stamp]
+    """CorpusError if a file changed (or vanished) while it was read, and what was
+    stored of it forgotten: the codes encoded now (in encoded_folder) hold some of the
+    new text, and its counts were stored under its old fingerprint."""
+    changed = [p for p in paths if not _same(p, stats[p].stamp)]
     if changed:
         if encoded_folder:
             cache.forget(encoded_folder)
         for path in changed:
             cache.forget_file_stats(stats[path].sha256)
-        raise CorpusError(f"{changed[0]} changed while it was read: run again once it is written")
+        raise _changed(changed[0])
+
+
+def _same(path, stamp):
+    """Whether the file at path is still the one stamped (CorpusError counts as no)."""
+    try:
+        return _stamp(path) == stamp
+    except CorpusError:
+        return False
+
+
+def _changed(path):
+    return CorpusError(f"{path} changed while it was read: run again once it is written")
 
 
 class FileStats(NamedTuple):
-    """What a file holds, as far as reading it needs: found by its bytes' SHA-256."""
+    """What a file holds, as far as reading it needs: found by its bytes' SHA-256.
+    Its characters' counts are not kept: they are summed as the files go (_Sums)."""
 
     size: int  # bytes in the file
     sha256: str
     stamp: tuple  # (size, mtime, inode) when it was first read: a change is noticed
-    points: np.ndarray  # the code points of its characters (CRLF read as LF)...
-    counts: np.ndarray  # ...and how often each occurs
-
-    @property
-    def chars(self):
-        return int(self.counts.sum())
-
-    @property
-    def not_utf8(self):  # bytes that are not UTF-8: each read as one lone surrogate
-        return int(self.counts[(self.points >= 0xDC80) & (self.points <= 0xDCFF)].sum())
+    chars: int  # characters (CRLF read as LF)
+    not_utf8: int  # bytes that are not UTF-8: each read as one lone surrogate
 
 
-def _file_stats(paths, cache, progress):
+def _file_stats(paths, cache, progress, sums):
     """{path: FileStats}: every file fingerprinted (a quick pass), then counted (a
-    slower one) unless the cache knows its content."""
+    slower one) unless the cache knows its content, its counts added to sums in the
+    files' order. Counts are stored in the cache only if the file is still the one
+    fingerprinted once counted: a kill never leaves counts under a wrong fingerprint."""
     stamps = {p: _stamp(p) for p in paths}
-    sizes = {p: stamps[p][0] for p in paths}
-    fingerprinting = _Pass(progress, "fingerprinting", sum(sizes.values()))
+    fingerprinting = _Pass(progress, "fingerprinting", sum(s[0] for s in stamps.values()))
     hashes = {p: _sha256(p, fingerprinting) for p in paths}
-    stats, to_count = {}, []
+    to_count = sum(stamps[p][0] for p in paths if not cache.has_file_stats(hashes[p]))
+    counting = _Pass(progress, "counting", to_count)
+    stats = {}
     for path in paths:
-        known = _stats_from_json(cache.file_stats(hashes[path]), stamps[path], hashes[path])
-        if known:
-            stats[path] = known
-        else:
-            to_count.append(path)
-    counting = _Pass(progress, "counting", sum(sizes[p] for p in to_count))
-    for path in to_count:
-        points, counts = _count(path, sizes[path], counting)
-        stats[path] = FileStats(sizes[path], hashes[path], stamps[path], points, counts)
-        cache.put_file_stats(
-            hashes[path],
-            {"size": sizes[path], "points": points.tolist(), "counts": counts.tolist()},
-        )
+        size, sha = stamps[path][0], hashes[path]
+        counted = _counts_from_json(cache.file_stats(sha), size)
+        if counted is None:
+            counted = _count(path, size, counting)
+            if not _same(path, stamps[path]):
+                raise _changed(path)
+            points, counts = counted
+            cache.put_file_stats(
+                sha, {"size": size, "points": points.tolist(), "counts": counts.tolist()}
+            )
+        points, counts = counted
+        not_utf8 = int(counts[(points >= 0xDC80) & (points <= 0xDCFF)].sum())
+        stats[path] = FileStats(size, sha, stamps[path], int(counts.sum()), not_utf8)
+        sums.add(path, stats[path].chars, points, counts)
     return stats
+
+
+class _Counts:
+    """Characters counted by code point, summed file by file: the memory of the
+    alphabet's range, not of the files."""
+
+    def __init__(self):
+        self.counts = np.zeros(0, dtype=np.int64)
+
+    def add(self, points, counts):
+        top = int(points[-1]) + 1 if len(points) else 0  # points: sorted
+        if top > len(self.counts):
+            self.counts = np.pad(self.counts, (0, top - len(self.counts)))
+        self.counts[points] += counts
+
+    def pairs(self):
+        """(code points, counts), as np.unique gives them."""
+        points = np.flatnonzero(self.counts)
+        return points, self.counts[points]
+
+
+class _Sums:
+    """The training and the validation text's counts, summed as the files are read.
+    held_out: the validation files, or None for the default split, which is known only
+    once every file is counted; it holds out at most the last files past VALID_CAP
+    characters, so only those are kept apart until then (a window of files, whatever
+    their number)."""
+
+    def __init__(self, held_out):
+        self.train, self.valid, self.held_out = _Counts(), _Counts(), held_out
+        self.last, self.last_chars = collections.deque(), 0  # [(chars, points, counts)]
+
+    def add(self, path, chars, points, counts):
+        if self.held_out is not None:
+            (self.valid if path in self.held_out else self.train).add(points, counts)
+            return
+        self.last.append((chars, points, counts))
+        self.last_chars += chars
+        while len(self.last) > 1 and self.last_chars - self.last[0][0] > VALID_CAP:
+            first, points, counts = self.last.popleft()
+            self.last_chars -= first
+            self.train.add(points, counts)
+
+    def hold_out(self, n):
+        """The default split: the last n files are validation (n <= the window)."""
+        for i, (_, points, counts) in enumerate(self.last):
+            (self.valid if i >= len(self.last) - n else self.train).add(points, counts)
+        self.last.clear()
 
 
 def _count(path, size, counting):
@@ -378,13 +471,14 @@ def _count(path, size, counting):
     return points, counts[points]
 
 
-def _stats_from_json(known, stamp, sha256):
-    """FileStats from the cache's JSON, or None if there is none or it does not make
-    sense (then the file is counted again)."""
+def _counts_from_json(known, size):
+    """(code points, counts) from the cache's JSON, or None if there is none or it
+    does not make sense (then the file is counted again)."""
     try:
         points, counts = (np.array(known[k], dtype=np.int64) for k in ("points", "counts"))
-        if known["size"] == stamp[0] and points.shape == counts.shape and points.ndim == 1:
-            return FileStats(stamp[0], sha256, stamp, points, counts)
+        sorted_ = points.ndim == 1 and bool(np.all(np.diff(points) > 0))
+        if known["size"] == size and points.shape == counts.shape and sorted_:
+            return points, counts
     except (TypeError, KeyError, ValueError):
         pass
     return None
@@ -411,17 +505,6 @@ def _sha256(path, progress):
             sha.update(raw)
             progress.add(len(raw))
     return sha.hexdigest()
-
-
-def _sum_counts(stats):
-    """(code points, counts) of several files' FileStats together."""
-    stats = list(stats)
-    if not stats:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    points = np.concatenate([s.points for s in stats])
-    counts = np.concatenate([s.counts for s in stats])
-    unique, where = np.unique(points, return_inverse=True)
-    return unique, np.bincount(where, weights=counts, minlength=len(unique)).astype(np.int64)
 
 
 def _encode(train_files, valid_files, stats, alphabet, cache, progress):

@@ -64,6 +64,12 @@ class Cache:
         except (OSError, ValueError):
             return None  # absent, unreadable or damaged: counted again
 
+    def has_file_stats(self, sha256):
+        """Whether stats are stored for a file's content (they may still be damaged)."""
+        return bool(self.folder) and os.path.exists(
+            os.path.join(self.folder, "files", sha256 + ".json")
+        )
+
     def put_file_stats(self, sha256, stats):
         """Store a file's stats; a cache that cannot be written only costs a recount."""
         if not self.folder:

@@ -3,7 +3,11 @@ encoded once, found again by its files' contents, never trusted half-written.
 
 No TensorFlow here: real files, real folders, a real killed process."""
 
+import contextlib
+import hashlib
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,3 +275,58 @@ def test_a_file_written_while_it_is_read_is_refused_and_nothing_it_made_is_kept(
     assert len(os.listdir(cache / "files")) == len(TEXTS) + len(RAW) - 1  # not c.txt's
     corpus = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
     assert np.array_equal(corpus.train, encoded_whole(corpus.train_files, corpus.alphabet))
+
+
+class Killed(BaseException):
+    """A kill -9 as far as the reading can tell: nothing after it runs."""
+
+
+def test_counts_of_a_file_that_changed_while_counted_are_never_stored(tmp_path):
+    """A file written between its fingerprint and its count: its counts, of the new
+    text, would be stored under the old text's fingerprint, and a kill before the last
+    check (here: at the first encoded piece) kept them for every later run."""
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+    c_txt = tmp_path / "text" / "c.txt"
+    old_sha = hashlib.sha256(c_txt.read_bytes()).hexdigest()
+
+    def write_then_die(what, done, total):
+        if what == "counting" and not written:
+            written.append(True)
+            with open(c_txt, "a") as f:
+                f.write("a line written meanwhile\n")
+        if what == "encoding":
+            raise Killed
+
+    written = []
+    with contextlib.suppress(Killed, txtutils.CorpusError):
+        charrnn.corpus.read_corpus(data, [], cache_dir=str(cache), progress=write_then_die)
+    assert written
+    assert not (cache / "files" / f"{old_sha}.json").exists()
+
+
+def test_a_file_that_vanishes_while_it_is_read_leaves_nothing_it_made(tmp_path):
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+
+    def remove_at_the_end(what, done, total):
+        if what == "encoding" and done == total:
+            (tmp_path / "text" / "c.txt").unlink(missing_ok=True)
+
+    with pytest.raises(txtutils.CorpusError, match=r"c.txt changed while it was read"):
+        charrnn.corpus.read_corpus(data, [], cache_dir=str(cache), progress=remove_at_the_end)
+    assert not [p for p in os.listdir(cache) if "codes-" in p]
+
+
+def test_counts_that_disagree_with_the_codes_are_forgotten_and_read_again(tmp_path):
+    """Counts stored for a file's content that do not add up (written by a version that
+    counted otherwise, or by hand): the codes' length gives them away."""
+    data, cache = write_text(tmp_path / "text"), tmp_path / "cache"
+    first = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
+    sha = hashlib.sha256((tmp_path / "text" / "c.txt").read_bytes()).hexdigest()
+    stored = json.loads((cache / "files" / f"{sha}.json").read_text())
+    stored["counts"] = [n + 1 for n in stored["counts"]]  # sensible, and wrong
+    (cache / "files" / f"{sha}.json").write_text(json.dumps(stored))
+    shutil.rmtree(first.codes_folder)  # so that the codes are encoded again
+    again = charrnn.corpus.read_corpus(data, [], cache_dir=str(cache))
+    assert again.alphabet == first.alphabet and again.fingerprint == first.fingerprint
+    assert np.array_equal(again.train, encoded_whole(again.train_files, again.alphabet))
+    assert json.loads((cache / "files" / f"{sha}.json").read_text())["counts"] != stored["counts"]
