@@ -129,6 +129,7 @@ def train(args):
     cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
     text = read_text(config, run, dist, cache_dir, ReadingProgress(dist.chief))
     batches_per_epoch, total = run_length(config, text)
+    config = settings.with_old_dropout(config, run.saved_config, total / batches_per_epoch)
     run_config = checked_run_config(config, text, run)
     runs.create_folders(run, dist.chief)
     model, optimizer = make_model(run_config, dist)

@@ -147,7 +147,10 @@ SETTINGS = [
       "learning (5: half the default run; a 15-minute run on a CPU never gets there)",
       talk=0.0, flag=dict(metavar="EPOCHS"),
       # checkpoints before it said when as a fraction of the run (of its epochs)
-      absent=lambda saved: saved.get("dropout_from", 0.5) * saved.get("epochs", 10)),
+      # saved before this setting: from the first step, or after --dropout-from, a
+      # fraction of the run's steps, which says epochs once the text is read
+      # (with_old_dropout)
+      absent=lambda saved: None if "dropout_from" in saved else 0.0),
     S("seed", 0, seed, RECIPE, "random seed: same seed, same initial weights and dropout masks"),
     S("mixed_precision", "auto", precision, RECIPE,
       "compute the matmuls of training in 16 bits (bfloat16 on a CPU, ~1.6x the speed "
@@ -250,6 +253,16 @@ def shown(value):
     if type(value) is list:
         return " ".join(value)
     return f"{value:g}" if type(value) is float else str(value)
+
+
+def with_old_dropout(config, saved, run_epochs):
+    """config, its dropout_from_epoch said in epochs for a run saved with the old
+    --dropout-from (merge leaves it None): that fraction of the run's steps, run_epochs
+    epochs long (its --epochs, or fewer for its --max-steps). A --time-limit run's
+    fraction was of its time, too: its steps are the nearest measure left."""
+    if config["dropout_from_epoch"] is not None:
+        return config
+    return dict(config, dropout_from_epoch=saved["dropout_from"] * run_epochs)
 
 
 def merge(args, saved=None, parent=None):

@@ -605,6 +605,10 @@ def test_a_checkpoint_of_the_fixed_alphabet_still_plays_scores_and_resumes(tmp_p
     assert resume.returncode == 0, resume.stderr
     assert "resuming at step 6" in resume.stdout and "done: step 9" in resume.stdout
     config = ckpt.read_config(str(tmp_path / "old" / "runs" / "v1" / "ckpt-9"))
+    # its dropout started half-way (--dropout-from 0.5, of the run's 9 steps now), not
+    # after half of its 10 epochs
+    batches = int(re.search(r"^([\d,]+) batches of 4 x 8 per epoch", resume.stdout, re.M)[1])
+    assert config["dropout_from_epoch"] * batches == pytest.approx(4.5)
     assert config["alphabet"] == txtutils.ALPHABET
     assert [os.path.basename(p) for p, _, _ in config["data_fingerprint"]["train"]] == [
         "corpus.txt"

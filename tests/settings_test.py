@@ -130,10 +130,16 @@ def test_the_docs_give_every_flag_with_its_default():
 
 def test_a_checkpoint_from_before_dropout_from_epoch_keeps_when_its_dropout_started():
     """Checkpoints made before --dropout-from-epoch said when dropout starts as a
-    fraction of the run (--dropout-from): a resume reads it as that many epochs."""
+    fraction of the run's steps (--dropout-from): a resume starts it at that step, said
+    in epochs once the run's length is known; older ones had dropout from the start."""
     old = {k: v for k, v in settings.DEFAULTS.items() if k != "dropout_from_epoch"}
-    resumed = settings.merge(rnn_train.parse_args([]), dict(old, dropout_from=0.25, epochs=8))
-    assert resumed["dropout_from_epoch"] == 2.0
-    assert settings.merge(rnn_train.parse_args([]), old)["dropout_from_epoch"] == 5.0
+    saved = dict(old, dropout_from=0.25, epochs=8)
+    resumed = settings.merge(rnn_train.parse_args([]), saved)
+    assert resumed["dropout_from_epoch"] is None  # not known before the text is read
+    # a run of 8 epochs: from epoch 2; one cut to 3 epochs by --max-steps: from 0.75
+    assert settings.with_old_dropout(resumed, saved, 8)["dropout_from_epoch"] == 2.0
+    assert settings.with_old_dropout(resumed, saved, 3)["dropout_from_epoch"] == 0.75
+    assert settings.merge(rnn_train.parse_args([]), old)["dropout_from_epoch"] == 0.0
     given = rnn_train.parse_args(["--dropout-from-epoch", "1"])
-    assert settings.merge(given, dict(old, dropout_from=0.25))["dropout_from_epoch"] == 1.0
+    merged = settings.merge(given, dict(old, dropout_from=0.25))
+    assert settings.with_old_dropout(merged, saved, 8)["dropout_from_epoch"] == 1.0
