@@ -23,6 +23,7 @@ from types import SimpleNamespace
 
 import tensorflow as tf
 
+import txtutils
 from charrnn import ckpt, cli, memory
 from charrnn.cli import UsageError
 from charrnn.model import build_model, check_finite
@@ -228,6 +229,12 @@ def pick_run(args):
                 f"run {run} exists already: continue it with --resume {run}, "
                 "or choose another --run"
             )
+        best = os.path.join(args.checkpoint_dir, run, BEST_DIR)
+        if newest_in(best):  # an earlier run's: it would be this one's bar, and RUN:best
+            raise UsageError(
+                f"run {run} has the best checkpoint of an earlier run of that name in "
+                f"{best}: choose another --run, or delete that folder"
+            )
         return run, False
     if args.run and args.resume and args.run != args.resume:
         raise UsageError(f"--run {args.run} and --resume {args.resume} name different runs")
@@ -283,7 +290,8 @@ class Saver:
             self.checkpoint, run_dir, max_to_keep=config["keep"], checkpoint_name="ckpt"
         )
         self.saved_step = 0
-        self.best = Best(run_dir) if dist.chief else None  # beside the newest --keep
+        # beside the newest --keep
+        self.best = Best(run_dir, validation_measure(config)) if dist.chief else None
         self.validation = None  # (step, loss) of the last validation
 
     def validated(self, step, loss):
@@ -347,25 +355,45 @@ BEST_DIR = "best"  # RUN/best/: the run's checkpoint of the lowest validation lo
 BEST_SUFFIX = ":best"  # RUN:best names it wherever a checkpoint is named
 
 
+def validation_measure(config):
+    """What a run's validation loss is measured on: losses compare only if the same
+    (the rows a validation takes, and the held-out text, by content)."""
+    held_out = config.get("data_fingerprint", {}).get("valid", [])
+    return {
+        "rows": txtutils.VALID_MAX_ROWS,
+        "seqlen": txtutils.VALID_SEQLEN,
+        "text": [sha for _, _, sha in held_out],
+    }
+
+
 class Best:
     """The run's checkpoint of the lowest validation loss so far, kept in RUN/best/
     whatever --keep deletes: its files hard-linked there (no copy, where the file
-    system allows), beside ckpt-STEP.json that says its step and loss. A new best is
-    written whole - its figures, its data, its .index last - before the one it
-    replaces is removed, so a kill at any moment leaves a complete best, and the
-    newest complete one in best/ is the best."""
+    system allows), beside ckpt-STEP.json that says its step, loss and what the loss
+    was measured on (measure). A new best is written whole - its figures, its data,
+    its .index last - before the one it replaces is removed, so a kill at any moment
+    leaves a complete best, and the newest complete one in best/ is the best. A best
+    measured otherwise (other validation rows or text) has no loss to beat: the next
+    validated save replaces it."""
 
-    def __init__(self, run_dir):
-        self.dir = os.path.join(run_dir, BEST_DIR)
+    def __init__(self, run_dir, measure):
+        self.dir, self.measure = os.path.join(run_dir, BEST_DIR), measure
         prefix = newest_in(self.dir)
         self.step, self.loss = None, math.inf
         if prefix:
             try:
                 with open(prefix + ".json") as f:
                     figures = json.load(f)
-                self.step, self.loss = int(figures["step"]), float(figures["loss"])
+                self.step, loss = int(figures["step"]), float(figures["loss"])
             except (OSError, ValueError, KeyError, TypeError):
-                pass  # unreadable: the next validated save becomes the best
+                return  # unreadable: the next validated save becomes the best
+            if figures.get("measure") == measure:
+                self.loss = loss
+            else:
+                cli.warn(
+                    f"note: the best checkpoint kept, step {self.step}, was validated on "
+                    "other rows or text: the next validated save replaces it"
+                )
 
     def offer(self, prefix, step, loss):
         """Keep the checkpoint at prefix, saved at step, if its validation loss (at
@@ -377,7 +405,7 @@ class Best:
         try:
             os.makedirs(self.dir, exist_ok=True)
             with open(name + ".json.tmp", "w") as f:
-                json.dump({"step": step, "loss": loss}, f)
+                json.dump({"step": step, "loss": loss, "measure": self.measure}, f)
             os.replace(name + ".json.tmp", name + ".json")
             files = glob.glob(glob.escape(prefix) + ".data-*") + [prefix + ".index"]
             for source in files:  # the .index last: it marks the checkpoint complete

@@ -3,6 +3,7 @@
 import glob
 import hashlib
 import itertools
+import json
 import os
 import re
 import shutil
@@ -689,7 +690,7 @@ def test_the_best_checkpoint_is_kept_whatever_keep_deletes(tmp_path):
     the lowest so far, removes the one it replaces, and a resumed run knows it."""
     run = tmp_path / "r"
     run.mkdir()
-    best = runs.Best(str(run))
+    best = runs.Best(str(run), MEASURE)
     for step, loss in [(10, 2.0), (20, 1.5), (30, 1.7), (40, 1.6)]:
         for suffix in ("index", "data-00000-of-00001"):  # a checkpoint's files, as saved
             (run / f"ckpt-{step}.{suffix}").write_text(f"{step}")
@@ -700,8 +701,41 @@ def test_the_best_checkpoint_is_kept_whatever_keep_deletes(tmp_path):
     kept = sorted(p.name for p in (run / "best").iterdir())
     assert kept == ["ckpt-20.data-00000-of-00001", "ckpt-20.index", "ckpt-20.json"]
     assert (run / "best" / "ckpt-20.data-00000-of-00001").read_text() == "20"
-    again = runs.Best(str(run))
+    again = runs.Best(str(run), MEASURE)
     assert (again.step, again.loss) == (20, 1.5)
+
+
+MEASURE = {"rows": 128, "seqlen": 512, "text": ["abc"]}
+
+
+@pytest.mark.parametrize(
+    "kept", [{"step": 20, "loss": 1.2}, {"step": 20, "loss": 1.2, "measure": {}}]
+)
+def test_a_best_measured_otherwise_is_replaced_by_the_next_validated_save(tmp_path, kept):
+    """A best kept before validation took 128 rows of 512 (or on other held-out text)
+    holds a loss of another measure, which the run's saves might never beat."""
+    (tmp_path / "r" / "best").mkdir(parents=True)
+    for suffix in ("index", "data-00000-of-00001"):
+        (tmp_path / "r" / "best" / f"ckpt-20.{suffix}").write_text("20")
+        (tmp_path / "r" / f"ckpt-30.{suffix}").write_text("30")
+    (tmp_path / "r" / "best" / "ckpt-20.json").write_text(json.dumps(kept))
+    best = runs.Best(str(tmp_path / "r"), MEASURE)
+    best.offer(str(tmp_path / "r" / "ckpt-30"), 30, 1.4)  # worse than 1.2, but comparable
+    assert (best.step, best.loss) == (30, 1.4)
+    assert runs.newest_in(str(tmp_path / "r" / "best")).endswith("ckpt-30")
+    again = runs.Best(str(tmp_path / "r"), MEASURE)
+    assert (again.step, again.loss) == (30, 1.4)  # measured as this run measures
+
+
+def test_a_new_run_is_refused_a_name_whose_best_checkpoint_is_left(tmp_path, tiny_run, capsys):
+    """An earlier run's best/, its checkpoints deleted: a new run of that name would
+    take its loss as the bar to beat, and RUN:best would serve the old model."""
+    shutil.copytree(tiny_run["checkpoints"] / "tiny" / "best", tmp_path / "ck" / "r" / "best")
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    result = train(*tiny_flags(tmp_path, corpus), "--run", "r", "--max-steps", "5", capsys=capsys)
+    assert result.returncode == 2 and result.stdout == ""
+    assert "run r has the best checkpoint of an earlier run" in result.stderr
+    assert not (tmp_path / "log").exists()
 
 
 def test_a_run_names_its_best_checkpoint_and_run_best_finds_it(tmp_path, capsys):
