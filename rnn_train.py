@@ -37,6 +37,7 @@ from charrnn.training import (
     make_train_step,
     read_text,
     run_length,
+    text_facts,
     sample,
     valid_per_call,
     validate,
@@ -130,6 +131,7 @@ def train(args):
     text = read_text(config, run, dist, cache_dir, ReadingProgress(dist.chief))
     batches_per_epoch, total = run_length(config, text)
     config = settings.with_old_dropout(config, run.saved_config, total / batches_per_epoch)
+    dist.check_same(text_facts(text, total))
     run_config = checked_run_config(config, text, run)
     runs.create_folders(run, dist.chief)
     model, optimizer = make_model(run_config, dist)

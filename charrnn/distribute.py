@@ -20,6 +20,7 @@ is the whole batch's, clipped after the replicas' shares are summed.
 """
 
 import contextlib
+import hashlib
 import json
 import os
 
@@ -144,6 +145,26 @@ class Distribution:
             lambda context: tf.constant(0.0 if ok else 1.0)
         )
         return not self.strategy.reduce(tf.distribute.ReduceOp.SUM, failed, axis=None).numpy()
+
+    def check_same(self, facts):
+        """Raise UsageError, on every worker, unless every worker has the same facts
+        ({what: text}): each reads its own copy of the text, and a copy that differs
+        trains on other text at the same offsets, or makes other shapes, or ends one
+        worker's loop early while the others wait. One collective: every worker asks."""
+        if not self.multiworker:
+            return
+        # 24 bits of each fact's digest (exact in float64, squared too): all replicas
+        # hold the same value v iff REPLICAS x sum(v^2) == sum(v)^2
+        values = [int(hashlib.sha256(f.encode()).hexdigest()[:6], 16) for f in facts.values()]
+        mine = tf.constant([[v, v * v] for v in values], tf.float64)  # [FACTS, 2]
+        shared = self.strategy.experimental_distribute_values_from_function(lambda _: mine)
+        sums = self.strategy.reduce(tf.distribute.ReduceOp.SUM, shared, axis=None).numpy()
+        differ = [f for f, (s, s2) in zip(facts, sums, strict=True) if self.replicas * s2 != s * s]
+        if differ:
+            raise cli.UsageError(
+                f"the workers do not read the same text: their {' and '.join(differ)} "
+                "differ; give every worker the same files (and flags)"
+            )
 
     def compile(self, replica_step):
         """The compiled training step: replica_step(x, y, state, step, dropout) ->

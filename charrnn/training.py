@@ -3,6 +3,7 @@ optimizer, the learning rate of each step, the compiled training step, validatio
 and the samples. rnn_train.py's loop calls these in turn.
 """
 
+import json
 import math
 
 import keras
@@ -65,6 +66,18 @@ def read_text(config, run, dist, cache_dir, progress=None):
         )
     dist.check_batch_size(config["batch_size"])
     return text
+
+
+def text_facts(text, total_steps):
+    """What every worker of a run must read alike (Distribution.check_same): the
+    text's files by content (not by path: each worker has its own copy), the
+    alphabet, and the lengths of the text and of the run."""
+    contents = {k: [[size, sha] for _, size, sha in files] for k, files in text.fingerprint.items()}
+    return {
+        "files": json.dumps(contents, sort_keys=True),
+        "alphabet": text.alphabet.chars,
+        "lengths": f"{len(text.train)} {len(text.valid)} {total_steps}",
+    }
 
 
 def run_length(config, text):

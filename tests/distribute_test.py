@@ -55,10 +55,11 @@ def on_one_file(root, *flags, lines=400):
     return ["--data", corpus, "--validation", "none", *flags, *where(root)]
 
 
-def workers(args, n=2, chief_preexec=None):
+def workers(args, n=2, chief_preexec=None, own=None):
     """Start n rnn_train.py --strategy multiworker processes on 127.0.0.1; returns them.
     chief_preexec: run in the chief's process (worker 0) before it starts; the chief
-    then goes without the XLA cache, whose writes a limit set there would refuse."""
+    then goes without the XLA cache, whose writes a limit set there would refuse.
+    own: each worker's own flags besides args (a list of n lists)."""
     cluster = {"worker": [f"127.0.0.1:{p}" for p in cli.free_ports(n)]}
     procs = []
     for i in range(n):
@@ -71,6 +72,7 @@ def workers(args, n=2, chief_preexec=None):
                     sys.executable,
                     os.path.join(HERE, "rnn_train.py"),
                     *args,
+                    *(own[i] if own else []),
                     "--strategy",
                     "multiworker",
                     "--collective-timeout",
@@ -254,6 +256,28 @@ def test_a_signal_to_one_worker_stops_every_worker_after_the_same_step(tmp_path)
         assert status == 130, err
         assert "Traceback" not in err
         assert f"stopped at step {step}: checkpoint saved" in err, err
+
+
+@pytest.mark.parametrize("edit", ["a line more", "a new letter"])
+def test_workers_that_read_other_text_refuse_before_the_first_step(tmp_path, edit):
+    """Each worker reads its own copy of the text: one that differs (an edited file
+    here, its length the same or not, or another alphabet) is refused on every worker,
+    in one line naming what differs, before any step or folder."""
+    copies = [write_corpus(str(tmp_path / f"copy{i}"), files=2) for i in range(2)]
+    with open(os.path.join(copies[1], "part1.txt"), "a") as f:
+        f.write("ROMEO: the moon sees juliet.\n" if edit == "a line more" else "жж")
+    args = ["--validation", "none", *TINY, "--run", "d", "--max-steps", "5", *where(tmp_path)]
+    results = finish(workers(args, own=[["--data", c] for c in copies]), timeout=120)
+    differ = "files and alphabet and lengths" if edit != "a line more" else "files and lengths"
+    for out, err, status in results:
+        assert status == 2, err
+        [line] = err.splitlines()
+        assert line == (
+            f"rnn_train.py: error: the workers do not read the same text: their {differ} "
+            "differ; give every worker the same files (and flags)"
+        )
+        assert "step" not in out
+    assert not (tmp_path / "ck" / "d").exists()
 
 
 def test_a_failed_last_save_fails_every_worker_alike(tmp_path):
