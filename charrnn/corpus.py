@@ -199,10 +199,12 @@ def read_corpus(
     cache_dir=None,
     progress=None,
     with_validation_rows=True,
+    cache_limit=None,
 ):
     """Read the training and validation text (Corpus), in pieces: a text of any size
     costs the memory of a small one; its codes live on disk, in the cache (cache_dir;
-    None: unnamed temporary files), and read from there a batch at a time.
+    None: unnamed temporary files; cache_limit: the bytes of codes it keeps, None:
+    any), and read from there a batch at a time.
 
     validation_patterns: None picks the last files of the sorted list
     (default_validation_count); [] means no validation; otherwise globs of the
@@ -225,7 +227,7 @@ def read_corpus(
                 validation_patterns,
                 alphabet,
                 min_count,
-                textcache.Cache(cache_dir),
+                textcache.Cache(cache_dir, cache_limit),
                 progress,
                 with_validation_rows,
             )

@@ -193,6 +193,10 @@ SETTINGS = [
       "where the encoded text is kept: encoded once, read a batch's rows at a time by "
       "every run on it "
       "(default: CHECKPOINT_DIR/.text; safe to delete)", flag=dict(metavar="DIR")),
+    S("cache_size", 20.0, positive_float, SESSION,
+      "GB of encoded text the cache keeps: past it, the entries least recently used "
+      "go, never one a run is reading (an edited text is a new entry)",
+      flag=dict(metavar="GB")),
     S("log_dir", "log", text, SESSION, "TensorBoard logs"),
     # ---- data-parallel training (distribute.py)
     S("strategy", "none", cli.one_of("none", "mirrored", "multiworker"), SESSION,

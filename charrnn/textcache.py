@@ -11,6 +11,9 @@ rows of its batches from the codes instead of reading the text again.
 
 Entries are found by what they were made from (SHA-256s of the files' bytes), never
 by path or date: an edited file is a new entry, the same bytes anywhere the same one.
+The entries of codes are kept within a size (--cache-size): when a new one passes it,
+the least recently used go first, but never one that a process has open (each holds
+a shared flock on its done.json while it reads the codes).
 Each is written under a temporary name and renamed into place complete, so a kill,
 a full disk or two runs encoding the same text at once leave nothing half-written
 that a later run would trust. Any entry may be deleted at any time: it is made again
@@ -18,6 +21,7 @@ when needed. Nothing here knows what a code means (txtutils does).
 """
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -47,8 +51,8 @@ class Cache:
     """A cache folder (None: nothing is kept; codes go to unnamed temporary files that
     vanish with the process, for tests and one-off reads)."""
 
-    def __init__(self, folder):
-        self.folder = folder
+    def __init__(self, folder, limit=None):
+        self.folder, self.limit = folder, limit  # limit: bytes of codes kept, None: any
         if folder and os.path.isdir(folder):
             _remove_dead_temporaries(folder)
 
@@ -103,25 +107,57 @@ class Cache:
 
     def open_codes(self, key, description):
         """{name: read-only array} of a complete entry made from description, or None
-        if there is none (or it does not match: damaged, or cut short)."""
+        if there is none (or it does not match: damaged, or cut short). Its done.json
+        stays open, locked shared, as long as the arrays: no trim removes it."""
         folder = self.codes_folder(key)
         if not folder:
             return None
+        arrays = {}
         try:
-            with open(os.path.join(folder, "done.json")) as f:
-                done = json.load(f)
-            if done.get("description") != description:
-                return None
-            dtype = np.dtype(done["dtype"])
-            arrays = {}
-            for name, length in done["lengths"].items():
-                path = os.path.join(folder, name + ".codes")
-                if os.path.getsize(path) != length * dtype.itemsize:
-                    return None
-                arrays[name] = _open_codes(path, dtype)
-            return arrays
-        except (OSError, ValueError, KeyError, TypeError):
+            in_use = open(os.path.join(folder, "done.json"))  # noqa: SIM115
+        except OSError:
             return None
+        try:
+            fcntl.flock(in_use, fcntl.LOCK_SH)
+            done = json.load(in_use)
+            if done.get("description") == description:
+                dtype = np.dtype(done["dtype"])
+                for name, length in done["lengths"].items():
+                    path = os.path.join(folder, name + ".codes")
+                    arrays[name] = Codes(open(path, "rb"), dtype, in_use)  # noqa: SIM115
+                    if os.fstat(arrays[name].file.fileno()).st_size != length * dtype.itemsize:
+                        break
+                else:
+                    os.utime(in_use.fileno())  # its last use: trim removes the oldest first
+                    return arrays
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        for array in arrays.values():
+            array.file.close()
+        in_use.close()
+        return None
+
+    def trim(self):
+        """Remove the entries of codes least recently used until they fit the limit,
+        passing over those a process has open (and the newest: one entry is kept
+        whatever its size)."""
+        if not (self.folder and self.limit):
+            return
+        entries = []
+        for name in os.listdir(self.folder):
+            folder = os.path.join(self.folder, name)
+            with contextlib.suppress(OSError):
+                if name.startswith("codes-"):
+                    used = os.path.getmtime(os.path.join(folder, "done.json"))
+                    size = sum(e.stat().st_size for e in os.scandir(folder))
+                    entries.append((used, size, folder))
+        entries.sort()
+        total = sum(size for _, size, _ in entries)
+        for _, size, folder in entries[:-1]:
+            if total <= self.limit:
+                break
+            if _remove_unused(folder):
+                total -= size
 
     @contextlib.contextmanager
     def write_codes(self, key, description, dtype, needed_bytes):
@@ -184,6 +220,7 @@ class Cache:
         if arrays is None:
             raise CacheError(f"the encoded text in {final} does not read back: delete it")
         writer.arrays = arrays
+        self.trim()
 
 
 class _Writer:
@@ -231,8 +268,15 @@ class _Writer:
         self.arrays = {name: Codes(f, self.dtype) for name, f in self.files.items()}
 
 
-def _open_codes(path, dtype):
-    return Codes(open(path, "rb"), dtype)  # open as long as the Codes are
+def _remove_unused(folder):
+    """Remove an entry unless a process has it open (then False)."""
+    try:
+        with open(os.path.join(folder, "done.json")) as f:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            shutil.rmtree(folder, ignore_errors=True)
+            return True
+    except OSError:  # locked (in use), or gone already
+        return False
 
 
 class Codes:
@@ -243,8 +287,9 @@ class Codes:
     process's resident memory, and the kernel maps the page cache in large pieces,
     measured at ~1.5 MB a row touched here (300 MB for the 200 rows of one batch)."""
 
-    def __init__(self, f, dtype):
+    def __init__(self, f, dtype, lock=None):
         self.file, self.dtype = f, np.dtype(dtype)
+        self.lock = lock  # the entry's done.json, locked shared while these are read
         self.itemsize = self.dtype.itemsize
         self.length = os.fstat(f.fileno()).st_size // self.itemsize
 

@@ -54,6 +54,7 @@ def read_text(config, run, dist, cache_dir, progress=None):
             cache_dir,
             progress,
             with_validation_rows=dist.chief,
+            cache_limit=int(config["cache_size"] * 1e9),
         )
     except textcache.CacheError as e:
         raise UsageError(str(e)) from None

@@ -330,3 +330,28 @@ def test_counts_that_disagree_with_the_codes_are_forgotten_and_read_again(tmp_pa
     assert again.alphabet == first.alphabet and again.fingerprint == first.fingerprint
     assert np.array_equal(again.train, encoded_whole(again.train_files, again.alphabet))
     assert json.loads((cache / "files" / f"{sha}.json").read_text())["counts"] != stored["counts"]
+
+
+def test_the_cache_keeps_within_its_size_least_recently_used_out_never_one_in_use(tmp_path):
+    """Each edit of a text is a new entry: past the limit the oldest unused go, not
+    the one a run (here: a corpus still held) is reading, nor the newest."""
+    cache = str(tmp_path / "cache")
+
+    def read(n):  # a text of its own, an entry of ~12 KB
+        folder = tmp_path / f"text{n}"
+        folder.mkdir()
+        (folder / "a.txt").write_text(f"version {n} of the text\n" * 500)
+        return charrnn.corpus.read_corpus([str(folder)], [], cache_dir=cache, cache_limit=30_000)
+
+    def kept():
+        return sorted(e for e in os.listdir(cache) if e.startswith("codes-"))
+
+    first = read(1)  # held: in use
+    second_folder = read(2).codes_folder  # dropped at once: unused
+    third = read(3)
+    assert len(kept()) == 2 and os.path.basename(second_folder) not in kept()
+    assert os.path.isdir(first.codes_folder) and os.path.isdir(third.codes_folder)
+    assert np.asarray(first.train).size == 11_000  # still readable
+    del first
+    fourth = read(4)
+    assert kept() == sorted(os.path.basename(c.codes_folder) for c in (third, fourth))
