@@ -34,11 +34,12 @@ VALID_LOGITS = 64 << 20  # ...fewer for an alphabet whose logits would pass 64 M
 # Set-up: the text, the model
 
 
-def read_text(config, run, dist, cache_dir, progress=None):
+def read_text(config, run, dist, cache_dir, cache_limit=None, progress=None):
     """The run's text (corpus.Corpus): its alphabet a resumed run's own, a new run's
     grown from the talk's (or from the parent's when fine-tuning) by the characters of
     its training text; its validation rows the chief's only (validation involves no
-    other worker). The codes are read from cache_dir (corpus.read_corpus). A
+    other worker). The codes are read from cache_dir, which keeps cache_limit bytes of
+    them (corpus.read_corpus). A
     resumed run must find the text it was trained on (UsageError)."""
     if run.resume_from:
         start, min_count = ckpt.alphabet_of(run.saved_config), None
@@ -54,7 +55,7 @@ def read_text(config, run, dist, cache_dir, progress=None):
             cache_dir,
             progress,
             with_validation_rows=dist.chief,
-            cache_limit=int(config["cache_size"] * 1e9),
+            cache_limit=cache_limit,
         )
     except textcache.CacheError as e:
         raise UsageError(str(e)) from None

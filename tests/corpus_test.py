@@ -5,6 +5,7 @@ resume checks. (The cache itself: textcache_test.py.)"""
 import contextlib
 import os
 import signal
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -384,3 +385,21 @@ def test_a_validation_pattern_that_matches_nothing_is_a_corpus_error(tmp_path):
     files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
     with pytest.raises(CorpusError, match="--validation .* matches no file"):
         charrnn.corpus.read_corpus([str(tmp_path)], [str(tmp_path / "missing.txt")])
+
+
+def test_the_memory_of_reading_grows_little_with_the_number_of_files(tmp_path):
+    """Each file's character counts are summed as the files go, not held until the
+    alphabet is made: 10,000 small source files peak at ~10 MB of Python objects here
+    (their paths, fingerprints and sizes), where holding every file's counts took 30."""
+    for i in range(10_000):
+        folder = tmp_path / "src" / f"{i // 1000:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{i:05d}.py").write_text(f"def f{i}(x):\n    return x * {i}\n" * 3)
+    tracemalloc.start()
+    try:
+        corpus = charrnn.corpus.read_corpus([str(tmp_path / "src")], None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(corpus.train_files) + len(corpus.valid_files) == 10_000
+    assert peak < 16e6, f"{peak / 1e6:.1f} MB"

@@ -59,6 +59,10 @@ BLOCK_BYTES = 8 * 10**6  # generated once (about a second), then written over an
 VALID_BYTES = 10**6  # one validation file at every size: validation costs the same
 QUICK_VALID_BYTES = 10**5  # --quick: 2 s less a run
 TEXT_STEPS, RESUME_STEPS = 3, 6  # the run's --max-steps, then its --resume's
+# the same text in few files and in many (source trees have 100,000): memory must not
+# grow with the number of files
+FILE_COUNTS, QUICK_FILE_COUNTS = "10,100000", "10,300"
+FILES_TEXT_BYTES, QUICK_FILES_TEXT_BYTES = 10 * 10**6, 3 * 10**5
 POLL_SECONDS = 0.1  # how often a run's memory is read
 # English words, commonest first (drawn with Zipf-like odds), of every length
 ENGLISH = """the of and to a in that is was he for it with as his on be at by had not are but
@@ -315,6 +319,37 @@ def text_run_figures(key, code, folder, train_glob, valid, model_flags, cache_di
         else:
             for figure in ("peak_rss_mb", "first_step_s", "run_s", "stopped"):
                 figures[f"{name}_{figure}"] = None
+    return figures
+
+
+def write_files(folder, size, count, seed=2):
+    """`size` bytes of text (english_text) in `count` files of about the same size, a
+    thousand to a folder, as a source tree is; returns the folder."""
+    text = english_text(size, seed)
+    bounds = np.linspace(0, size, count + 1).astype(np.int64)
+    for i in range(count):
+        path = os.path.join(folder, f"{i // 1000:03d}", f"{i:06d}.txt")
+        if i % 1000 == 0:
+            os.makedirs(os.path.dirname(path))
+        text[bounds[i] : bounds[i + 1]].tofile(path)
+    return folder
+
+
+def file_count_figures(counts, size, code, model_flags, limit_mb, valid_bytes):
+    """text_run_figures of the same `size` bytes of text cut into each of counts files
+    (keys files_N_...): a real run and its --resume each."""
+    figures = {"file_counts": counts, "file_count_text_bytes": size}
+    with tempfile.TemporaryDirectory(prefix="bench-files-") as tmp:
+        valid = os.path.join(tmp, "valid.txt")
+        english_text(valid_bytes, seed=1).tofile(valid)
+        for count in counts:
+            folder = os.path.join(tmp, f"files{count}")
+            train = write_files(os.path.join(folder, "train"), size, count)
+            key = f"files_{count}"
+            figures.update(
+                text_run_figures(key, code, folder, train, valid, model_flags, True, limit_mb)
+            )
+            shutil.rmtree(folder)
     return figures
 
 
@@ -578,6 +613,13 @@ def parse_args(argv):
         f"(default {TEXT_SIZES}; with --quick {QUICK_TEXT_SIZES})",
     )
     p.add_argument(
+        "--file-counts",
+        metavar="COUNTS",
+        type=lambda text: [int(n) for n in text.split(",")],
+        help="the same text (10 MB; --quick: 300 kB) cut into this many files, comma-"
+        f"separated, for a real run each (default {FILE_COUNTS}; --quick {QUICK_FILE_COUNTS})",
+    )
+    p.add_argument(
         "--code",
         metavar="DIR",
         type=os.path.abspath,
@@ -597,6 +639,9 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.text_sizes is None:
         args.text_sizes = parse_sizes(QUICK_TEXT_SIZES if args.quick else TEXT_SIZES)
+    if args.file_counts is None:
+        counts = QUICK_FILE_COUNTS if args.quick else FILE_COUNTS
+        args.file_counts = [int(n) for n in counts.split(",")]
     if not os.path.isfile(os.path.join(args.code, "rnn_train.py")):
         p.error(f"--code {args.code} holds no rnn_train.py")
     if not args.memory_limit > 0:
@@ -604,7 +649,7 @@ def parse_args(argv):
     return args
 
 
-def measure(config, quick, text_sizes, code, limit_gb):
+def measure(config, quick, text_sizes, file_counts, code, limit_gb):
     """Every figure, in an order that keeps each peak memory figure its own:
     a dict of the JSON's figures, and the training limit's (shape, FLOPs per char,
     chars/s) for the table. text_sizes, code and limit_gb: text_figures'."""
@@ -621,6 +666,10 @@ def measure(config, quick, text_sizes, code, limit_gb):
     # process's own size does not count, as it does in getrusage's figure for a child.)
     valid_bytes = QUICK_VALID_BYTES if quick else VALID_BYTES
     texts = text_figures(text_sizes, code, text_model, limit_mb, valid_bytes)
+    files_bytes = QUICK_FILES_TEXT_BYTES if quick else FILES_TEXT_BYTES
+    texts.update(
+        file_count_figures(file_counts, files_bytes, code, text_model, limit_mb, valid_bytes)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         run_rss = real_run_memory_mb(config, run_steps, tmp, code, limit_mb)
     shape, gflops, flops, limit = training_limit(config, repeats)
@@ -733,6 +782,11 @@ def text_rows(f):
         rows.append((f"text {label}, --resume: the same", run(key + "_resume")))
     largest = size_label(f["text_sizes_bytes"][-1])
     rows.append((f"encoding (read, count, encode) {largest}", f"{f['encode_mb_per_s']:,.1f} MB/s"))
+    label = size_label(f["file_count_text_bytes"])
+    for count in f["file_counts"]:
+        key = f"files_{count}"
+        rows.append((f"text {label} in {count:,} files: the same", run(key)))
+        rows.append((f"text {label} in {count:,} files, --resume: the same", run(key + "_resume")))
     return rows
 
 
@@ -748,7 +802,7 @@ def main(argv=None):
     if args.code != HERE:
         print(f"rnn_train.py runs: {args.code}'s", flush=True)
     figures, (shape, flops, limit) = measure(
-        config, args.quick, args.text_sizes, args.code, args.memory_limit
+        config, args.quick, args.text_sizes, args.file_counts, args.code, args.memory_limit
     )
     rows = table(figures, config, shape, flops, limit)
     width = max(len(what) for what, _ in rows)

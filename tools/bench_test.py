@@ -28,6 +28,9 @@ KEYS = {
     "train_peak_rss_mb",
     "generate_peak_rss_mb",
     "train_run_peak_rss_mb",
+    "files_10_peak_rss_mb",
+    "files_300_peak_rss_mb",
+    "files_300_resume_peak_rss_mb",
 }
 
 
@@ -54,6 +57,7 @@ def test_quick_bench_prints_and_writes_every_figure(tmp_path):
         "peak memory, training step",
         "peak memory, rnn_train.py run (validation on)",
         "peak memory, generation",
+        "text 300 KB in 300 files: the same",
     ):
         assert row in result.stdout
     # the table shows the same figures as the JSON
