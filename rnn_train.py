@@ -7,9 +7,9 @@ characters, with the RNN state carried from each batch to the next.
 
 Read train() top to bottom: the set-up (run folder, settings, text, model,
 checkpoints), then the loop - step, report, validate, sample, save, stop - and the
-last save. The settings and their defaults are settings.py's table; what the loop
-calls is in training.py (the step, the schedule, validation), runs.py (folders,
-checkpoints) and reports.py (what it says).
+last save. The settings and their defaults are charrnn/settings.py's table; what
+the loop calls is in charrnn/: training.py (the step, the schedule, validation),
+corpus.py (the text), runs.py (folders, checkpoints) and reports.py (what it says).
 """
 
 from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
@@ -103,6 +103,19 @@ class Clock:
         return min(left, max(0.0, self.limit - self.elapsed())) if self.limit else left
 
 
+def read_run_text(args, config, run, dist):
+    """The run's text (charrnn.corpus.Corpus), read through the cache of --cache-dir
+    and --cache-size, the same on every worker; its batches per epoch and the run's
+    steps; and the run's settings, with those that depend on them."""
+    cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
+    limit = int(args.cache_size * 1e9)
+    text = read_text(config, run, dist, cache_dir, limit, ReadingProgress(dist.chief))
+    batches_per_epoch, total = run_length(config, text)
+    config = settings.with_old_dropout(config, run.saved_config, total / batches_per_epoch)
+    dist.check_same(text_facts(text, total))
+    return text, batches_per_epoch, total, config
+
+
 def checked_run_config(config, text, run):
     """What each checkpoint says of the run: its settings, and what it read from its
     text (charrnn.corpus.Corpus) - checked, and the memory the run needs on this machine
@@ -127,12 +140,7 @@ def train(args):
     dist = Distribution.from_flags(args)
     run = runs.open_run(args, dist.chief)
     config = settings.merge(args, run.saved_config, run.parent_config)
-    cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
-    cache_limit = int(args.cache_size * 1e9)
-    text = read_text(config, run, dist, cache_dir, cache_limit, ReadingProgress(dist.chief))
-    batches_per_epoch, total = run_length(config, text)
-    config = settings.with_old_dropout(config, run.saved_config, total / batches_per_epoch)
-    dist.check_same(text_facts(text, total))
+    text, batches_per_epoch, total, config = read_run_text(args, config, run, dist)
     run_config = checked_run_config(config, text, run)
     runs.create_folders(run, dist.chief)
     model, optimizer = make_model(run_config, dist)

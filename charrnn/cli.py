@@ -2,7 +2,7 @@
 bytes for people, free ports.
 
 No TensorFlow here, so the tools that do not need it (fetch_corpus.py,
-screenshot_tensorboard.py) start quickly.
+tools/screenshot_tensorboard.py) start quickly.
 """
 
 import argparse

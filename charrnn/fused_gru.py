@@ -25,7 +25,7 @@ Why it is faster than Keras' layers on a CPU:
 - a hand-written backward pass computes each weight gradient once per sequence, as
   one big matmul, rather than once per time step.
 
-fused_gru_test.py checks that this and Keras' layers give the same logits, states and
+tests/fused_gru_test.py checks that this and Keras' layers give the same logits, states and
 gradients, dropout included, and the same weights after steps of the real training
 step, in float32, bfloat16 and float16.
 """

@@ -44,7 +44,7 @@ def training_dtype(mixed_precision):
 
 def gru_layer(cell_size, dtype=None):
     """A GRU that TensorFlow runs with the cuDNN kernel on a GPU. Every argument
-    below is one of cuDNN's conditions (model_test.py pins them): change one and
+    below is one of cuDNN's conditions (tests/model_test.py pins them): change one and
     the GPU silently falls back to a loop many times slower."""
     return keras.layers.GRU(
         cell_size,
@@ -137,7 +137,7 @@ class CharRNN(keras.Model):
 
     def keras_call(self, x, state, training=False, dropout_seed=None, replica_rows=None):
         """call() through Keras' GRU layers whatever the device and the mode: what
-        training runs on a GPU, for the tests and gpu_check.py to compare with the
+        training runs on a GPU, for the tests and tools/gpu_check.py to compare with the
         fused path."""
         return self._forward(x, state, training, dropout_seed, replica_rows, keras_layers=True)
 

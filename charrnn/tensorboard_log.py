@@ -26,7 +26,7 @@ class HeldBackLog:
     is saved, then written out. The log on disk never runs ahead of the newest
     checkpoint, so a run killed at any moment and resumed logs no step twice.
     (TensorFlow's own writer cannot hold them back: it sends each summary to the
-    file at once, whatever its max_queue and flush_millis say; tensorboard_log_test.py
+    file at once, whatever its max_queue and flush_millis say; tests/tensorboard_log_test.py
     shows it.)"""
 
     LOSS = "cross-entropy, nats per character"
