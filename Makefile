@@ -1,16 +1,20 @@
 # Each target sets up what it needs: the virtual env, the requirements, the corpus.
 #   make train [ARGS="--flags"]   make play [ARGS="..."]   make export ARGS="RUN DIR"
+#   make web ARGS="RUN"   (its page, exported unless it is already, on http://127.0.0.1:8000)
 #   make tensorboard   make test   make bench   make bench-export ARGS="RUN TEXT DIR"
 #   make bench-quality [ARGS="--minutes 5 15"]   (held-out loss per minute, against Keras)
 #   make gpu-check   (after installing TensorFlow's CUDA build: docs/gpu.md)
 #   make corpus (Shakespeare, into shakespeare/)   make corpus-zh (Chinese, into
 #   fortunes-zh/: Debian's fortunes-zh 2.98; the tests train on it, so make test fetches it)
+#   make litertjs (the web page's runtime, LiteRT.js, into .litertjs/; an export fetches it
+#   too, make web and make test first)   make bench-web [ARGS="RUN"] (the page's speed)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: venv corpus corpus-zh train play export tensorboard test bench bench-export bench-quality gpu-check
+.PHONY: venv corpus corpus-zh litertjs train play export web tensorboard test bench bench-export \
+	bench-quality bench-web gpu-check
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,14 +29,21 @@ corpus: venv
 corpus-zh: venv
 	$(PY) fetch_corpus.py fortunes-zh
 
+litertjs: venv
+	$(PY) -m charrnn.litertjs
+
 train: corpus
 	$(PY) rnn_train.py $(ARGS)
 
 play: venv
 	$(PY) rnn_play.py $(ARGS)
 
-export: venv
+export: litertjs
 	$(PY) rnn_export.py $(ARGS)
+
+# ARGS="RUN": exported into export/RUN-ckpt-N/ (once per checkpoint), its web/ served
+web: litertjs
+	$(PY) rnn_export.py $(ARGS) --serve
 
 tensorboard: venv
 	$(VENV)/bin/tensorboard --logdir log --host 127.0.0.1 --port 6006
@@ -40,7 +51,7 @@ tensorboard: venv
 # pytest on 2 workers (pytest-xdist): the machines have 2 cores, and most tests wait
 # on one process at a time. A test file runs on one worker, so that its module
 # fixtures are made once. ARGS="-n 0" runs every test in one process.
-test: venv corpus-zh
+test: venv corpus-zh litertjs
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest -n 2 --dist loadfile $(ARGS)
@@ -53,6 +64,9 @@ bench-quality: corpus
 
 bench-export: venv
 	$(PY) -m tools.bench_export $(ARGS)
+
+bench-web: litertjs
+	$(PY) -m tools.bench_web $(ARGS)
 
 gpu-check: venv
 	$(PY) -m tools.gpu_check $(ARGS)

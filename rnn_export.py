@@ -17,6 +17,12 @@ OUT_DIR holds, when done (written beside it first, renamed into place at the end
     step_int8.tflite    the same with int8 weights (dynamic range): ~1/4 the size
     model.json          the alphabet (code i is its i-th character) and the sizes,
                         for a program that runs the step itself
+    web/                a static web page that generates text in the browser: the
+                        step for a batch of 1, float32 and int8, run by LiteRT.js
+                        (copied in: the page asks no other host); publish it as it is
+
+    python rnn_export.py RUN --serve    # export into export/RUN-ckpt-N/ (unless there
+                                        # already), serve its page on 127.0.0.1:8000
 
 generate called with one prime gives exactly the text rnn_play.py prints after that
 prime, for the same seed, --topn and --temperature: both run the one compiled
@@ -26,22 +32,27 @@ GRU's plain matmuls, as generation runs on every device), so it loads anywhere.
 
 from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
+import functools
+import http.server
+import json
 import os
 import shutil
 import sys
 import tempfile
 
-from charrnn import ckpt, cli, memory, runs
+from charrnn import ckpt, cli, litertjs, memory, runs, webpage
 from charrnn.export import export
 
 PROG = "rnn_export.py"
+HOST = "127.0.0.1"  # the page is served to this machine only
 
 
 def parse_args(argv):
     p = cli.ArgumentParser(
         prog=PROG,
         description="Write a checkpoint of rnn_train.py as a TensorFlow SavedModel "
-        "(generate, score, step) and LiteRT models of one step.",
+        "(generate, score, step), LiteRT models of one step, and a web page that "
+        "generates text in the browser.",
     )
     p.add_argument(
         "checkpoint",
@@ -49,13 +60,38 @@ def parse_args(argv):
         help="a run name or directory (its newest checkpoint), RUN:best, or a checkpoint such "
         "as checkpoints/RUN/ckpt-500",
     )
-    p.add_argument("out_dir", metavar="OUT_DIR", help="a new (or empty) folder to write")
+    p.add_argument(
+        "out_dir",
+        nargs="?",
+        metavar="OUT_DIR",
+        help="a new (or empty) folder to write (with --serve, default: export/RUN-ckpt-N)",
+    )
     p.add_argument(
         "--checkpoint-dir",
         default="checkpoints",
         help="where to look for runs (default checkpoints)",
     )
-    return p.parse_args(argv)
+    p.add_argument(
+        "--no-web",
+        action="store_true",
+        help="write no web page (OUT_DIR/web/), and so fetch no LiteRT.js runtime",
+    )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help=f"then serve OUT_DIR/web/ on http://{HOST}:PORT until Ctrl-C; an OUT_DIR that "
+        "holds this checkpoint's export already is served as it is",
+    )
+    p.add_argument(
+        "--port", type=cli.positive_int, default=8000, help="--serve's port (default 8000)"
+    )
+    # intermixed: OUT_DIR may follow the options (RUN --checkpoint-dir DIR OUT_DIR)
+    args = p.parse_intermixed_args(argv)
+    if args.out_dir is None and not args.serve:
+        p.error("the following arguments are required: OUT_DIR")
+    if args.serve and args.no_web:
+        p.error("argument --serve: there is no page to serve with --no-web")
+    return args
 
 
 # ---------------------------------------------------------------------------
@@ -66,8 +102,11 @@ class ExportError(Exception):
     """An OUT_DIR that cannot be written; the message says what to do."""
 
 
-def check_out_dir(out_dir):
-    """Refuse an OUT_DIR that holds anything, or is no folder: nothing is overwritten."""
+def check_out_dir(out_dir, serving=False):
+    """Refuse an OUT_DIR that holds anything, or is no folder: nothing is overwritten.
+    serving: one that holds an export with its page may be served as it is."""
+    if serving and os.path.isfile(os.path.join(out_dir, "web", "model.json")):
+        return
     if os.path.isdir(out_dir) and os.listdir(out_dir):
         raise ExportError(f"{out_dir} exists and is not empty: name a new folder")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
@@ -75,21 +114,82 @@ def check_out_dir(out_dir):
 
 
 def export_checkpoint(args):
-    check_out_dir(args.out_dir)
+    if args.out_dir is not None:
+        check_out_dir(args.out_dir, args.serve)
     prefix = runs.find_checkpoint(args.checkpoint, args.checkpoint_dir, cli.warn)
+    config = ckpt.read_config(prefix)
+    about = webpage.about(prefix, config)
+    out_dir = args.out_dir or default_out_dir(about)
+    if not (args.serve and exported_already(out_dir, about)):
+        check_out_dir(out_dir)
+        # fetched first: offline, it fails at once, not after minutes of converting
+        runtime = None if args.no_web else litertjs.fetch()
+        write_export(prefix, about, out_dir, runtime)
+        print(f"{prefix} exported to {os.path.join(out_dir, '')}")
+    if args.serve:
+        serve(os.path.join(out_dir, "web"), args.port)
+    return 0
+
+
+def write_export(prefix, about, out_dir, runtime):
+    """Export the checkpoint at prefix into out_dir, its web page too unless runtime (the
+    LiteRT.js tarballs) is None: all in a folder beside it, renamed into place whole."""
     model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config).chars  # the checkpoint's, as rnn_play.py reads it
-    work = work_dir(args.out_dir)
+    work = work_dir(out_dir)
     try:
         export(model, alphabet, work)
-        check_out_dir(args.out_dir)  # made meanwhile by another program?
-        os.replace(work, os.path.abspath(args.out_dir))  # onto an empty folder, or none
+        if runtime is not None:
+            webpage.write(model, alphabet, about, os.path.join(work, "web"), runtime)
+        check_out_dir(out_dir)  # made meanwhile by another program?
+        os.replace(work, os.path.abspath(out_dir))  # onto an empty folder, or none
     except OSError as e:
-        raise ExportError(f"cannot write {args.out_dir}: {e.strerror}") from None
+        raise ExportError(f"cannot write {out_dir}: {e.strerror}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)  # gone if renamed
-    print(f"{prefix} exported to {os.path.join(args.out_dir, '')}")
-    return 0
+
+
+def default_out_dir(about):
+    """--serve's folder when none is named: one per checkpoint, so that a run trained
+    further is exported anew, and the same checkpoint served again is not."""
+    return os.path.join("export", f"{about['run'].replace(':', '-')}-{about['checkpoint']}")
+
+
+def exported_already(out_dir, about):
+    """True if out_dir holds an export of this checkpoint with its page (an export is
+    renamed into place whole: a folder that holds one holds all of it)."""
+    try:
+        with open(os.path.join(out_dir, "web", "model.json"), encoding="utf-8") as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(info, dict) and all(info.get(k) == about[k] for k in ("run", "checkpoint"))
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file server that logs no line per request."""
+
+    def log_message(self, *args):
+        pass
+
+
+def serve(web_dir, port):
+    """Serve web_dir on http://HOST:port until Ctrl-C."""
+    handler = functools.partial(QuietHandler, directory=web_dir)
+    try:
+        server = http.server.ThreadingHTTPServer((HOST, port), handler)
+    except OSError as e:
+        raise ExportError(
+            f"cannot serve on {HOST}:{port} ({e.strerror}): choose another --port"
+        ) from None
+    print(
+        f"serving {os.path.join(web_dir, '')} on http://{HOST}:{port}/ (Ctrl-C stops)", flush=True
+    )
+    with server:
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:  # how it is meant to end: no error
+            print()
 
 
 def work_dir(out_dir):
@@ -113,7 +213,7 @@ def main(argv=None):
     cli.utf8_output()  # paths in any language, whatever the locale
     try:
         return export_checkpoint(args)
-    except (ckpt.CheckpointError, memory.OutOfMemory, ExportError) as e:
+    except (ckpt.CheckpointError, memory.OutOfMemory, ExportError, litertjs.FetchError) as e:
         cli.fail(PROG, e)
     except KeyboardInterrupt:
         print(f"{PROG}: stopped (Ctrl-C); nothing written", file=sys.stderr)

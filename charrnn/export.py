@@ -36,19 +36,21 @@ def score_cells_per_call(alphasize):
 
 
 class Step(tf.Module):
-    """The model's weights and its step: what the LiteRT models hold."""
+    """The model's weights and its step: what the LiteRT models hold. batch: the rows
+    of a call, None for any number (the web page's LiteRT.js refuses a dynamic batch
+    dimension, and runs a step with a fixed batch of 1)."""
 
-    def __init__(self, model):
+    def __init__(self, model, batch=None):
         super().__init__()
         # Saved: the model's tf.Variables, not its Keras objects (held in a closure,
         # which a tf.Module does not track): TF 2.21's LiteRT converter does not
         # freeze Keras variables, and its step then reads uninitialised weights.
         self.weights = [w.value for w in model.weights]
         self._model = lambda: model
-        state = tf.TensorSpec([None, model.state_size], tf.float32, name="state")
+        state = tf.TensorSpec([batch, model.state_size], tf.float32, name="state")
         self.step = tf.function(
             self._step,
-            input_signature=[tf.TensorSpec([None], tf.int32, name="codes"), state],
+            input_signature=[tf.TensorSpec([batch], tf.int32, name="codes"), state],
             autograph=False,
         )
 
@@ -248,12 +250,7 @@ def export(model, alphabet, out_dir):
     and alphabet (its i-th character: code i) into out_dir, a new folder."""
     module = Exported(model, alphabet)
     tf.saved_model.save(module, os.path.join(out_dir, "saved_model"), module.signatures())
-    step, only_step = os.path.join(out_dir, ".step"), Step(model)  # the converter's input
-    tf.saved_model.save(only_step, step, {"step": only_step.step})
-    for name, quantized in (("step.tflite", False), ("step_int8.tflite", True)):
-        with open(os.path.join(out_dir, name), "wb") as f:
-            f.write(litert_step(step, quantized))
-    shutil.rmtree(step)
+    litert_steps(model, out_dir)
     info = {
         "alphabet": alphabet,
         "alphasize": len(alphabet),
@@ -264,6 +261,17 @@ def export(model, alphabet, out_dir):
     with open(os.path.join(out_dir, "model.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, ensure_ascii=False, indent=1)
         f.write("\n")
+
+
+def litert_steps(model, out_dir, batch=None):
+    """Write model's step as out_dir/step.tflite (float32) and step_int8.tflite (int8
+    weights), for batch rows a call (None: any number)."""
+    step, only_step = os.path.join(out_dir, ".step"), Step(model, batch)  # the converter's input
+    tf.saved_model.save(only_step, step, {"step": only_step.step})
+    for name, quantized in (("step.tflite", False), ("step_int8.tflite", True)):
+        with open(os.path.join(out_dir, name), "wb") as f:
+            f.write(litert_step(step, quantized))
+    shutil.rmtree(step)
 
 
 def litert_step(saved_model_dir, quantized):

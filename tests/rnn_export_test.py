@@ -3,8 +3,9 @@ process that holds no file of this repository (TensorFlow and LiteRT alone), whi
 checks what a user of the export would see: generate, score and step against
 rnn_play.py (bytes that are not UTF-8 and a batch of primes included), LiteRT's step
 against the SavedModel's, no Select TF op; a model of a longer, non-ASCII alphabet; the
-graph's UTF-8 decoding against rnn_play.py's, byte for byte; the characters per score
-call against the alphabet's size; and bad input, refused in one line with nothing
+web page's folder and its step for one row (the page itself in a browser: web_test.py);
+the graph's UTF-8 decoding against rnn_play.py's, byte for byte; the characters per
+score call against the alphabet's size; and bad input, refused in one line with nothing
 written."""
 
 import concurrent.futures
@@ -13,6 +14,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 
@@ -20,10 +22,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from ai_edge_litert.interpreter import Interpreter
 
 import rnn_export
 import txtutils
-from charrnn import ckpt, export, runs
+from charrnn import ckpt, export, litertjs, runs, webpage
 from charrnn.generate import GENERATE_PER_CALL, SCORE_PER_CALL, Generator, Scorer
 from charrnn.model import build_model
 from conftest import HERE, cache_env, run_clis
@@ -289,6 +292,7 @@ def test_the_export_holds_the_savedmodel_the_litert_models_and_the_alphabet(expo
         "saved_model",
         "step.tflite",
         "step_int8.tflite",
+        "web",
     ]
     with open(tiny / "model.json", encoding="utf-8") as f:
         info = json.load(f)
@@ -297,6 +301,61 @@ def test_the_export_holds_the_savedmodel_the_litert_models_and_the_alphabet(expo
     # int8 weights: about a quarter of the float32 bytes, and more than the rest
     assert os.path.getsize(tiny / "step_int8.tflite") < 0.6 * os.path.getsize(tiny / "step.tflite")
     assert exported["loaded"]["repository_modules"] == []
+
+
+def test_the_web_folder_holds_the_page_its_runtime_and_the_step_for_one_row(exported):
+    """OUT/web/ (its page in a browser: web_test.py): the page, the LiteRT.js files its
+    import map and loader name, and the step with a fixed batch of 1 - LiteRT.js refuses
+    a dynamic one - which computes what the export's step computes; model.json says what
+    the page shows, the alphabet beyond the BMP included. The int8 model is offered
+    where it is much smaller (the tiny run's 2 x 32), not where it is not (2 x 16)."""
+    web = exported["root"] / "cyrillic-export" / "web"
+    files = {os.path.relpath(os.path.join(d, f), web) for d, _, fs in os.walk(web) for f in fs}
+    runtime = {f"litertjs/{f}" for p in litertjs.PACKAGES for f in p.files.values()}
+    page = {"index.html", "charrnn.js", "style.css", "model.json"}
+    assert files == page | runtime | {"step.tflite"}  # int8: not much smaller for 2 x 16
+    html = (web / "index.html").read_text()
+    for target in re.findall(r'"@litertjs/[\w-]+": "\./([^"]+)"', html):
+        assert target in files
+    model, alphabet, _ = exported["cyrillic"]
+    info = json.loads((web / "model.json").read_text(encoding="utf-8"))
+    assert info["alphabet"] == alphabet and WIDE in info["alphabet"]
+    assert (info["run"], info["checkpoint"], info["step"]) == ("cyrillic", "ckpt-1", 1)
+    assert info["parameters"] == sum(int(np.prod(w.shape)) for w in model.weights)
+    assert info["defaults"] == {"length": 1000, "temperature": 1.0, "topn": 2}
+    assert info["runtime"]["bytes"] == sum(
+        os.path.getsize(web / "litertjs" / f) for f in litertjs.LOADED
+    )
+    assert list(info["models"]) == ["float32"]
+    tiny = json.loads((exported["root"] / "tiny" / "web" / "model.json").read_text())
+    cost = tiny["models"]["int8"]["cost"]  # the tiny run's: 2 x 32
+    assert (
+        tiny["models"]["int8"]["bytes"] <= webpage.INT8_SHARE * tiny["models"]["float32"]["bytes"]
+    )
+    assert cost["chars"] == 1000 and abs(cost["int8_nats"] - cost["float32_nats"]) < 0.05
+    codes = codes_of("где ж𝄞 Q", alphabet)
+    fixed, dynamic = (steps_of(web / "step.tflite"), steps_of(web.parent / "step.tflite"))
+    assert fixed["shapes"] == ([1], [1, model.state_size]) and dynamic["shapes"][0] == [-1]
+    np.testing.assert_allclose(fixed["run"](codes), dynamic["run"](codes), atol=1e-6)
+
+
+def steps_of(path):
+    """The input shapes of a LiteRT step model, and a function that feeds it codes one at a
+    time from a zero state and returns the logits of each [CODES, ALPHASIZE]."""
+    runner = Interpreter(model_path=str(path)).get_signature_runner("step")
+    inputs = runner.get_input_details()
+    shapes = tuple(inputs[k]["shape_signature"].tolist() for k in ("codes", "state"))
+
+    def run(codes):
+        state = np.zeros([1, shapes[1][1]], np.float32)
+        out = []
+        for code in codes:
+            result = runner(codes=np.array([code], np.int32), state=state)
+            out.append(result["logits"][0])
+            state = result["state"]
+        return np.array(out)
+
+    return {"shapes": shapes, "run": run}
 
 
 def test_one_prime_generates_exactly_what_rnn_play_prints(exported):
@@ -491,6 +550,8 @@ def test_bad_input_is_one_line_and_nothing_written(tiny_run, tmp_path, capfd):
         ([str(damaged / "tiny" / "ckpt-120"), out], "ckpt-120 is damaged"),
         (["tiny", out, "--checkpoint-dir", str(damaged)], "every checkpoint in"),
         (["nosuchrun", out, "--checkpoint-dir", checkpoints], "no run or checkpoint named"),
+        (["tiny", "--checkpoint-dir", checkpoints], "the following arguments are required: OUT"),
+        (["tiny", out, "--serve", "--no-web"], "there is no page to serve with --no-web"),
     ]
     for argv, expected in cases:
         code, lines = refused(capfd, argv)
@@ -500,3 +561,14 @@ def test_bad_input_is_one_line_and_nothing_written(tiny_run, tmp_path, capfd):
         assert expected in errors[0], (argv, errors)
     assert sorted(os.listdir(tmp_path)) == ["damaged", "taken"]  # no out, no temporary
     assert os.listdir(taken) == ["keep.txt"]
+
+
+def test_a_port_in_use_is_one_line(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(rnn_export.ExportError) as e:
+            rnn_export.serve(str(tmp_path), port)
+    assert str(e.value).startswith(f"cannot serve on 127.0.0.1:{port} (")
+    assert str(e.value).endswith("): choose another --port")
