@@ -61,7 +61,7 @@ QUICK_VALID_BYTES = 10**5  # --quick: 2 s less a run
 TEXT_STEPS, RESUME_STEPS = 3, 6  # the run's --max-steps, then its --resume's
 # the same text in few files and in many (source trees have 100,000): memory must not
 # grow with the number of files
-FILE_COUNTS, QUICK_FILE_COUNTS = "10,100000", "10,300"
+FILE_COUNTS, QUICK_FILE_COUNTS = "10,100000", "300"
 FILES_TEXT_BYTES, QUICK_FILES_TEXT_BYTES = 10 * 10**6, 3 * 10**5
 POLL_SECONDS = 0.1  # how often a run's memory is read
 # English words, commonest first (drawn with Zipf-like odds), of every length

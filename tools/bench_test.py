@@ -28,7 +28,6 @@ KEYS = {
     "train_peak_rss_mb",
     "generate_peak_rss_mb",
     "train_run_peak_rss_mb",
-    "files_10_peak_rss_mb",
     "files_300_peak_rss_mb",
     "files_300_resume_peak_rss_mb",
 }
