@@ -11,19 +11,15 @@ training and validation overlay), waits until every chart has drawn a line for
 each run that logs its tag, and saves the page as a PNG. Needs Debian's
 Chromium: apt-get install chromium.
 
-Chromium is driven over its DevTools protocol (--remote-debugging-pipe) rather
-than with --screenshot: that one-shot mode can only guess, with a time budget,
-when the charts are drawn, and cannot set TensorBoard's display settings, which
-live in the page's localStorage (settings pane, outliers, smoothing, card width).
+Chromium is driven by Playwright (tools/browser.py) rather than run with
+--screenshot: that one-shot mode can only guess, with a time budget, when the
+charts are drawn, and cannot set TensorBoard's display settings, which live in
+the page's localStorage (settings pane, outliers, smoothing, card width).
 """
 
-import base64
-import contextlib
 import json
 import os
 import re
-import select
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,14 +27,19 @@ import time
 import urllib.parse
 import urllib.request
 
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import sync_playwright
+
 from charrnn import cli
+from tools import browser
 
 PROG = "screenshot_tensorboard.py"
 HOST = "127.0.0.1"
 SIDEBAR = 0.2  # the runs list takes 20% of the width (TensorBoard's default)
 CARD_WIDTH = 335, 735  # the card widths TensorBoard accepts (its settings slider)
 CARD_GAP = 16  # the card grid's padding and the gap between cards
-REPLY_TIMEOUT = 30  # seconds for Chromium to answer one command
+# this machine's network is closed: no QUIC traffic either; the picture has no scrollbars
+BROWSER_ARGS = ["--disable-quic", "--hide-scrollbars"]
 
 # How many lines each scalar card has drawn, by tag. forceSVG=true puts each
 # line in the DOM as an SVG path (one per run, two with smoothing: raw + smoothed).
@@ -125,86 +126,6 @@ def stop(proc, terminate=True):
         proc.wait()
 
 
-class Chromium:
-    """Headless Chromium, driven over the DevTools protocol on a pair of pipes:
-    JSON messages ended by a NUL byte, file descriptor 3 to it and 4 from it."""
-
-    def __init__(self, exe, profile, log, width, height):
-        to_chromium, self._to_chromium = os.pipe()
-        self._from_chromium, from_chromium = os.pipe()
-
-        def pipes_as_3_and_4():  # in the child, between fork and exec
-            os.dup2(to_chromium, 3)
-            os.dup2(from_chromium, 4)
-
-        flags = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--hide-scrollbars",
-            # this machine's network is closed: no update, sync or QUIC traffic
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={profile}",
-            f"--window-size={width},{height}",
-            "--remote-debugging-pipe",
-        ]
-        with open(log, "w") as err:
-            self.proc = subprocess.Popen(
-                [exe, *flags],
-                stdin=subprocess.DEVNULL,
-                stdout=err,
-                stderr=err,
-                pass_fds=(3, 4),
-                preexec_fn=pipes_as_3_and_4,
-            )
-        os.close(to_chromium)
-        os.close(from_chromium)
-        self.log = log
-        self._next_id, self._buffer = 0, b""
-
-    def send(self, method, session=None, **params):
-        self._next_id += 1
-        message = {"id": self._next_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        try:
-            os.write(self._to_chromium, json.dumps(message).encode() + b"\0")
-        except BrokenPipeError:
-            raise ScreenshotError(f"Chromium quit: {last_line(self.log)}") from None
-
-    def call(self, method, session=None, **params):
-        """Send one command and return its result, skipping the events between."""
-        self.send(method, session, **params)
-        while True:
-            reply = self._receive()
-            if reply.get("id") == self._next_id:
-                if "error" in reply:
-                    raise ScreenshotError(f"Chromium refused {method}: {reply['error']}")
-                return reply["result"]
-
-    def _receive(self):
-        while b"\0" not in self._buffer:
-            if not select.select([self._from_chromium], [], [], REPLY_TIMEOUT)[0]:
-                raise ScreenshotError("Chromium stopped answering")
-            chunk = os.read(self._from_chromium, 1 << 20)
-            if not chunk:
-                raise ScreenshotError(f"Chromium quit: {last_line(self.log)}")
-            self._buffer += chunk
-        message, _, self._buffer = self._buffer.partition(b"\0")
-        return json.loads(message)
-
-    def close(self):
-        with contextlib.suppress(ScreenshotError):  # it may have quit already
-            self.send("Browser.close")  # no reply to wait for: it may quit first
-        stop(self.proc, terminate=False)
-        os.close(self._to_chromium)
-        os.close(self._from_chromium)
-
-
 def dashboard_url(server, tags):
     """The Time Series dashboard showing only the wanted tags. forceSVG: TensorBoard
     otherwise draws with WebGL, which headless Chromium without a GPU lacks."""
@@ -226,60 +147,44 @@ def display_settings(width, ntags, smoothing):
     }
 
 
-def screenshot(browser, url, settings, lines, width, height, deadline):
+def screenshot(url, settings, lines, width, height, deadline):
     """Open url in a width x height page with these settings, wait (until deadline)
     for each tag's chart to draw its lines, and return the PNG bytes."""
-    target = browser.call("Target.createTarget", url="about:blank")["targetId"]
-    page = browser.call("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
-    browser.call("Page.enable", page)  # else the script below is not run on navigation
-    browser.call(
-        "Emulation.setDeviceMetricsOverride",
-        page,
-        width=width,
-        height=height,
-        deviceScaleFactor=1,
-        mobile=False,
-    )
-    browser.call(
-        "Emulation.setEmulatedMedia",
-        page,
-        features=[{"name": "prefers-color-scheme", "value": "light"}],
-    )
-    store = f"localStorage.setItem('_tb_global_settings', {json.dumps(json.dumps(settings))})"
-    browser.call("Page.addScriptToEvaluateOnNewDocument", page, source=store)
-    browser.call("Page.navigate", page, url=url)
-    drawn = {}
-    while any(drawn.get(tag, 0) < n for tag, n in lines.items()):
-        if time.monotonic() > deadline:
-            shown = ", ".join(f"{tag} {drawn.get(tag, 0)}/{n}" for tag, n in lines.items())
-            raise ScreenshotError(
-                f"the charts were not drawn in time (lines: {shown}); "
-                "is the window large enough to show them all?"
+    with sync_playwright() as playwright:
+        chromium = browser.launch(playwright, BROWSER_ARGS)
+        try:
+            page = chromium.new_page(
+                viewport={"width": width, "height": height}, color_scheme="light"
             )
-        time.sleep(0.5)
-        drawn = (
-            browser.call("Runtime.evaluate", page, expression=COUNT_LINES, returnByValue=True)[
-                "result"
-            ].get("value")
-            or {}
-        )
-    # Lines in the DOM are painted on the next frame: wait for two to be sure.
-    browser.call(
-        "Runtime.evaluate",
-        page,
-        awaitPromise=True,
-        expression=(
-            "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
-        ),
-    )
-    png = browser.call("Page.captureScreenshot", page, format="png")["data"]
-    return base64.b64decode(png)
+            store = (
+                f"localStorage.setItem('_tb_global_settings', {json.dumps(json.dumps(settings))})"
+            )
+            page.add_init_script(store)  # before TensorBoard's own scripts read it
+            page.goto(url)
+            drawn = {}
+            while any(drawn.get(tag, 0) < n for tag, n in lines.items()):
+                if time.monotonic() > deadline:
+                    shown = ", ".join(f"{tag} {drawn.get(tag, 0)}/{n}" for tag, n in lines.items())
+                    raise ScreenshotError(
+                        f"the charts were not drawn in time (lines: {shown}); "
+                        "is the window large enough to show them all?"
+                    )
+                time.sleep(0.5)
+                drawn = page.evaluate(COUNT_LINES) or {}
+            # Lines in the DOM are painted on the next frame: wait for two to be sure.
+            page.evaluate(
+                "new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)))"
+            )
+            return page.screenshot(type="png")
+        finally:
+            chromium.close()
 
 
 def run(args):
-    chromium = shutil.which("chromium")
-    if not chromium:
-        raise ScreenshotError("chromium not found: apt-get install chromium")
+    try:
+        browser.chromium()
+    except browser.NoBrowser as e:
+        raise ScreenshotError(e) from None
     if not os.path.isdir(os.path.dirname(os.path.abspath(args.out))):
         raise ScreenshotError(f"no folder to write {args.out} in")
     runs = event_runs(args.logdir)
@@ -306,26 +211,17 @@ def run(args):
             )
         try:
             lines = wait_for_scalars(server, tensorboard, tb_log, runs, args.tags, deadline)
-            browser = Chromium(
-                chromium,
-                os.path.join(tmp, "profile"),
-                os.path.join(tmp, "chromium.log"),
+            # A fresh time budget: TensorBoard's start-up must not eat Chromium's.
+            png = screenshot(
+                dashboard_url(server, args.tags),
+                display_settings(args.width, len(args.tags), args.smoothing),
+                lines,
                 args.width,
                 args.height,
+                time.monotonic() + args.timeout,
             )
-            try:
-                # A fresh time budget: TensorBoard's start-up must not eat Chromium's.
-                png = screenshot(
-                    browser,
-                    dashboard_url(server, args.tags),
-                    display_settings(args.width, len(args.tags), args.smoothing),
-                    lines,
-                    args.width,
-                    args.height,
-                    time.monotonic() + args.timeout,
-                )
-            finally:
-                browser.close()
+        except PlaywrightError as e:  # the browser quit, or refused: its first line
+            raise ScreenshotError(f"Chromium: {str(e).splitlines()[0]}") from None
         finally:
             stop(tensorboard)
     with open(args.out, "wb") as f:
