@@ -94,15 +94,20 @@ def int8_cost(float32_file, int8_file, chars=COST_CHARS, seed=0):
     """What the int8 weights cost: the loss (nats per character) of both models on
     chars characters that the float32 one writes (rnn_play.py's default top-n, a fixed
     seed), each character predicted from those before it, as --score counts."""
-    with quiet_stderr():  # LiteRT's note that it made an XNNPACK delegate, on fd 2
+    with quiet_stderr():  # LiteRT's note, at the first step, that it made an XNNPACK delegate
         steps = [
             Interpreter(model_path=f).get_signature_runner("step")
             for f in (float32_file, int8_file)
         ]
+        float32, int8 = losses(steps, chars, np.random.default_rng(seed))
+    return {"chars": chars, "float32_nats": round(float32, 5), "int8_nats": round(int8, 5)}
+
+
+def losses(steps, chars, rng):
+    """The mean loss of each LiteRT step runner on chars characters drawn from the first."""
     size = steps[0].get_input_details()["state"]["shape"][1]
     states = [np.zeros([1, size], np.float32) for _ in steps]
-    rng = np.random.default_rng(seed)
-    code, nats = 97, np.zeros(2)  # the first character fed: a line feed
+    code, nats = 97, np.zeros(len(steps))  # the first character fed: a line feed
     for _ in range(chars):
         logits = []
         for i, step in enumerate(steps):
@@ -114,5 +119,4 @@ def int8_cost(float32_file, int8_file, chars=COST_CHARS, seed=0):
         code = int(rng.choice(top, p=p / p.sum()))
         for i, x in enumerate(logits):
             nats[i] += np.log(np.exp(x - x.max()).sum()) + x.max() - x[code]
-    float32, int8 = nats / chars
-    return {"chars": chars, "float32_nats": round(float32, 5), "int8_nats": round(int8, 5)}
+    return nats / chars

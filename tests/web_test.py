@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -361,6 +362,21 @@ def test_the_served_export_is_reused_and_says_where_it_is(exports):
             assert b'"checkpoint": "ckpt-120"' in response.read()
     finally:
         stop_serving(proc)
+
+
+def test_the_screenshot_tool_takes_the_page_once_written(chromium, exports, tmp_path):
+    out = tmp_path / "web.png"
+    web = str(exports["en"])
+    taken, refused = run_clis(
+        ("tools/screenshot_web.py", web, str(out), "--query", "prime=ROMEO:&length=100"),
+        ("tools/screenshot_web.py", str(tmp_path), str(out)),
+    )
+    assert taken.returncode == 0, taken.stderr
+    png = out.read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    assert struct.unpack(">II", png[16:24]) == (1000, 640)  # the IHDR chunk: width, height
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1
+    assert "holds no index.html: name an export's web/ folder" in refused.stderr
 
 
 # ---------------------------------------------------------------------------
