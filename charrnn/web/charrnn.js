@@ -10,7 +10,7 @@ import { Tensor, loadAndCompile, loadLiteRt } from "@litertjs/core";
 const PARAMETERS = ["prime", "length", "temperature", "topn", "seed", "stop", "model", "autostart"];
 const YIELD_MS = 30; // the loop hands the page back this often: a click on Stop, the text drawn
 const MIN_TEMPERATURE = 1e-30; // generate.py's: the logits divided by it stay finite
-const MAX_SEED = Number.MAX_SAFE_INTEGER; // a seed is any whole number a link can carry exactly
+const MAX_WHOLE = Number.MAX_SAFE_INTEGER; // the whole numbers a link carries exactly
 
 const $ = (id) => document.getElementById(id);
 
@@ -33,9 +33,9 @@ function readSettings(values, info) {
   const d = info.defaults;
   const settings = {
     prime: values.prime ? values.prime : "\n", // empty: a line feed, rnn_play.py's default
-    length: whole("length", 0, MAX_SEED, "a whole number, 0 or more (0: until Stop)", d.length),
+    length: whole("length", 0, MAX_WHOLE, "a whole number, 0 or more (0: until Stop)", d.length),
     topn: whole("topn", 1, top, `a whole number from 1 to ${top} (${top}: all)`, d.topn),
-    seed: whole("seed", 0, MAX_SEED, `a whole number from 0 to ${MAX_SEED}`, null),
+    seed: whole("seed", 0, MAX_WHOLE, `a whole number from 0 to ${MAX_WHOLE}`, null),
     temperature: d.temperature,
     stop: values.stop ?? "",
     model: given("model") || "float32",
@@ -45,7 +45,7 @@ function readSettings(values, info) {
   if (temperature !== "") {
     const t = /^\+?(\d+\.?\d*|\.\d+)(e[+-]?\d+)?$/i.test(temperature) ? Number(temperature) : NaN;
     if (t > 0 && Number.isFinite(t)) settings.temperature = t;
-    else errors.push(`temperature must be a number above 0, got ${JSON.stringify(values.temperature)}`);
+    else errors.push(`temperature must be a number above 0, got ${JSON.stringify(temperature)}`);
   }
   const alphabet = new Set(Array.from(info.alphabet).slice(1));
   if (Array.from(settings.stop).some((c) => !alphabet.has(c))) {
@@ -72,14 +72,21 @@ function urlValues(search) {
   const errors = [];
   for (const [name, value] of params) {
     if (PARAMETERS.includes(name)) values[name] = value;
-    else errors.push(`unknown parameter ${JSON.stringify(name)}: the parameters are ${PARAMETERS.join(", ")}`);
+    else {
+      const names = PARAMETERS.join(", ");
+      errors.push(`unknown parameter ${JSON.stringify(name)}: the parameters are ${names}`);
+    }
   }
   return { values, errors };
 }
 
 function formValues(form) {
   const values = {};
-  for (const name of PARAMETERS) if (form.elements.namedItem(name)) values[name] = form.elements.namedItem(name).value;
+  for (const name of PARAMETERS) {
+    // namedItem: form.elements.length is the number of fields, not the length field
+    const field = form.elements.namedItem(name);
+    if (field) values[name] = field.value;
+  }
   return values;
 }
 
@@ -87,7 +94,9 @@ function shareLink(settings, values) {
   // the settings of the text on the page, its seed included: the link writes it again
   const params = new URLSearchParams();
   if (values.prime) params.set("prime", values.prime);
-  for (const name of ["length", "temperature", "topn", "seed"]) params.set(name, String(settings[name]));
+  for (const name of ["length", "temperature", "topn", "seed"]) {
+    params.set(name, String(settings[name]));
+  }
   if (settings.stop) params.set("stop", settings.stop);
   if (settings.model !== "float32") params.set("model", settings.model);
   params.set("autostart", "1");
@@ -162,7 +171,8 @@ class Writer {
 
   async load(name) {
     const file = this.info.models[name].file;
-    const compiled = await loadAndCompile(new URL(file, import.meta.url).href, { accelerator: "wasm" });
+    const url = new URL(file, import.meta.url).href;
+    const compiled = await loadAndCompile(url, { accelerator: "wasm" });
     if (this.compiled) this.compiled.delete();
     this.compiled = compiled;
     this.name = name;
@@ -363,7 +373,8 @@ function showSpeed(chars, ms) {
   if (ms <= 0) return;
   const rate = (chars * 1000) / ms;
   ui.speed.dataset.charsPerSecond = rate.toFixed(1);
-  ui.speed.textContent = `${chars.toLocaleString("en")} characters, ${Math.round(rate).toLocaleString("en")} chars/s`;
+  const perSecond = Math.round(rate).toLocaleString("en");
+  ui.speed.textContent = `${chars.toLocaleString("en")} characters, ${perSecond} chars/s`;
 }
 
 function finish(state) {
@@ -423,7 +434,10 @@ function fail(error) {
 async function loadInfo() {
   const response = await fetch(new URL("model.json", import.meta.url));
   if (!response.ok) {
-    throw new Error(`cannot load model.json (HTTP ${response.status}): serve the web/ folder that rnn_export.py wrote`);
+    throw new Error(
+      `cannot load model.json (HTTP ${response.status}): serve the web/ folder that ` +
+        "rnn_export.py wrote",
+    );
   }
   const text = await response.text();
   const info = JSON.parse(text);
