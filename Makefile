@@ -1,6 +1,7 @@
 # Each target sets up what it needs: the virtual env, the requirements, the corpus.
 #   make train [ARGS="--flags"]   make play [ARGS="..."]   make export ARGS="RUN DIR"
-#   make web ARGS="RUN"   (its page, exported unless it is already, on http://127.0.0.1:8000)
+#   make web [ARGS="RUN"]   (a run's page, the newest run's by default, exported unless it
+#   is already, on http://127.0.0.1:8000)
 #   make tensorboard   make test   make bench   make bench-export ARGS="RUN TEXT DIR"
 #   make bench-quality [ARGS="--minutes 5 15"]   (held-out loss per minute, against Keras)
 #   make gpu-check   (after installing TensorFlow's CUDA build: docs/gpu.md)
@@ -41,7 +42,8 @@ play: venv
 export: litertjs
 	$(PY) rnn_export.py $(ARGS)
 
-# ARGS="RUN": exported into export/RUN-ckpt-N/ (once per checkpoint), its web/ served
+# ARGS="RUN" (default: the newest run): exported into export/RUN-ckpt-N/ once per
+# checkpoint, its web/ served
 web: litertjs
 	$(PY) rnn_export.py $(ARGS) --serve
 

@@ -23,6 +23,7 @@ OUT_DIR holds, when done (written beside it first, renamed into place at the end
 
     python rnn_export.py RUN --serve    # export into export/RUN-ckpt-N/ (unless there
                                         # already), serve its page on 127.0.0.1:8000
+    python rnn_export.py --serve        # the same for the newest run
 
 generate called with one prime gives exactly the text rnn_play.py prints after that
 prime, for the same seed, --topn and --temperature: both run the one compiled
@@ -56,9 +57,10 @@ def parse_args(argv):
     )
     p.add_argument(
         "checkpoint",
+        nargs="?",
         metavar="RUN_OR_CHECKPOINT",
         help="a run name or directory (its newest checkpoint), RUN:best, or a checkpoint such "
-        "as checkpoints/RUN/ckpt-500",
+        "as checkpoints/RUN/ckpt-500 (with --serve, default: the newest run)",
     )
     p.add_argument(
         "out_dir",
@@ -87,8 +89,11 @@ def parse_args(argv):
     )
     # intermixed: OUT_DIR may follow the options (RUN --checkpoint-dir DIR OUT_DIR)
     args = p.parse_intermixed_args(argv)
-    if args.out_dir is None and not args.serve:
-        p.error("the following arguments are required: OUT_DIR")
+    if not args.serve and None in (args.checkpoint, args.out_dir):
+        missing = ["RUN_OR_CHECKPOINT"] if args.checkpoint is None else []
+        p.error(f"the following arguments are required: {', '.join([*missing, 'OUT_DIR'])}")
+    if not 0 < args.port < 65536:
+        p.error(f"argument --port: must be from 1 to 65535, got {args.port}")
     if args.serve and args.no_web:
         p.error("argument --serve: there is no page to serve with --no-web")
     return args

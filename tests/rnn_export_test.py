@@ -552,6 +552,7 @@ def test_bad_input_is_one_line_and_nothing_written(tiny_run, tmp_path, capfd):
         (["nosuchrun", out, "--checkpoint-dir", checkpoints], "no run or checkpoint named"),
         (["tiny", "--checkpoint-dir", checkpoints], "the following arguments are required: OUT"),
         (["tiny", out, "--serve", "--no-web"], "there is no page to serve with --no-web"),
+        (["tiny", out, "--serve", "--port", "65536"], "--port: must be from 1 to 65535"),
     ]
     for argv, expected in cases:
         code, lines = refused(capfd, argv)

@@ -349,13 +349,14 @@ def test_bad_parameters_each_get_their_message(visit):
 
 
 def test_the_served_export_is_reused_and_says_where_it_is(exports):
-    """rnn_export.py --serve exported into export/RUN-ckpt-N and served it; run again, it
-    serves that export as it is."""
+    """rnn_export.py --serve exported into export/RUN-ckpt-N and served it; run again
+    without a run's name (the newest run: the only one there), it serves that export as
+    it is."""
     assert exports["printed"][0].endswith("exported to export/tiny-ckpt-120/\n")
     assert exports["printed"][-1].startswith("serving export/tiny-ckpt-120/web/ on http://")
     assert '<script type="importmap">' in exports["served"]
     checkpoints = str(exports["tiny_run"]["checkpoints"])
-    proc, url, printed = serve_export(["tiny", "--checkpoint-dir", checkpoints], exports["root"])
+    proc, url, printed = serve_export(["--checkpoint-dir", checkpoints], exports["root"])
     try:
         assert len(printed) == 1 and printed[0].startswith("serving ")  # no export
         with urllib.request.urlopen(url + "model.json", timeout=30) as response:
