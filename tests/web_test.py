@@ -27,7 +27,7 @@ from tools import browser
 
 PRIME = "ROMEO:"
 LENGTH = 300
-ZH_PRIME = "春风☃"  # the snowman is in no Tang poem: an unknown character
+ZH_PRIME = "春风\r\n☃"  # CRLF: read as LF; the snowman is in no Tang poem: unknown
 ZH_LENGTH = 200
 # what every page load asks its server for, and nothing else (the float32 model)
 LOADED = {
@@ -231,17 +231,18 @@ def test_the_english_page_writes_what_rnn_play_prints_with_topn_1(visit, exports
 
 
 def test_the_chinese_page_writes_what_rnn_play_prints_with_topn_1(visit, exports):
-    """Hundreds of symbols, a prime with a character the model never saw: the page warns
-    as rnn_play.py warns, shows the prime as typed, then the same text; sampling among
-    all the characters, it writes some it knows only as unknown, U+FFFD."""
+    """Hundreds of symbols, a prime with CRLF and a character the model never saw: the
+    page warns as rnn_play.py warns, shows the prime as typed, then the same text;
+    sampling among all the characters, it writes some it knows only as unknown, U+FFFD."""
     page = visit("zh", prime=ZH_PRIME, length=ZH_LENGTH, topn=1, autostart=1)
     page.wait("done")
     play = exports["play_zh"]
-    assert page.text() == play.stdout[:-1]
+    # (run_cli reads rnn_play.py's output with universal newlines: its CRLF as LF)
+    assert page.text().replace("\r\n", "\n") == play.stdout[:-1]
     assert page.text().startswith(ZH_PRIME) and len(page.text()) == len(ZH_PRIME) + ZH_LENGTH
     assert re.search(r"[\u4e00-\u9fff]", page.text()[len(ZH_PRIME) :])
     [warning] = page.messages()
-    assert warning == "1 of the prime's 3 characters are not in the model's alphabet: " + (
+    assert warning == "1 of the prime's 4 characters are not in the model's alphabet: " + (
         "the model reads them as unknown"
     )
     assert warning in play.stderr
