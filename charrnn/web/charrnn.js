@@ -274,13 +274,21 @@ function describe(info, name) {
     `${info.runtime.name} ${info.runtime.version} on WebAssembly; a visit downloads ` +
     `${sizeText(bytes)} (model ${sizeText(m.bytes)}, runtime ${sizeText(info.runtime.bytes)}).`;
   if (m.cost) text += ` ${costText(m.cost)}`;
+  const int8 = info.models.int8;
+  if (int8 && name !== "int8") {
+    text += ` Its int8 model downloads ${sizeText(int8.bytes)} for a loss ${lossText(int8.cost)}.`;
+  }
   ui.about.textContent = text;
 }
 
-function costText(cost) {
+function lossText(cost) {
   const worse = cost.int8_nats - cost.float32_nats;
+  return `${worse >= 0 ? "+" : ""}${worse.toFixed(4)} nats/char`;
+}
+
+function costText(cost) {
   return (
-    `Its int8 weights cost ${worse >= 0 ? "+" : ""}${worse.toFixed(4)} nats/char on ` +
+    `Its int8 weights cost ${lossText(cost)} on ` +
     `${cost.chars.toLocaleString("en")} characters the float32 model wrote ` +
     `(${cost.float32_nats.toFixed(4)} float32, ${cost.int8_nats.toFixed(4)} int8); ` +
     "its text is not the float32 model's."
@@ -290,7 +298,7 @@ function costText(cost) {
 function fillForm(info, values) {
   for (const name of Object.keys(info.models)) {
     const m = info.models[name];
-    const note = name === "int8" ? ": a smaller download, a little less exact" : "";
+    const note = name === "int8" ? `, loss ${lossText(m.cost)}` : "";
     choice.append(new Option(`${name}, ${sizeText(m.bytes)}${note}`, name));
   }
   const d = info.defaults;
