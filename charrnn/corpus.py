@@ -382,16 +382,18 @@ def _file_stats(paths, cache, progress, sums):
     fingerprinted once counted: a kill never leaves counts under a wrong fingerprint."""
     stamps = {p: _stamp(p) for p in paths}
     fingerprinting = _Pass(progress, "fingerprinting", sum(s[0] for s in stamps.values()))
-    hashes = {p: _sha256(p, fingerprinting) for p in paths}
-    to_count = sum(stamps[p][0] for p in paths if not cache.has_file_stats(hashes[p]))
+    prints = {p: (stamps[p], _sha256(p, fingerprinting)) for p in paths}
+    del stamps
+    to_count = sum(st[0] for st, sha in prints.values() if not cache.has_file_stats(sha))
     counting = _Pass(progress, "counting", to_count)
     stats = {}
     for path in paths:
-        size, sha = stamps[path][0], hashes[path]
+        stamp, sha = prints.pop(path)
+        size = stamp[0]
         counted = _counts_from_json(cache.file_stats(sha), size)
         if counted is None:
             counted = _count(path, size, counting)
-            if not _same(path, stamps[path]):
+            if not _same(path, stamp):
                 raise _changed(path)
             points, counts = counted
             cache.put_file_stats(
@@ -399,7 +401,7 @@ def _file_stats(paths, cache, progress, sums):
             )
         points, counts = counted
         not_utf8 = int(counts[(points >= 0xDC80) & (points <= 0xDCFF)].sum())
-        stats[path] = FileStats(size, sha, stamps[path], int(counts.sum()), not_utf8)
+        stats[path] = FileStats(size, sha, stamp, int(counts.sum()), not_utf8)
         sums.add(path, stats[path].chars, points, counts)
     return stats
 

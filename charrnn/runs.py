@@ -282,10 +282,8 @@ class Saver:
         self.step = tf.Variable(0, dtype=tf.int64)
         self.state = tf.Variable(model.zero_state(config["batch_size"]))  # [BATCH, LAYERS*CELL]
         self.figures = tf.Variable("[]")  # the log's figures up to the step, as JSON
-        objects = (model, config, optimizer, self.step, self.state)
-        self.checkpoint = ckpt.checkpoint_object(*objects, log=self.figures)
-        # checkpoints from before figures travelled inside them
-        self.checkpoint_without_figures = ckpt.checkpoint_object(*objects)
+        self.objects = (model, config, optimizer, self.step, self.state)
+        self.checkpoint = ckpt.checkpoint_object(*self.objects, log=self.figures)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, run_dir, max_to_keep=config["keep"], checkpoint_name="ckpt"
         )
@@ -303,7 +301,9 @@ class Saver:
         run's. The figures it covers are written to the log if they are not there yet."""
         if prefix:
             has_figures = tf.train.load_checkpoint(prefix).has_tensor(ckpt.LOG_KEY)
-            checkpoint = self.checkpoint if has_figures else self.checkpoint_without_figures
+            # (made only for a checkpoint from before the figures travelled inside: each
+            # holds the config, whose fingerprint names every file of the text)
+            checkpoint = self.checkpoint if has_figures else ckpt.checkpoint_object(*self.objects)
             ckpt.restore(checkpoint, prefix)
             # the saves to come hold this run's settings, not the checkpoint's: a longer
             # --max-steps, say, or the fingerprint a checkpoint of an older version lacks
