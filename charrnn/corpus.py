@@ -546,10 +546,13 @@ def changes(old, new):
     edited, not as added and removed; a file moved inside the text is known by its name
     when no other file added or removed has it."""
 
-    def named(fingerprint):
-        return [(os.path.basename(p), size, sha) for p, size, sha in fingerprint]
+    def same(a, b):  # file by file, by name and content, no list of either made
+        return len(a) == len(b) and all(
+            os.path.basename(x[0]) == os.path.basename(y[0]) and x[1:] == y[1:]
+            for x, y in zip(a, b, strict=True)
+        )
 
-    if all(named(old[k]) == named(new[k]) for k in ("train", "valid")):
+    if all(same(old[k], new[k]) for k in ("train", "valid")):
         return None
     old_root, new_root = _roots(old, new)
     old_home, new_home = _folder(old), _folder(new)  # where each reads, for people
