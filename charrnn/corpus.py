@@ -6,13 +6,12 @@ A text of any size costs the memory of a small one: every file is read in pieces
 (txtutils.read_pieces), and the codes live on disk, read a batch at a time.
 """
 
-import collections
 import glob
 import hashlib
 import os
 import re
 import stat
-from collections import Counter
+from collections import Counter, deque
 from typing import NamedTuple
 
 import numpy as np
@@ -434,7 +433,7 @@ class _Sums:
 
     def __init__(self, held_out):
         self.train, self.valid, self.held_out = _Counts(), _Counts(), held_out
-        self.last, self.last_chars = collections.deque(), 0  # [(chars, points, counts)]
+        self.last, self.last_chars = deque(), 0  # [(chars, points, counts)]
 
     def add(self, path, chars, points, counts):
         if self.held_out is not None:

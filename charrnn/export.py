@@ -245,19 +245,24 @@ class Exported(Step):
 # Writing
 
 
-def export(model, alphabet, out_dir):
-    """Write the SavedModel, the LiteRT models and model.json of model (a CharRNN)
-    and alphabet (its i-th character: code i) into out_dir, a new folder."""
-    module = Exported(model, alphabet)
-    tf.saved_model.save(module, os.path.join(out_dir, "saved_model"), module.signatures())
-    litert_steps(model, out_dir)
-    info = {
+def model_info(model, alphabet):
+    """What a program that runs the step itself needs to know (model.json)."""
+    return {
         "alphabet": alphabet,
         "alphasize": len(alphabet),
         "layers": model.layers_count,
         "cell_size": model.cell_size,
         "state_size": model.state_size,
     }
+
+
+def export(model, alphabet, out_dir):
+    """Write the SavedModel, the LiteRT models and model.json of model (a CharRNN)
+    and alphabet (its i-th character: code i) into out_dir, a new folder."""
+    module = Exported(model, alphabet)
+    tf.saved_model.save(module, os.path.join(out_dir, "saved_model"), module.signatures())
+    litert_steps(model, out_dir)
+    info = model_info(model, alphabet)
     with open(os.path.join(out_dir, "model.json"), "w", encoding="utf-8") as f:
         json.dump(info, f, ensure_ascii=False, indent=1)
         f.write("\n")

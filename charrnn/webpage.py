@@ -18,7 +18,7 @@ import numpy as np
 from ai_edge_litert.interpreter import Interpreter
 
 from charrnn import litertjs, memory
-from charrnn.export import litert_steps
+from charrnn.export import litert_steps, model_info
 from charrnn.generate import default_topn
 from charrnn.tf_quiet import quiet_stderr
 
@@ -50,11 +50,7 @@ def write(model, alphabet, about, web_dir, runtime):
     else:
         os.remove(os.path.join(web_dir, models.pop("int8")["file"]))
     info = {
-        "alphabet": alphabet,
-        "alphasize": len(alphabet),
-        "layers": model.layers_count,
-        "cell_size": model.cell_size,
-        "state_size": model.state_size,
+        **model_info(model, alphabet),
         **about,
         "defaults": {"length": LENGTH, "temperature": 1.0, "topn": default_topn(len(alphabet))},
         # what a visit downloads besides model.json: the page, the runtime and one model
