@@ -3,7 +3,7 @@
 #   make web [ARGS="RUN"]   (a run's page, the newest run's by default, exported unless it
 #   is already, on http://127.0.0.1:8000)
 #   make tensorboard   make test   make bench   make bench-export ARGS="RUN TEXT DIR"
-#   make bench-quality [ARGS="--minutes 5 15"]   (held-out loss per minute, against Keras)
+#   make bench-quality [ARGS="--minutes 5 15"]   (held-out loss per minute, against Keras; English, Chinese)
 #   make gpu-check   (after installing TensorFlow's CUDA build: docs/gpu.md)
 #   make corpus (Shakespeare, into shakespeare/)   make corpus-zh (Chinese, into
 #   fortunes-zh/: Debian's fortunes-zh 2.98; the tests train on it, so make test fetches it)
@@ -61,7 +61,7 @@ test: venv corpus-zh litertjs
 bench: venv
 	$(PY) -m tools.bench $(ARGS)
 
-bench-quality: corpus
+bench-quality: corpus corpus-zh
 	$(PY) -m tools.bench_quality $(ARGS)
 
 bench-export: venv

@@ -85,6 +85,16 @@ class Clock:
         self.start = time.perf_counter()
         self.minutes = minutes
         self.limit = 60 * minutes if minutes else None
+        self.first_step = None  # when this process began its first step (elapsed seconds)
+        self.in_steps = 0.0  # seconds spent in training steps, the rest being overhead
+
+    def stepped(self, began):
+        """A training step that began at perf_counter() `began` has ended: its seconds."""
+        if self.first_step is None:
+            self.first_step = began - self.start
+        seconds = time.perf_counter() - began
+        self.in_steps += seconds
+        return seconds
 
     def elapsed(self):
         return time.perf_counter() - self.start
@@ -183,7 +193,7 @@ def train(args):
                 loss, accuracy = float(loss), float(accuracy)  # float() waits for the step
                 if not math.isfinite(loss):
                     raise Diverged(f"the loss became {loss} at step {step + 1}")
-                window.add(loss, accuracy, time.perf_counter() - t0)
+                window.add(loss, accuracy, clock.stepped(t0))
                 step += 1
                 reason = dist.stop_together(int(stop.signal or clock.out_of_time()))
                 last = step == total or reason == OUT_OF_TIME
@@ -211,6 +221,7 @@ def train(args):
     except (Diverged, tf.errors.OpError) as e:
         raise reports.failure(e, step, saver, dist.multiworker) from None
     reason = max(reason, stop.signal or GO_ON)  # a signal during the last save counts too
+    reports.time_spent(clock.in_steps, clock.elapsed(), clock.first_step)
     return reports.end(step, reason, clock.minutes, saver.manager.latest_checkpoint, saver.best)
 
 

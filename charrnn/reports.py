@@ -131,6 +131,15 @@ class Reports:
             flush=True,
         )
 
+    def time_spent(self, in_steps, elapsed, first_step):
+        """Where this process's time went: the share in training steps (the rest:
+        start-up, validation, samples, checkpoints), and when the first step began."""
+        if first_step is not None:
+            self.say(
+                f"time: {in_steps / elapsed:.2f} of {format_duration(elapsed)} in training "
+                f"steps, the first after {first_step:.1f} s"
+            )
+
     def end(self, step, reason, minutes, checkpoint, best=None):
         """The last word of a run that ended well, and its exit status: 0, or 128 + the
         number of the signal that stopped it (on any worker), as a shell reports it.

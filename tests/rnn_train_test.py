@@ -369,6 +369,14 @@ def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path, 
     step = int(m[1])
     assert m[2].endswith(f"ckpt-{step}") and os.path.exists(m[2] + ".index")
     assert step > 100  # it trained for the time, not just a few steps
+    # where the time went: mostly in steps, the first of them soon after the start
+    spent = re.search(
+        r"^time: ([0-9.]+) of 0m(\d+)s in training steps, the first after ([0-9.]+) s",
+        result.stdout,
+        re.M,
+    )
+    assert spent, result.stdout
+    assert 0.3 < float(spent[1]) < 1 and 17 <= int(spent[2]) <= 30 and 0 < float(spent[3]) < 15
     # the last step is logged and validated, so the curves end where the run did
     events = read_events(tmp_path / "log" / "t" / "training")
     assert events["loss"][-1][0] == step

