@@ -153,7 +153,7 @@ def train(args):
     text, batches_per_epoch, total, config = read_run_text(args, config, run, dist)
     run_config = checked_run_config(config, text, run)
     runs.create_folders(run, dist.chief)
-    model, optimizer = make_model(run_config, dist)
+    model, optimizer = make_model(run_config, dist, text.symbol_counts)
     if run.parent:  # a new run fine-tuned from another: its weights, grown to this alphabet
         ckpt.load_parent_weights(model, run.parent, run.parent_config)
     log_runs = ["training", "validation"] if text.valid_x is not None else ["training"]

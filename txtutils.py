@@ -54,6 +54,16 @@ class Alphabet:
         known[inside] = self._code_of[points[inside]] != UNKNOWN
         return int(np.asarray(counts)[~known].sum())
 
+    def symbol_counts(self, points, counts):
+        """How often each symbol occurs among the characters (code points, with how
+        often each occurs): int64 [size], the unknown symbol counting every character
+        this alphabet lacks."""
+        points = np.asarray(points, dtype=np.int64)
+        inside = points < len(self._code_of)
+        codes = np.full(len(points), UNKNOWN, dtype=np.int64)
+        codes[inside] = self._code_of[points[inside]]
+        return np.bincount(codes, weights=counts, minlength=self.size).astype(np.int64)
+
     def __eq__(self, other):
         return isinstance(other, Alphabet) and other.chars == self.chars
 

@@ -323,6 +323,14 @@ def test_characters_rarer_than_min_count_stay_unknown():
     assert grown(text).decode(codes) == "жжж \ufffd щщ"
 
 
+def test_symbol_counts_are_the_counts_of_the_encoded_text():
+    text = "жжж ё щщ\u4e00 " + UNICODE_TEXTS["greek"] + "\udcff"  # ё and 一 once: unknown
+    alphabet = grown(text)
+    counts = alphabet.symbol_counts(*count_chars(text))
+    assert counts.tolist() == np.bincount(alphabet.encode(text), minlength=alphabet.size).tolist()
+    assert counts[txtutils.UNKNOWN] == 3 and counts.sum() == len(text)
+
+
 def test_a_grown_alphabet_keeps_the_codes_it_had():
     parent = grown("жжщщ")
     child = parent.grown(*count_chars("ääжж"))

@@ -169,6 +169,7 @@ class Corpus(NamedTuple):
     not_utf8: dict  # {path: bytes that are not UTF-8}, for the files that have some
     fingerprint: dict  # {"train"|"valid": [[path, bytes, sha256], ...]}: see changes()
     unknown: tuple  # the shares of unknown characters in the training, validation text
+    symbol_counts: np.ndarray  # int64 [ALPHASIZE]: each symbol's count in the training text
     min_count: int | None  # the count a character needed to join the alphabet
     codes_folder: str | None  # where the codes are kept (None: nowhere after the process)
     encoded: bool  # whether they were encoded now (else found in the cache)
@@ -286,6 +287,7 @@ def _read(data_patterns, validation_patterns, alphabet, min_count, cache, progre
             share_unknown(train_files, train_counts),
             share_unknown(valid_files, valid_counts),
         ),
+        symbol_counts=alphabet.symbol_counts(*train_counts),
         min_count=min_count,
         codes_folder=folder,
         encoded=encoded,

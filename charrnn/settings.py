@@ -151,6 +151,16 @@ SETTINGS = [
       # fraction of the run's steps, which says epochs once the text is read
       # (with_old_dropout)
       absent=lambda saved: None if "dropout_from" in saved else 0.0),
+    S("zero_state_every", 50, non_negative_int, RECIPE,
+      "each row of a batch starts from a zero state once every N batches (the rows in "
+      "turn, 1 in N of a batch's), 0 = never: a model whose state always carries on "
+      "has never seen the zero state that generation and scoring start from, and "
+      "begins them with random characters", flag=dict(metavar="N"), talk=0, absent=0),
+    S("output_bias", "frequencies", cli.one_of("zeros", "frequencies"), RECIPE,
+      "the logits' bias at the first step: zeros, or the log of each symbol's share "
+      "of the training text, so that the first steps predict the text's frequencies, "
+      "not a uniform guess (a 4,785-symbol softmax otherwise spends its first hundred "
+      "steps learning them)", talk="zeros", absent="zeros"),
     S("seed", 0, seed, RECIPE, "random seed: same seed, same initial weights and dropout masks"),
     S("mixed_precision", "auto", precision, RECIPE,
       "compute the matmuls of training in 16 bits (bfloat16 on a CPU, ~1.6x the speed "

@@ -7,6 +7,7 @@ import json
 import math
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 import txtutils
@@ -94,8 +95,10 @@ def run_length(config, text):
     return batches, total_steps
 
 
-def make_model(config, dist):
-    """The model and its optimizer, with their variables made (on every replica)."""
+def make_model(config, dist, symbol_counts):
+    """The model and its optimizer, with their variables made (on every replica); the
+    logits' bias as --output-bias says, from how often each symbol occurs in the
+    training text (symbol_counts: [ALPHASIZE])."""
     if config["deterministic"]:
         tf.config.experimental.enable_op_determinism()
     mixed_precision = config["mixed_precision"]
@@ -109,9 +112,19 @@ def make_model(config, dist):
     keras.utils.set_random_seed(config["seed"])
     with dist.scope():
         model = build_model(config, mixed_precision=mixed_precision)
+        if config["output_bias"] == "frequencies":
+            model.logits_layer.bias.assign(log_frequencies(symbol_counts))
         optimizer = keras.optimizers.Adam(config["learning_rate"])  # (clipping: in the step)
         optimizer.build(model.trainable_variables)  # Keras restores its slots only once built
     return model, optimizer
+
+
+def log_frequencies(counts):
+    """The log of each symbol's share of a text (each count one more, Laplace's rule: a
+    symbol the text lacks is rare, not impossible): the logits of the text's symbol
+    frequencies, [ALPHASIZE]."""
+    counts = np.asarray(counts, np.float64) + 1
+    return np.log(counts / counts.sum()).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------
@@ -144,7 +157,7 @@ def make_train_step(model, optimizer, config, dist=None):
     float16 (--mixed-precision on a GPU) scales the loss dynamically (LOSS_SCALE):
     a step whose gradients overflow is skipped, its weights left as they were."""
     dist = dist or Distribution()
-    seed, clip_norm = config["seed"], config["clip_norm"]
+    seed, clip_norm, zero_every = config["seed"], config["clip_norm"], config["zero_state_every"]
     scaler = None
     if model.train_dtype == tf.float16:  # float16's range: small gradients would round to 0
         with dist.scope():
@@ -156,6 +169,11 @@ def make_train_step(model, optimizer, config, dist=None):
         # The dropout masks depend on (seed, step) alone: a resumed run draws the same ones.
         dropout_seed = tf.stack([tf.constant(seed, tf.int64), step]) if dropout else None
         replica_rows = dist.rows_of_this_replica(config["batch_size"])
+        if zero_every:  # rows (of the whole batch) r with (r + step) % N == 0 start afresh
+            first = 0 if replica_rows is None else tf.cast(replica_rows[0], tf.int64)
+            rows = first + tf.range(tf.shape(x, out_type=tf.int64)[0])  # [BATCH/REPLICAS]
+            fresh = (rows + step) % zero_every == 0
+            state = tf.where(fresh[:, None], tf.zeros_like(state), state)
         with tf.GradientTape() as tape:
             logits, new_state = model(
                 x, state, training=True, dropout_seed=dropout_seed, replica_rows=replica_rows

@@ -66,7 +66,7 @@ def train(model, steps, codes):
     the weights as one vector, before and after, and the losses."""
     optimizer = keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
-    config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4}
+    config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4, "zero_state_every": 0}
     train_step = training.make_train_step(model, optimizer, config)
     state, losses = model.zero_state(4), []
     batches = txtutils.minibatch_sequencer(codes, 4, 12, epochs=steps)

@@ -302,7 +302,8 @@ def test_on_a_gpu_mixed_precision_is_float16_and_off_by_default(monkeypatch):
     monkeypatch.delenv(FP32_COMPUTE)
     assert not has_bfloat16()
     config = dict(CONFIG, deterministic=False, mixed_precision="auto", seed=0)
-    model, _ = training.make_model(dict(config, learning_rate=0.01), Distribution())
+    config = dict(config, learning_rate=0.01, output_bias="zeros")
+    model, _ = training.make_model(config, Distribution(), symbol_counts=None)
     assert model.train_dtype == tf.float32 and not model.fused
     assert FP32_COMPUTE not in os.environ
     model = build_model(CONFIG, mixed_precision=True)
@@ -321,7 +322,7 @@ def test_float16_skips_the_steps_whose_gradients_overflow(monkeypatch):
     _, model = twins(CONFIG, mixed_precision="float16")
     optimizer = keras.optimizers.Adam(0.01)
     optimizer.build(model.trainable_variables)
-    config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4}
+    config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4, "zero_state_every": 0}
     train_step = training.make_train_step(model, optimizer, config)
     x = random_codes([4, 12])
     y, state = np.roll(x, -1, axis=1), model.zero_state(4)
@@ -339,3 +340,36 @@ def test_float16_skips_the_steps_whose_gradients_overflow(monkeypatch):
     assert float(loss) < float(first_loss) - 0.3  # it learns the batch
     pairs = zip(start, model.trainable_variables, strict=True)
     assert min(np.abs(v.numpy() - before).max() for before, v in pairs) > 0  # every one trained
+
+
+@pytest.mark.parametrize("step, fresh", [(0, [0, 3]), (1, [2]), (2, [1])])
+def test_rows_of_a_batch_start_from_a_zero_state_in_turn(model, step, fresh):
+    """--zero-state-every 3: at step s, the rows r with (r + s) % 3 == 0 start from a
+    zero state, the others from the state they were given."""
+    optimizer = keras.optimizers.Adam(0.0)  # the weights stay: one model for every step
+    optimizer.build(model.trainable_variables)
+    config = {"seed": 0, "clip_norm": 1.0, "batch_size": 4, "zero_state_every": 3}
+    train_step = training.make_train_step(model, optimizer, config)
+    x = random_codes([4, 12])
+    state = tf.random.normal([4, model.state_size], seed=2)
+    _, _, new_state = train_step(
+        x, np.roll(x, -1, axis=1), state, tf.constant(step, tf.int64), False
+    )
+    zeroed = state.numpy()
+    zeroed[fresh] = 0
+    np.testing.assert_allclose(new_state, model(x, zeroed)[1], atol=1e-6)
+    kept = [r for r in range(4) if r not in fresh]  # and those rows differ from a fresh start
+    differ = np.abs(new_state.numpy()[kept] - model(x, zeroed * 0)[1].numpy()[kept])
+    assert (differ.max(axis=1) > 1e-4).all()
+
+
+def test_output_bias_frequencies_starts_from_the_texts_symbol_frequencies():
+    """--output-bias frequencies: a new model's softmax, before any step, gives each
+    symbol its share of the training text (each count one more); zeros: a uniform guess."""
+    counts = np.zeros(98, np.int64)
+    counts[[1, 40, 97]] = [5, 300, 94]  # a tab, "G", a line feed
+    config = dict(CONFIG, deterministic=False, mixed_precision=False, seed=0, learning_rate=0.01)
+    for bias, expected in (("frequencies", (counts + 1) / (counts + 1).sum()), ("zeros", 1 / 98)):
+        model, _ = training.make_model(dict(config, output_bias=bias), Distribution(), counts)
+        probs = tf.nn.softmax(model.logits_layer.bias).numpy()
+        np.testing.assert_allclose(probs, np.broadcast_to(expected, [98]), rtol=1e-5)

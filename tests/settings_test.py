@@ -45,6 +45,8 @@ def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
         "clip_norm": 0.0,
         "dropout": 0.2,
         "dropout_from_epoch": 0.0,
+        "zero_state_every": 0,
+        "output_bias": "zeros",
     }
     assert parse("--recipe", "talk", "--dropout", "0.3")["dropout"] == 0.3  # a flag still wins
     kept = {"cell_size", "layers", "batch_size", "seqlen", "min_char_count"}
