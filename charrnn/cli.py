@@ -113,6 +113,7 @@ non_negative_int = Values(
 positive_float = Values("number", float, lambda v: _number(v) and v > 0, "a number above 0")
 non_negative_float = Values("number", float, lambda v: _number(v) and v >= 0, "a number, 0 or more")
 fraction = Values("fraction", float, lambda v: _number(v) and 0 <= v < 1, "at least 0 and below 1")
+share = Values("fraction", float, lambda v: _number(v) and 0 < v <= 1, "above 0 and at most 1")
 # np.random.seed (which Keras' set_random_seed calls) takes exactly this range
 seed = Values(
     "whole number", int, lambda v: _whole(v) and 0 <= v < 2**32, "a whole number from 0 to 2**32-1"

@@ -129,7 +129,12 @@ SETTINGS = [
       "Adam's peak learning rate: 3x the talk's, made safe by warm-up and clipping",
       talk=0.001),
     S("warmup", 100, non_negative_int, RECIPE,
-      "steps of linear warm-up from 0 to the peak learning rate", talk=0),
+      "steps of linear warm-up from 0 to the peak learning rate, or --warmup-share of "
+      "the run if that ends sooner", talk=0),
+    S("warmup_share", 0.1, cli.share, RECIPE,
+      "the most of a run (of its steps, or of its --time-limit) that warm-up takes: "
+      "100 steps are half of a 3-minute run on a big alphabet, and a tenth learnt "
+      "more (docs/quality.md)", absent=1.0),
     S("schedule", "cosine", cli.one_of("constant", "cosine"), RECIPE,
       "the learning rate after warm-up: constant, or a cosine down to --min-lr x the "
       "peak at the end of the run", talk="constant"),

@@ -133,11 +133,13 @@ def log_frequencies(counts):
 
 def learning_rate_at(step, progress, config):
     """The learning rate of a step: a linear warm-up over the first config["warmup"]
-    steps, then constant or a cosine from the peak down to min_lr x the peak at
-    progress 1 (the fraction of the run done: of its steps, or of its time limit)."""
+    steps or the first warmup_share of the run, whichever ends sooner, then constant
+    or a cosine from the peak down to min_lr x the peak at progress 1 (the fraction
+    of the run done: of its steps, or of its time limit)."""
     peak, warmup = config["learning_rate"], config["warmup"]
-    if step < warmup:
-        return peak * (step + 1) / warmup
+    warm = max((step + 1) / warmup, progress / config["warmup_share"]) if step < warmup else 1
+    if warm < 1:
+        return peak * warm
     if config["schedule"] == "constant":
         return peak
     low = peak * config["min_lr"]

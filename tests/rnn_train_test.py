@@ -4,6 +4,7 @@ import glob
 import hashlib
 import itertools
 import json
+import math
 import os
 import re
 import shutil
@@ -333,9 +334,16 @@ def test_learning_rate_schedule():
     from charrnn.training import learning_rate_at
 
     config = {"learning_rate": 0.004, "warmup": 10, "schedule": "cosine", "min_lr": 0.1}
+    config["warmup_share"] = 0.1
     # linear warm-up from (almost) 0 to the peak
     assert [learning_rate_at(s, 0.0, config) for s in (0, 4, 9)] == pytest.approx(
         [0.0004, 0.002, 0.004]
+    )
+    # ...or over the first tenth of the run if that is shorter: 30 steps of 60 minutes
+    # are 3 minutes in, half-way through that tenth
+    assert learning_rate_at(3, 0.05, config) == pytest.approx(0.002)
+    assert learning_rate_at(5, 0.2, config) == pytest.approx(
+        0.004 * (1 + math.cos(0.2 * math.pi)) / 2 * 0.9 + 0.0004
     )
     # then the cosine, from the peak to min_lr x the peak, and no lower after the end
     assert learning_rate_at(10, 0.0, config) == pytest.approx(0.004)
@@ -376,7 +384,7 @@ def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path, 
         re.M,
     )
     assert spent, result.stdout
-    assert 0.3 < float(spent[1]) < 1 and 17 <= int(spent[2]) <= 30 and 0 < float(spent[3]) < 15
+    assert 0.3 < float(spent[1]) < 1 and 18 <= int(spent[2]) < 60 and 0 < float(spent[3]) < 18
     # the last step is logged and validated, so the curves end where the run did
     events = read_events(tmp_path / "log" / "t" / "training")
     assert events["loss"][-1][0] == step
