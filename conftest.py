@@ -106,10 +106,10 @@ TINY = [
     "--save-every",
     "50",
 ]
-# A run extended by --resume --max-steps changes its length, so a cosine schedule or
-# --dropout-from-epoch would take another path than the run trained in one go: tests of
-# exact resumes use these.
-FIXED_SCHEDULE = ["--schedule", "constant", "--dropout-from-epoch", "0"]
+# A run extended by --resume --max-steps changes its length, so a cosine schedule, a
+# warm-up cut to a share of the run or --dropout-from-epoch would take another path than
+# the run trained in one go: tests of exact resumes use these.
+FIXED_SCHEDULE = ["--schedule", "constant", "--warmup-share", "1", "--dropout-from-epoch", "0"]
 
 
 def where(root):

@@ -455,7 +455,12 @@ def training_speeds(variants, steps, warmup):
         model = build_model(config, mixed_precision=mixed)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
-        step_config = dict(config, seed=0, clip_norm=settings.DEFAULTS["clip_norm"])
+        step_config = dict(
+            config,
+            seed=0,
+            clip_norm=settings.DEFAULTS["clip_norm"],
+            zero_state_every=settings.DEFAULTS["zero_state_every"],
+        )
         runs[key] = {
             "step": training.make_train_step(model, optimizer, step_config),
             "state": model.zero_state(B),

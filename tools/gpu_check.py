@@ -63,7 +63,11 @@ LIMITS = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.6}
 GRADIENT_LIMITS = {"float32": 1e-4, "float16": 32 * 2.0**-11, "bfloat16": 32 * 2.0**-8}
 # the learning rate warms up over the steps compared (rnn_train's over its first
 # WARMUP), then stays: from the start, the peak rate makes the runs drift apart faster
-RECIPE = {"learning_rate": settings.DEFAULTS["learning_rate"], "schedule": "constant"}
+RECIPE = {
+    "learning_rate": settings.DEFAULTS["learning_rate"],
+    "schedule": "constant",
+    "warmup_share": settings.DEFAULTS["warmup_share"],
+}
 CUDNN_OPS = ("CudnnRNN", "CudnnRNNV2", "CudnnRNNV3")  # forward; and backward:
 CUDNN_GRAD_OPS = ("CudnnRNNBackprop", "CudnnRNNBackpropV2", "CudnnRNNBackpropV3")
 
@@ -167,7 +171,12 @@ class Trainer:
         self.recipe = dict(RECIPE, warmup=warmup)
         self.optimizer = keras.optimizers.Adam(settings.DEFAULTS["learning_rate"])
         self.optimizer.build(model.trainable_variables)
-        step_config = dict(config, seed=0, clip_norm=settings.DEFAULTS["clip_norm"])
+        step_config = dict(
+            config,
+            seed=0,
+            clip_norm=settings.DEFAULTS["clip_norm"],
+            zero_state_every=settings.DEFAULTS["zero_state_every"],
+        )
         self.step = training.make_train_step(model, self.optimizer, step_config)
         self.batches = txtutils.minibatch_sequencer(
             text, config["batch_size"], config["seqlen"], epochs=10**6
