@@ -36,19 +36,28 @@ def write_corpus(folder, names, chars):
         (folder / name).write_text("\n".join(lines)[:chars] + "\n")  # chars + 1
 
 
-def test_both_entrants_train_and_score_the_held_out_play(tmp_path):
-    corpus = tmp_path / "corpus"
-    write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
+def bench(tmp_path, *flags):
+    """A bench of tiny runs in tmp_path/work that must succeed: (the finished process,
+    its JSON figures, the work folder)."""
     out, work = tmp_path / "q.json", tmp_path / "work"
     result = run_cli(
         "tools/bench_quality.py",
-        *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
-        *("--minutes", "0.05", "--zh-minutes", "--peer-cell", "16", "--flags", " ".join(TINY)),
-        *("--work-dir", str(work), "--json", str(out)),
+        *flags,
+        *("--flags", " ".join(TINY), "--work-dir", str(work), "--json", str(out)),
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
-    figures = json.loads(out.read_text())
+    return result, json.loads(out.read_text()), work
+
+
+def test_both_entrants_train_and_score_the_held_out_play(tmp_path):
+    corpus = tmp_path / "corpus"
+    write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
+    result, figures, work = bench(
+        tmp_path,
+        *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
+        *("--minutes", "0.05", "--zh-minutes", "--peer-cell", "16"),
+    )
     assert figures["test"] == "held.txt"
     runs = {r["who"]: r for r in figures["runs"]}
     assert set(runs) == {"this checkout", "Keras GRU"}
@@ -70,16 +79,12 @@ def test_the_same_minutes_twice_are_two_runs(tmp_path):
     wrote into one run and ended the bench with a traceback."""
     corpus = tmp_path / "corpus"
     write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
-    out, work = tmp_path / "q.json", tmp_path / "work"
-    result = run_cli(
-        "tools/bench_quality.py",
+    _, figures, work = bench(
+        tmp_path,
         *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
-        *("--minutes", "0.02", "0.02", "--zh-minutes", "--no-peer", "--flags", " ".join(TINY)),
-        *("--work-dir", str(work), "--json", str(out)),
-        timeout=600,
+        *("--minutes", "0.02", "0.02", "--zh-minutes", "--no-peer"),
     )
-    assert result.returncode == 0, result.stderr
-    assert [r["minutes"] for r in json.loads(out.read_text())["runs"]] == [0.02, 0.02]
+    assert [r["minutes"] for r in figures["runs"]] == [0.02, 0.02]
     assert (work / "1-en-this-0.02.log").exists() and (work / "2-en-this-0.02.log").exists()
 
 
@@ -91,15 +96,9 @@ def test_the_chinese_case_holds_out_a_tenth_and_samples_ideographs(tmp_path):
     entries = [(poems * 2)[(i * 5) % 40 :][:12] + f" {i}" for i in range(500)]
     zh = tmp_path / "zh.txt"
     zh.write_text("\n%\n".join(entries) + "\n")
-    out, work = tmp_path / "q.json", tmp_path / "work"
-    result = run_cli(
-        "tools/bench_quality.py",
-        *("--zh-text", str(zh), "--minutes", "--zh-minutes", "0.05", "--peer-cell", "16"),
-        *("--flags", " ".join(TINY), "--work-dir", str(work), "--json", str(out)),
-        timeout=600,
+    _, figures, work = bench(
+        tmp_path, *("--zh-text", str(zh), "--minutes", "--zh-minutes", "0.05", "--peer-cell", "16")
     )
-    assert result.returncode == 0, result.stderr
-    figures = json.loads(out.read_text())
     test = (work / "zh" / "test.txt").read_text().split("\n%\n")
     assert len(test) == 50 and test[0].endswith(" 40")  # the fifth block of ten entries
     runs = {r["who"]: r for r in figures["runs"]}
