@@ -48,11 +48,7 @@ class Alphabet:
     def unknown_count(self, points, counts):
         """How many of the characters (code points, with how often each occurs) this
         alphabet reads as unknown."""
-        points = np.asarray(points, dtype=np.int64)
-        inside = points < len(self._code_of)
-        known = np.zeros(len(points), dtype=bool)
-        known[inside] = self._code_of[points[inside]] != UNKNOWN
-        return int(np.asarray(counts)[~known].sum())
+        return int(self.symbol_counts(points, counts)[UNKNOWN])
 
     def symbol_counts(self, points, counts):
         """How often each symbol occurs among the characters (code points, with how
