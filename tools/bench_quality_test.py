@@ -27,6 +27,11 @@ WORDS = [
     "men",
 ]
 
+POEMS = "春眠不觉晓处处闻啼鸟夜来风雨声花落知多少床前明月光疑是地上霜举头望明月低头思故乡"
+WHO = ("this checkout", "Keras GRU")
+# the alphabets of the two texts: the talk's 98 symbols, and the poems' characters
+ALPHABET = {"en": 98, "zh": 98 + len(set(POEMS))}
+
 
 def write_corpus(folder, names, chars):
     folder.mkdir()
@@ -50,28 +55,50 @@ def bench(tmp_path, *flags):
     return result, json.loads(out.read_text()), work
 
 
-def test_both_entrants_train_and_score_the_held_out_play(tmp_path):
+def test_both_entrants_train_and_score_both_texts(tmp_path):
+    """English: both entrants train on all but the held-out play and the validation
+    play, and score the held-out play. Chinese (--zh-minutes): a fortune file cut into
+    blocks of entries, every tenth held out; both entrants have the alphabet of the
+    training text, and the sample's share of ideographs is measured."""
     corpus = tmp_path / "corpus"
     write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
+    entries = [(POEMS * 2)[(i * 5) % 40 :][:12] + f" {i}" for i in range(500)]
+    zh = tmp_path / "zh.txt"
+    zh.write_text("\n%\n".join(entries) + "\n")
     result, figures, work = bench(
         tmp_path,
         *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
-        *("--minutes", "0.05", "--zh-minutes", "--peer-cell", "16"),
+        *("--zh-text", str(zh), "--minutes", "0.02", "--zh-minutes", "0.02", "--peer-cell", "16"),
     )
     assert figures["test"] == "held.txt"
-    runs = {r["who"]: r for r in figures["runs"]}
-    assert set(runs) == {"this checkout", "Keras GRU"}
+    runs = {(r["text"], r["who"]): r for r in figures["runs"]}
+    assert set(runs) == {(text, who) for text in ("en", "zh") for who in WHO}
     for run in runs.values():
         assert run["steps"] > 0
-        assert 0 < run["nats"] < math.log(98) + 1, run  # a real score of a barely trained model
         assert f"{run['nats']:.3f} nats/char" in result.stdout
-    for figure in ("cold", "warm"):  # the first 30 characters, from nothing and warm
-        assert 0 < runs["this checkout"][figure] < math.log(98) + 1
-    # where its time went, as rnn_train.py said
-    assert 0 < runs["this checkout"]["in_steps"] < 1 and runs["this checkout"]["first_step"] > 0
-    log = (work / "1-en-this-0.05.log").read_text()
-    # trained on a.txt and b.txt only: the held-out play and the validation play left out
+        # real scores of barely trained models (a 16-unit peer): near the alphabet's
+        # log, on the whole test text and on the first 30 characters, from nothing
+        # (cold) and after the characters before them (warm)
+        for figure in ("nats", "cold", "warm"):
+            assert 0 < run[figure] < math.log(ALPHABET[run["text"]]) + 1, run
+    for text in ("en", "zh"):  # where its time went, as rnn_train.py said
+        ours = runs[text, "this checkout"]
+        assert 0 < ours["in_steps"] < 1 and ours["first_step"] > 0
+
+    # English: trained on a.txt and b.txt only, the held-out and validation plays left out
+    log = (work / "1-en-this-0.02.log").read_text()
     assert "training on 24,002 characters (2 files), validating on 12,001 (valid.txt)" in log
+
+    # Chinese: the fifth block of each ten held out for the test
+    test = (work / "zh" / "test.txt").read_text().split("\n%\n")
+    assert len(test) == 50 and test[0].endswith(" 40")
+    # each entry 12 ideographs, a space, 1 to 3 digits, and the 3 characters of "\n%\n"
+    assert 12 / 19 < figures["zh_text_share"] < 12 / 17
+    assert 0 <= runs["zh", "this checkout"]["zh_share"] <= 1
+    log = (work / "3-zh-this-0.02.log").read_text()
+    assert "validating on" in log and "(valid.txt)" in log
+    alphabet = re.search(r"alphabet: (\d+) symbols", log)
+    assert alphabet and int(alphabet[1]) == ALPHABET["zh"], log  # the poems' characters joined
 
 
 def test_the_same_minutes_twice_are_two_runs(tmp_path):
@@ -86,35 +113,6 @@ def test_the_same_minutes_twice_are_two_runs(tmp_path):
     )
     assert [r["minutes"] for r in figures["runs"]] == [0.02, 0.02]
     assert (work / "1-en-this-0.02.log").exists() and (work / "2-en-this-0.02.log").exists()
-
-
-def test_the_chinese_case_holds_out_a_tenth_and_samples_ideographs(tmp_path):
-    """--zh-minutes: a fortune file cut into blocks of entries, every tenth held out;
-    both entrants have the alphabet of the training text, and the sample's share of
-    ideographs is measured."""
-    poems = "春眠不觉晓处处闻啼鸟夜来风雨声花落知多少床前明月光疑是地上霜举头望明月低头思故乡"
-    entries = [(poems * 2)[(i * 5) % 40 :][:12] + f" {i}" for i in range(500)]
-    zh = tmp_path / "zh.txt"
-    zh.write_text("\n%\n".join(entries) + "\n")
-    _, figures, work = bench(
-        tmp_path, *("--zh-text", str(zh), "--minutes", "--zh-minutes", "0.05", "--peer-cell", "16")
-    )
-    test = (work / "zh" / "test.txt").read_text().split("\n%\n")
-    assert len(test) == 50 and test[0].endswith(" 40")  # the fifth block of ten entries
-    runs = {r["who"]: r for r in figures["runs"]}
-    assert {r["text"] for r in figures["runs"]} == {"zh"} and set(runs) == {
-        "this checkout",
-        "Keras GRU",
-    }
-    # each entry 12 ideographs, a space, 1 to 3 digits, and the 3 characters of "\n%\n"
-    assert 12 / 19 < figures["zh_text_share"] < 12 / 17
-    assert 0 <= runs["this checkout"]["zh_share"] <= 1
-    log = (work / "1-zh-this-0.05.log").read_text()
-    assert "validating on" in log and "(valid.txt)" in log
-    alphabet = re.search(r"alphabet: (\d+) symbols", log)
-    assert alphabet and int(alphabet[1]) > 98 + 30, log  # the poems' characters joined it
-    for run in runs.values():  # a 16-unit peer barely trained: near the alphabet's log
-        assert 0 < run["nats"] < math.log(int(alphabet[1])) + 1, run
 
 
 def test_a_missing_play_is_one_line(tmp_path):
