@@ -455,12 +455,9 @@ def training_speeds(variants, steps, warmup):
         model = build_model(config, mixed_precision=mixed)
         optimizer = keras.optimizers.Adam(1e-3)
         optimizer.build(model.trainable_variables)
-        step_config = dict(
-            config,
-            seed=0,
-            clip_norm=settings.DEFAULTS["clip_norm"],
-            zero_state_every=settings.DEFAULTS["zero_state_every"],
-        )
+        # the default recipe for what the step reads (clipping, zero-state rows), this
+        # model's shapes over it
+        step_config = dict(settings.DEFAULTS, **config, seed=0)
         runs[key] = {
             "step": training.make_train_step(model, optimizer, step_config),
             "state": model.zero_state(B),

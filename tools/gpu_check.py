@@ -171,12 +171,9 @@ class Trainer:
         self.recipe = dict(RECIPE, warmup=warmup)
         self.optimizer = keras.optimizers.Adam(settings.DEFAULTS["learning_rate"])
         self.optimizer.build(model.trainable_variables)
-        step_config = dict(
-            config,
-            seed=0,
-            clip_norm=settings.DEFAULTS["clip_norm"],
-            zero_state_every=settings.DEFAULTS["zero_state_every"],
-        )
+        # the default recipe for what the step reads (clipping, zero-state rows), this
+        # model's shapes over it
+        step_config = dict(settings.DEFAULTS, **config, seed=0)
         self.step = training.make_train_step(model, self.optimizer, step_config)
         self.batches = txtutils.minibatch_sequencer(
             text, config["batch_size"], config["seqlen"], epochs=10**6
