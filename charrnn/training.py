@@ -114,7 +114,10 @@ def make_model(config, dist, symbol_counts):
         model = build_model(config, mixed_precision=mixed_precision)
         if config["output_bias"] == "frequencies":
             model.logits_layer.bias.assign(log_frequencies(symbol_counts))
-        optimizer = keras.optimizers.Adam(config["learning_rate"])  # (clipping: in the step)
+        optimizer = keras.optimizers.Adam(  # (clipping: in the step)
+            config["learning_rate"], weight_decay=config["weight_decay"] or None
+        )
+        optimizer.exclude_from_weight_decay(var_names=["bias"])  # the logits' frequencies stay
         optimizer.build(model.trainable_variables)  # Keras restores its slots only once built
     return model, optimizer
 

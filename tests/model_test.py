@@ -302,7 +302,7 @@ def test_on_a_gpu_mixed_precision_is_float16_and_off_by_default(monkeypatch):
     monkeypatch.delenv(FP32_COMPUTE)
     assert not has_bfloat16()
     config = dict(CONFIG, deterministic=False, mixed_precision="auto", seed=0)
-    config = dict(config, learning_rate=0.01, output_bias="zeros")
+    config = dict(config, learning_rate=0.01, output_bias="zeros", weight_decay=0.0)
     model, _ = training.make_model(config, Distribution(), symbol_counts=None)
     assert model.train_dtype == tf.float32 and not model.fused
     assert FP32_COMPUTE not in os.environ
@@ -369,7 +369,34 @@ def test_output_bias_frequencies_starts_from_the_texts_symbol_frequencies():
     counts = np.zeros(98, np.int64)
     counts[[1, 40, 97]] = [5, 300, 94]  # a tab, "G", a line feed
     config = dict(CONFIG, deterministic=False, mixed_precision=False, seed=0, learning_rate=0.01)
+    config["weight_decay"] = 0.0
     for bias, expected in (("frequencies", (counts + 1) / (counts + 1).sum()), ("zeros", 1 / 98)):
         model, _ = training.make_model(dict(config, output_bias=bias), Distribution(), counts)
         probs = tf.nn.softmax(model.logits_layer.bias).numpy()
         np.testing.assert_allclose(probs, np.broadcast_to(expected, [98]), rtol=1e-5)
+
+
+def test_weight_decay_shrinks_the_weight_matrices_and_not_the_biases():
+    """--weight-decay W: a training step moves each weight matrix as a step without it
+    does, and shrinks it by W x the learning rate besides (AdamW's decoupled decay);
+    the biases (the logits' are the text's frequencies) move exactly as without."""
+    config = dict(CONFIG, deterministic=False, mixed_precision=False, seed=0)
+    config.update(learning_rate=0.1, output_bias="zeros", clip_norm=1.0)
+    config.update(batch_size=4, zero_state_every=0)
+    x = random_codes([4, 12])
+    after = {}
+    for decay in (0.0, 0.5):
+        model, optimizer = training.make_model(
+            dict(config, weight_decay=decay), Distribution(), symbol_counts=None
+        )
+        before = [v.numpy() for v in model.trainable_variables]
+        train_step = training.make_train_step(model, optimizer, config)
+        train_step(x, np.roll(x, -1, axis=1), model.zero_state(4), tf.constant(0, tf.int64), False)
+        after[decay] = [v.numpy() for v in model.trainable_variables]
+    is_matrix = [not v.path.endswith("bias") for v in model.trainable_variables]
+    assert sum(is_matrix) == 7 and len(before) == 11  # 3 x (kernel, recurrent, bias) + dense
+    for start, decayed, plain, matrix in zip(
+        before, after[0.5], after[0.0], is_matrix, strict=True
+    ):
+        np.testing.assert_allclose(decayed, plain - (0.1 * 0.5 * start if matrix else 0), atol=1e-6)
+        assert (np.abs(decayed - plain).max() > 1e-3) == matrix

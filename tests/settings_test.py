@@ -43,6 +43,7 @@ def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
         "warmup": 0,
         "schedule": "constant",
         "clip_norm": 0.0,
+        "weight_decay": 0.0,
         "dropout": 0.2,
         "dropout_from_epoch": 0.0,
         "zero_state_every": 0,
