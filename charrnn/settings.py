@@ -145,8 +145,8 @@ SETTINGS = [
       "clip the gradients' global norm to this, 0 = never: no early blow-ups", talk=0.0),
     S("weight_decay", 0.1, non_negative_float, RECIPE,
       "shrink the weight matrices (not the biases) by this x the learning rate each "
-      "step (AdamW's decoupled decay), 0 = never: it holds off the overfitting of "
-      "passes over the same text", talk=0.0, absent=0.0),
+      "step (AdamW's decoupled decay), 0 = never: a full run, ten passes over the "
+      "same text, then does better on text it never saw", talk=0.0, absent=0.0),
     S("dropout", 0.1, fraction, RECIPE,
       "fraction of activations dropped on each layer's input and the output, in "
       "training (the talk's keep 0.8 is 0.2)", talk=0.2),
