@@ -26,6 +26,12 @@ INT64_MAX = 2**63 - 1
 # talk's 98 symbols (1.6 MB). rnn_play.py --score lets a call's logits grow to 64 MB for
 # its one text; a server runs the calls of many requests side by side.
 SCORE_LOGITS = SCORE_PER_CALL * txtutils.ALPHASIZE * memory.FLOAT
+# The graph's loops run one iteration at a time. TensorFlow overlaps up to 10 by
+# default, and two of score's then run its XLA-compiled loss at once: XLA on the CPU
+# (TensorFlow 2.21) can crash the process (SIGSEGV) when one compiled function first
+# runs in two threads at once. Each call of score and of sample needs the state the
+# call before it left, and primes of several lengths are short: the overlap saved little.
+ONE_AT_A_TIME = 1
 
 
 def score_cells_per_call(alphasize):
@@ -182,7 +188,10 @@ class Exported(Step):
                 for n in (self.alphasize, self.model.state_size)
             ]
             _, logits, states = tf.while_loop(
-                lambda i, *_: i < rows, body, (tf.constant(0), *arrays)
+                lambda i, *_: i < rows,
+                body,
+                (tf.constant(0), *arrays),
+                parallel_iterations=ONE_AT_A_TIME,
             )
             return logits.stack(), states.stack()
 
@@ -207,7 +216,10 @@ class Exported(Step):
 
         out = tf.TensorArray(tf.int32, size=calls, element_shape=[n, None])
         _, _, _, out = tf.while_loop(
-            lambda c, *_: c < calls, body, (tf.constant(0), logits, state, out)
+            lambda c, *_: c < calls,
+            body,
+            (tf.constant(0), logits, state, out),
+            parallel_iterations=ONE_AT_A_TIME,
         )
         rows = tf.shape(logits)[0]
         codes = tf.cond(calls > 0, out.concat, lambda: tf.zeros([0, rows], tf.int32))
@@ -236,6 +248,7 @@ class Exported(Step):
             lambda start, *_: start < tf.shape(x)[1],
             body,
             (tf.constant(0), self.model.zero_state(rows), tf.zeros([rows], tf.float64)),
+            parallel_iterations=ONE_AT_A_TIME,
         )
         bits = nats / tf.cast(chars, tf.float64) / math.log(2)  # NaN where chars == 0
         return {"bits_per_char": tf.cast(bits, tf.float32), "chars": chars}

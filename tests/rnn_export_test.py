@@ -5,8 +5,8 @@ rnn_play.py (bytes that are not UTF-8 and a batch of primes included), LiteRT's 
 against the SavedModel's, no Select TF op; a model of a longer, non-ASCII alphabet; the
 web page's folder and its step for one row (the page itself in a browser: web_test.py);
 the graph's UTF-8 decoding against rnn_play.py's, byte for byte; the characters per
-score call against the alphabet's size; and bad input, refused in one line with nothing
-written."""
+score call against the alphabet's size; the graph's loops around XLA-compiled functions,
+one iteration at a time; and bad input, refused in one line with nothing written."""
 
 import concurrent.futures
 import itertools
@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from ai_edge_litert.interpreter import Interpreter
+from tensorflow.core.protobuf import saved_model_pb2
 
 import rnn_export
 import txtutils
@@ -431,6 +432,50 @@ def test_saved_model_cli_lists_the_three_signatures(exported):
         assert f"outputs['{name}']" in shown
     assert "shape: (-1, 98)" in shown  # the logits: any batch, the alphabet
     assert "Cudnn" not in shown  # nothing that needs a GPU
+
+
+def loops_around_xla(graph_def):
+    """The While ops of a graph (its functions included) that are not themselves inside
+    an XLA-compiled function and whose body calls one, however deep: [NodeDef]."""
+    functions = {f.signature.name: f for f in graph_def.library.function}
+
+    def compiled(f):
+        return "_XlaMustCompile" in f.attr and f.attr["_XlaMustCompile"].b
+
+    def called(node):  # the names of the functions node runs
+        names = [node.op] if node.op in functions else []
+        for value in node.attr.values():
+            names += [value.func.name] if value.HasField("func") else []
+            names += [f.name for f in value.list.func]
+        return names
+
+    def runs_xla(name, seen=()):
+        if compiled(functions[name]):
+            return True
+        inner = [n for node in functions[name].node_def for n in called(node) if n not in seen]
+        return any(runs_xla(n, (*seen, name)) for n in inner)
+
+    nodes = [*graph_def.node]
+    nodes += [n for f in functions.values() if not compiled(f) for n in f.node_def]
+    whiles = [n for n in nodes if n.op in ("While", "StatelessWhile")]
+    return [n for n in whiles if runs_xla(n.attr["body"].func.name)]
+
+
+def test_no_loop_of_the_savedmodel_runs_its_xla_functions_two_at_a_time(exported):
+    """Two iterations of a loop running one XLA-compiled function at once (score's loss
+    of one call beside the next one's) crashed a process in TensorFlow 2.21 (SIGSEGV,
+    found by a test of several score calls): every such loop runs one iteration at a
+    time (export.ONE_AT_A_TIME)."""
+    saved = saved_model_pb2.SavedModel()
+    with open(exported["root"] / "tiny" / "saved_model" / "saved_model.pb", "rb") as f:
+        saved.ParseFromString(f.read())
+    # tf.scan's loops (a GRU layer's time steps) cannot overlap: each step needs the
+    # state the one before made
+    scan = re.compile(r"(^|/)scan(_\d+)?/while$")
+    loops = [n for n in loops_around_xla(saved.meta_graphs[0].graph_def) if not scan.search(n.name)]
+    assert len(loops) >= 3  # score's calls, generate's, and primes of several lengths
+    # (a SavedModel leaves out attributes at their default, 10: absent reads as 0)
+    assert [n.attr["parallel_iterations"].i for n in loops] == [1] * len(loops)
 
 
 def test_litert_step_is_the_savedmodel_step_with_builtin_ops_only(exported):
