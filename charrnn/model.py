@@ -3,6 +3,7 @@ every time step. The state goes in and comes out explicitly, so the caller carri
 it from batch to batch (training) or from character to character (generation).
 
     x [BATCH, SEQLEN] -> one-hot -> (dropout -> GRU) x LAYERS -> dropout
+      (the first dropout drops whole characters, at its own rate)
       -> all time steps "in the same bag" [BATCH*SEQLEN, CELL] -> Dense -> logits
 
 The weights live in Keras GRU layers, and the same math runs two ways over them:
@@ -62,12 +63,22 @@ def gru_layer(cell_size, dtype=None):
 
 
 class CharRNN(keras.Model):
-    def __init__(self, alphasize, cell_size, layers, dropout, fused=None, mixed_precision=False):
+    def __init__(
+        self,
+        alphasize,
+        cell_size,
+        layers,
+        dropout,
+        char_dropout=None,
+        fused=None,
+        mixed_precision=False,
+    ):
         super().__init__()
         self.alphasize = alphasize
         self.cell_size = cell_size
         self.layers_count = layers
         self.dropout_rate = dropout
+        self.char_dropout_rate = dropout if char_dropout is None else char_dropout
         # Training: fused on a CPU, Keras' layers (cuDNN) on a GPU; tests choose.
         # Inference is fused whatever this says (see call).
         self.fused = not hardware.on_gpu() if fused is None else fused
@@ -153,22 +164,26 @@ class CharRNN(keras.Model):
     def _keep_masks(self, shape, training, seed, replica_rows=None):
         """Dropout as multipliers: 0 for a dropped value, 1/(1-rate) for a kept one; one
         per layer input (the first drops whole characters: one value of a one-hot
-        vector) and one on the output. None when not dropping."""
-        if not training or self.dropout_rate == 0 or seed is None:
-            return [None] * (self.layers_count + 1)
+        vector) and one on the output. None where not dropping."""
+        rates = [self.char_dropout_rate] + [self.dropout_rate] * self.layers_count
+        if not training or seed is None:
+            return [None] * len(rates)
         seqlen, batch = shape[1], shape[0]
         first, total = (
             (replica_rows[0], replica_rows[1]) if replica_rows is not None else (0, batch)
         )
         masks = []
-        for i in range(self.layers_count + 1):
+        for i, rate in enumerate(rates):
+            if rate == 0:
+                masks.append(None)
+                continue
             width = 1 if i == 0 else self.cell_size
             s = tf.random.experimental.stateless_fold_in(tf.cast(seed, tf.int64), i)
             u = tf.random.stateless_uniform([seqlen, total, width], s)  # [SEQLEN, TOTAL, WIDTH]
             u = (
                 u[:, first : first + batch] if replica_rows is not None else u
             )  # [SEQLEN, BATCH, WIDTH]
-            masks.append(tf.cast(u >= self.dropout_rate, tf.float32) / (1 - self.dropout_rate))
+            masks.append(tf.cast(u >= rate, tf.float32) / (1 - rate))
         return masks
 
     def scoring_call(self, x, state):
@@ -184,7 +199,9 @@ class CharRNN(keras.Model):
         dtype = self.train_dtype if training else tf.float32
         codes = transpose_codes(x)  # [SEQLEN, BATCH]
         cell0 = self.grus[0].cell
-        xw0 = first_layer_products(codes, cell0.kernel, cell0.bias[0], keep[0], self.dropout_rate)
+        xw0 = first_layer_products(
+            codes, cell0.kernel, cell0.bias[0], keep[0], self.char_dropout_rate
+        )
         weights = [  # LAYERS x (W, b, U, c), the matrices in 16 bits under mixed precision
             (
                 tf.cast(g.cell.kernel, dtype),
@@ -279,6 +296,7 @@ def build_model(config, fused=None, mixed_precision=False):
         config["cell_size"],
         config["layers"],
         config["dropout"],
+        config.get("char_dropout"),  # (None: at --dropout, as before it was a setting)
         fused=fused,
         mixed_precision=mixed_precision,
     )

@@ -131,6 +131,31 @@ def test_dropout_only_in_training(model):
     assert np.abs(np.asarray(a) - np.asarray(c)).max() > 1e-4
 
 
+@pytest.mark.parametrize("char_dropout, dropout", [(0.0, 0.0), (0.5, 0.0), (0.0, 0.5)])
+def test_char_dropout_drops_the_characters_read_and_dropout_the_rest(char_dropout, dropout):
+    """--char-dropout alone decides whether characters are dropped, --dropout the
+    values between layers and before the logits: with both 0, training computes what
+    inference does; with either, it does not."""
+    keras.utils.set_random_seed(1)
+    config = dict(CONFIG, dropout=dropout, char_dropout=char_dropout)
+    model = build_model(config)
+    x = random_codes([8, 40])
+    state = model.zero_state(8)
+    seed = tf.constant([0, 7])
+    keep = model._keep_masks(tf.shape(x), True, seed)
+    assert (keep[0] is None) == (char_dropout == 0)
+    assert all((k is None) == (dropout == 0) for k in keep[1:])
+    if char_dropout:  # whole characters: [SEQLEN, BATCH, 1], about that share zeroed
+        assert keep[0].shape == (40, 8, 1)
+        assert 0.35 < float(tf.reduce_mean(tf.cast(keep[0] == 0, tf.float32))) < 0.65
+    a, _ = model(x, state, training=False)
+    b, _ = model(x, state, training=True, dropout_seed=seed)
+    if char_dropout or dropout:
+        assert np.abs(np.asarray(a) - np.asarray(b)).max() > 1e-3
+    else:
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 def test_dropout_masks_depend_on_the_seed_alone(model):
     """Stateless dropout: the same (seed, step) draws the same masks, whatever ran
     before, which is what makes a resumed run exact."""

@@ -9,6 +9,7 @@ import pytest
 import rnn_train
 import txtutils
 from charrnn import ckpt, settings
+from charrnn.model import build_model
 from conftest import HERE
 
 
@@ -45,6 +46,7 @@ def test_recipe_talk_and_what_a_resume_or_a_fine_tuning_may_change():
         "clip_norm": 0.0,
         "weight_decay": 0.0,
         "dropout": 0.2,
+        "char_dropout": 0.2,
         "dropout_from_epoch": 0.0,
         "zero_state_every": 0,
         "output_bias": "zeros",
@@ -129,6 +131,18 @@ def test_the_docs_give_every_flag_with_its_default():
             assert float(shown) == s.default, (s.option, shown)
         else:
             assert shown == settings.shown(s.default), (s.option, shown)
+
+
+def test_a_checkpoint_from_before_char_dropout_drops_characters_at_its_dropout():
+    """Before --char-dropout, the characters were dropped at --dropout's rate: a resume
+    goes on doing so, and a model built from such a config too; a new run does not."""
+    assert settings.DEFAULTS["char_dropout"] == 0.0
+    old = {k: v for k, v in settings.DEFAULTS.items() if k != "char_dropout"}
+    resumed = settings.merge(rnn_train.parse_args([]), dict(old, dropout=0.3))
+    assert resumed["char_dropout"] == 0.3
+    given = rnn_train.parse_args(["--char-dropout", "0"])
+    assert settings.merge(given, dict(old, dropout=0.3))["char_dropout"] == 0.0
+    assert build_model(dict(old, alphasize=98, cell_size=8)).char_dropout_rate == old["dropout"]
 
 
 def test_a_checkpoint_from_before_dropout_from_epoch_keeps_when_its_dropout_started():

@@ -43,7 +43,10 @@ from tools.timing import generation_run, median_time, speeds_in_turn
 
 DEFAULT = {
     "alphasize": 98,
-    **{k: settings.DEFAULTS[k] for k in ("cell_size", "layers", "dropout", "batch_size", "seqlen")},
+    **{
+        k: settings.DEFAULTS[k]
+        for k in ("cell_size", "layers", "dropout", "char_dropout", "batch_size", "seqlen")
+    },
 }
 QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
 BIG_ALPHABET = 5000  # symbols: a Chinese or Japanese corpus has thousands
