@@ -154,7 +154,9 @@ def twins(config, mixed_precision):
     """The same weights in a model trained through the fused path and in one trained
     through Keras' layers (cuDNN on a GPU)."""
     keras.utils.set_random_seed(0)
-    config = dict(config, dropout=settings.DEFAULTS["dropout"])
+    # dropout as training's defaults apply it (none on the characters read)
+    drops = {k: settings.DEFAULTS[k] for k in ("dropout", "char_dropout")}
+    config = dict(config, **drops)
     fused = build_model(config, fused=True, mixed_precision=mixed_precision)
     layers = build_model(config, fused=False, mixed_precision=mixed_precision)
     for a, b in zip(fused.weights, layers.weights, strict=True):
