@@ -21,7 +21,7 @@ import os
 import keras
 import tensorflow as tf
 
-from charrnn import hardware
+from charrnn import hardware, settings
 from charrnn.fused_gru import (
     first_layer_products,
     gru_scan_compiled,
@@ -69,7 +69,7 @@ class CharRNN(keras.Model):
         cell_size,
         layers,
         dropout,
-        char_dropout=None,
+        char_dropout,
         fused=None,
         mixed_precision=False,
     ):
@@ -78,7 +78,7 @@ class CharRNN(keras.Model):
         self.cell_size = cell_size
         self.layers_count = layers
         self.dropout_rate = dropout
-        self.char_dropout_rate = dropout if char_dropout is None else char_dropout
+        self.char_dropout_rate = char_dropout
         # Training: fused on a CPU, Keras' layers (cuDNN) on a GPU; tests choose.
         # Inference is fused whatever this says (see call).
         self.fused = not hardware.on_gpu() if fused is None else fused
@@ -296,7 +296,7 @@ def build_model(config, fused=None, mixed_precision=False):
         config["cell_size"],
         config["layers"],
         config["dropout"],
-        config.get("char_dropout"),  # (None: at --dropout, as before it was a setting)
+        settings.saved_value(config, "char_dropout"),  # older configs: at --dropout
         fused=fused,
         mixed_precision=mixed_precision,
     )

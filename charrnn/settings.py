@@ -295,6 +295,17 @@ def with_old_dropout(config, saved, run_epochs):
     return dict(config, dropout_from_epoch=saved["dropout_from"] * run_epochs)
 
 
+def saved_value(saved, key):
+    """A setting's value in a config saved by any version: its own, else what a config
+    saved before the setting existed meant (its `absent`; the default if that is None)."""
+    if key in saved:
+        return saved[key]
+    absent = BY_NAME[key].absent
+    if absent is None:
+        return DEFAULTS[key]
+    return absent(saved) if callable(absent) else absent
+
+
 def merge(args, saved=None, parent=None):
     """The run's settings (DEFAULTS' keys): the flags given, else the checkpoint's
     (saved: a resumed run's config), else the table's defaults; fine-tuning (parent:
@@ -304,13 +315,7 @@ def merge(args, saved=None, parent=None):
     of the run being resumed, or the architecture of the parent."""
     config = dict(DEFAULTS)
     if saved:
-        for k in DEFAULTS:
-            absent = BY_NAME[k].absent
-            if absent is None:
-                absent = config[k]
-            elif callable(absent):
-                absent = absent(saved)
-            config[k] = saved.get(k, absent)
+        config.update({k: saved_value(saved, k) for k in DEFAULTS})
     if parent:
         config.update({key: parent[key] for key in INHERITED})
         if getattr(args, "data", None) is None:

@@ -16,7 +16,10 @@ def test_fused_gru_computes_what_the_keras_layers_compute(training, char_dropout
     """The CPU implementation (hand-written backward pass included) against Keras' own
     GRU, which is what a GPU runs through cuDNN: same logits, states and gradients,
     with the same dropout masks (the characters dropped at --dropout's rate, or not)."""
-    fused, layers = twins(dict(CONFIG, char_dropout=char_dropout))
+    # None: a config from before --char-dropout, whose characters drop at --dropout
+    fused, layers = twins(
+        CONFIG if char_dropout is None else dict(CONFIG, char_dropout=char_dropout)
+    )
     x = random_codes([4, 12])
     state = tf.random.normal([4, fused.state_size], seed=5) * 0.5
     a = forward_and_gradients(fused, x, state, training)
