@@ -68,6 +68,9 @@ def serve_export(args, cwd):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a user's shell delivers it: a test before may leave SIGINT ignored
+        # in this worker, and a child inherits that
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     lines = []
     for line in proc.stdout:  # ends if it exits
