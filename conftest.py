@@ -11,6 +11,7 @@ import os
 import pathlib
 import random
 import re
+import signal
 import subprocess
 import sys
 
@@ -110,6 +111,13 @@ TINY = [
 # warm-up cut to a share of the run or --dropout-from-epoch would take another path than
 # the run trained in one go: tests of exact resumes use these.
 FIXED_SCHEDULE = ["--schedule", "constant", "--warmup-share", "1", "--dropout-from-epoch", "0"]
+
+
+def sigint_as_from_a_terminal():
+    """A Popen preexec_fn: the child gets SIGINT at its default, as from a terminal. A
+    suite started in the background (nohup, `&` in a script) passes SIGINT on ignored,
+    and a test's Ctrl-C would then do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def where(root):

@@ -18,7 +18,15 @@ import txtutils
 from charrnn import generate, runs
 from charrnn.generate import Generator, Scorer
 from charrnn.model import build_model, loss_and_accuracy, mean_loss_and_accuracy
-from conftest import HERE, cache_env, run_cli, run_clis, run_main, without_cache_noise
+from conftest import (
+    HERE,
+    cache_env,
+    run_cli,
+    run_clis,
+    run_main,
+    sigint_as_from_a_terminal,
+    without_cache_noise,
+)
 from txtutils_test import text_of
 
 
@@ -102,9 +110,7 @@ def test_endless_output_stops_quietly_on_ctrl_c(tiny_run):
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
-        # as from a terminal: a suite started in the background (nohup, `&` in a
-        # script) passes SIGINT on ignored, and Ctrl-C would then do nothing
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=sigint_as_from_a_terminal,
     )
     proc.stdout.read(2000)  # well past any fixed default length... it keeps going
     proc.send_signal(signal.SIGINT)
@@ -244,7 +250,7 @@ def test_score_shows_progress_on_a_terminal_and_ctrl_c_stops_it_with_130(tiny_ru
         + ["--checkpoint-dir", str(tiny_run["checkpoints"])],
         stdout=subprocess.PIPE,
         stderr=slave,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as from a terminal
+        preexec_fn=sigint_as_from_a_terminal,
     )
     os.close(slave)
     try:
