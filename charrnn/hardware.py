@@ -22,11 +22,34 @@ def cpu_info():
 
 
 def cpu_name():
-    """The CPU's model name, as the figures of a benchmark should name it."""
+    """The CPU's model name and the widest of its vector instructions that our matmuls
+    use, as the figures of a benchmark should name it: a virtual machine may show only
+    "AMD EPYC" for an AVX2 Zen 3 and an AVX512-BF16 Zen 5, whose figures differ ~2x."""
+    name = platform.processor() or platform.machine() or "unknown CPU"
     for line in cpu_info().splitlines():
         if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
+            name = line.split(":", 1)[1].strip()
+            break
+    flags = cpu_flags()
+    widest = next((label for flag, label in _WIDEST if flag in flags), None)
+    return f"{name} ({widest})" if widest else name
+
+
+# The CPU flags that tell our matmuls' speed apart, the widest first.
+_WIDEST = [
+    ("amx_bf16", "AMX"),
+    ("avx512_bf16", "AVX512-BF16"),
+    ("avx512f", "AVX-512, no bfloat16"),
+    ("avx2", "AVX2, no bfloat16"),
+]
+
+
+def cpu_flags():
+    """The CPU's feature flags as Linux lists them (a set of words; empty elsewhere)."""
+    for line in cpu_info().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
 
 
 def has_bfloat16():
@@ -36,7 +59,7 @@ def has_bfloat16():
     are already fast) and float16 a choice (--mixed-precision)."""
     if on_gpu():
         return False
-    flags = cpu_info()
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 

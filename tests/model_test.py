@@ -315,6 +315,30 @@ def test_inference_runs_the_fused_cell_whatever_the_device(monkeypatch):
     np.testing.assert_array_equal(samples[0], samples[1])
 
 
+def test_a_benchmark_names_the_cpu_by_its_bfloat16_too(monkeypatch):
+    """Two CPUs that a virtual machine calls "AMD EPYC" alike, a Zen 3 (AVX2) and a Zen
+    5 (AVX512-BF16), train at ~2x apart: the name a benchmark prints tells them apart,
+    and says where --mixed-precision is on by default."""
+    names = {}
+    xeon = "Intel(R) Xeon(R) Platinum 8480+"
+    for kind, name, flags in [
+        ("zen3", "AMD EPYC", "fpu sse2 avx fma avx2"),
+        ("zen5", "AMD EPYC", "fpu sse2 avx fma avx2 avx512f avx512_bf16"),
+        ("sapphire rapids", xeon, "fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile"),
+        ("old", "AMD EPYC", "fpu sse2"),
+    ]:
+        info = f"processor\t: 0\nmodel name\t: {name}\nflags\t\t: {flags}\n"
+        monkeypatch.setattr(hardware, "cpu_info", lambda info=info: info)
+        monkeypatch.setattr(hardware, "on_gpu", lambda: False)
+        names[kind] = (hardware.cpu_name(), has_bfloat16())
+    assert names == {
+        "zen3": ("AMD EPYC (AVX2, no bfloat16)", False),
+        "zen5": ("AMD EPYC (AVX512-BF16)", True),
+        "sapphire rapids": (f"{xeon} (AMX)", True),
+        "old": ("AMD EPYC", False),
+    }
+
+
 FP32_COMPUTE = "TF_FP16_RNN_USE_FP32_COMPUTE"
 
 
