@@ -25,20 +25,18 @@ def cpu_name():
     """The CPU's model name and the widest of its vector instructions that our matmuls
     use, as the figures of a benchmark should name it: a virtual machine may show only
     "AMD EPYC" for an AVX2 Zen 3 and an AVX512-BF16 Zen 5, whose figures differ ~2x."""
-    name = platform.processor() or platform.machine() or "unknown CPU"
-    for line in cpu_info().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
+    name = _field("model name") or platform.processor() or platform.machine() or "unknown CPU"
     flags = cpu_flags()
     widest = next((label for flag, label in _WIDEST if flag in flags), None)
     return f"{name} ({widest})" if widest else name
 
 
+# The CPU flags of bfloat16 matmuls in hardware, as Linux names them.
+BFLOAT16_FLAGS = ("amx_bf16", "avx512_bf16")
+
 # The CPU flags that tell our matmuls' speed apart, the widest first.
 _WIDEST = [
-    ("amx_bf16", "AMX"),
-    ("avx512_bf16", "AVX512-BF16"),
+    *zip(BFLOAT16_FLAGS, ["AMX", "AVX512-BF16"], strict=True),
     ("avx512f", "AVX-512, no bfloat16"),
     ("avx2", "AVX2, no bfloat16"),
 ]
@@ -46,10 +44,15 @@ _WIDEST = [
 
 def cpu_flags():
     """The CPU's feature flags as Linux lists them (a set of words; empty elsewhere)."""
+    return set(_field("flags").split())
+
+
+def _field(key):
+    """The value of the first line of /proc/cpuinfo that starts with key ("" if none)."""
     for line in cpu_info().splitlines():
-        if line.startswith("flags"):
-            return set(line.split(":", 1)[1].split())
-    return set()
+        if line.startswith(key):
+            return line.split(":", 1)[1].strip()
+    return ""
 
 
 def has_bfloat16():
@@ -59,8 +62,7 @@ def has_bfloat16():
     are already fast) and float16 a choice (--mixed-precision)."""
     if on_gpu():
         return False
-    flags = cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return not cpu_flags().isdisjoint(BFLOAT16_FLAGS)
 
 
 def mixed_precision_dtype():
