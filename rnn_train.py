@@ -103,6 +103,14 @@ class Clock:
         """The fraction of the time limit used, 0 without one."""
         return self.elapsed() / self.limit if self.limit else 0.0
 
+    def run_steps(self, step, first_step, total):
+        """The steps the run will have made when it ends: total, or fewer where the
+        time limit ends it first, at the pace of this process's steps so far."""
+        used = self.fraction_used()
+        if step == first_step or used * total <= step:  # no pace yet, or no limit first
+            return total
+        return first_step + (step - first_step) / used
+
     def out_of_time(self):
         return self.limit is not None and self.elapsed() >= self.limit
 
@@ -179,7 +187,8 @@ def train(args):
                 if step >= total:  # (a signal is heeded after the step, by every worker)
                     break
                 progress = max(step / total, clock.fraction_used())
-                learning_rate = learning_rate_at(step, progress, config)
+                run_steps = clock.run_steps(step, first_step, total)
+                learning_rate = learning_rate_at(step, progress, config, run_steps)
                 optimizer.learning_rate.assign(learning_rate)
                 t0 = time.perf_counter()
                 # this batch's output state is the next batch's input state

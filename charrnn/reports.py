@@ -12,6 +12,7 @@ import txtutils
 from charrnn import cli
 from charrnn.distribute import WorkerLost
 from charrnn.model import Diverged
+from charrnn.settings import SHORT_PEAK
 
 
 class TrainingFailed(Exception):
@@ -168,7 +169,8 @@ class Reports:
         the run with; any other error is raised again."""
         run = self.run.name
         if isinstance(error, Diverged):
-            lower = f"--learning-rate {self.config['learning_rate'] / 4:g}"
+            peak = self.config["learning_rate"]
+            lower = f"--learning-rate {(SHORT_PEAK if peak == 'auto' else peak) / 4:g}"
             if saver.manager.latest_checkpoint:
                 return TrainingFailed(
                     f"{error}: training diverged. Nothing was saved after step "

@@ -11,7 +11,7 @@ import numpy as np
 import tensorflow as tf
 
 import txtutils
-from charrnn import ckpt, cli, corpus, hardware, memory, textcache
+from charrnn import ckpt, cli, corpus, hardware, memory, settings, textcache
 from charrnn.cli import UsageError
 from charrnn.distribute import Distribution
 from charrnn.model import build_model, loss_and_accuracy, mean_loss_and_accuracy
@@ -115,7 +115,8 @@ def make_model(config, dist, symbol_counts):
         if config["output_bias"] == "frequencies":
             model.logits_layer.bias.assign(log_frequencies(symbol_counts))
         optimizer = keras.optimizers.Adam(  # (clipping: in the step)
-            config["learning_rate"], weight_decay=config["weight_decay"] or None
+            0.0,  # each step's is set before it (learning_rate_at)
+            weight_decay=config["weight_decay"] or None,
         )
         optimizer.exclude_from_weight_decay(var_names=["bias"])  # the logits' frequencies stay
         optimizer.build(model.trainable_variables)  # Keras restores its slots only once built
@@ -134,12 +135,15 @@ def log_frequencies(counts):
 # The training step
 
 
-def learning_rate_at(step, progress, config):
+def learning_rate_at(step, progress, config, run_steps=None):
     """The learning rate of a step: a linear warm-up over the first config["warmup"]
     steps or the first warmup_share of the run, whichever ends sooner, then constant
     or a cosine from the peak down to min_lr x the peak at progress 1 (the fraction
-    of the run done: of its steps, or of its time limit)."""
+    of the run done: of its steps, or of its time limit). The peak: config's, or for
+    "auto" settings.auto_learning_rate's for a run of run_steps steps."""
     peak, warmup = config["learning_rate"], config["warmup"]
+    if peak == "auto":
+        peak = settings.auto_learning_rate(run_steps)
     warm = max((step + 1) / warmup, progress / config["warmup_share"]) if step < warmup else 1
     if warm < 1:
         return peak * warm

@@ -438,6 +438,7 @@ def test_weight_decay_shrinks_the_weight_matrices_and_not_the_biases():
         model, optimizer = training.make_model(
             dict(config, weight_decay=decay), Distribution(), symbol_counts=None
         )
+        optimizer.learning_rate.assign(0.1)  # as rnn_train.py sets it before each step
         before = [v.numpy() for v in model.trainable_variables]
         train_step = training.make_train_step(model, optimizer, config)
         train_step(x, np.roll(x, -1, axis=1), model.zero_state(4), tf.constant(0, tf.int64), False)

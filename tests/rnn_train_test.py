@@ -23,7 +23,7 @@ from tensorboard.util.tensor_util import make_ndarray
 import fetch_corpus
 import rnn_train
 import txtutils
-from charrnn import ckpt, runs, training
+from charrnn import ckpt, runs, settings, training
 from charrnn.model import build_model, mean_loss_and_accuracy
 from conftest import (
     FIXED_SCHEDULE,
@@ -345,6 +345,51 @@ def test_learning_rate_schedule():
     assert learning_rate_at(999, 1.0, config) == pytest.approx(0.0004)
     assert learning_rate_at(1200, 1.3, config) == pytest.approx(0.0004)
     assert learning_rate_at(500, 0.5, dict(config, schedule="constant")) == 0.004
+
+
+def test_learning_rate_auto_falls_with_the_runs_length(tmp_path, capsys):
+    """--learning-rate auto (the default): the short runs' peak up to SHORT_RUN steps,
+    the long runs' from LONG_RUN on, falling between; a time-limited run's length is
+    the steps its pace will make by the limit; a fine-tuning takes the long runs' peak,
+    and a number given is the peak whatever the length."""
+    from charrnn.settings import LONG_PEAK, LONG_RUN, SHORT_PEAK, SHORT_RUN, auto_learning_rate
+
+    assert SHORT_PEAK > LONG_PEAK and SHORT_RUN < LONG_RUN
+    assert auto_learning_rate(1) == auto_learning_rate(SHORT_RUN) == SHORT_PEAK
+    assert auto_learning_rate(LONG_RUN) == auto_learning_rate(10**9) == LONG_PEAK
+    between = [auto_learning_rate(n) for n in range(SHORT_RUN, LONG_RUN + 1, 100)]
+    assert all(a > b for a, b in itertools.pairwise(between))
+    middle = int(math.sqrt(SHORT_RUN * LONG_RUN))  # geometric: the middle's is the mean's
+    assert auto_learning_rate(middle) == pytest.approx(math.sqrt(SHORT_PEAK * LONG_PEAK))
+    config = {"learning_rate": "auto", "warmup": 0, "schedule": "constant"}
+    assert training.learning_rate_at(5, 0.5, config, run_steps=100) == SHORT_PEAK
+    assert training.learning_rate_at(5, 0.5, config, run_steps=LONG_RUN) == LONG_PEAK
+
+    clock = rnn_train.Clock(1.0)  # a minute, half of it gone
+    clock.start -= 30
+    assert clock.run_steps(100, 0, 10_000) == pytest.approx(200, rel=0.01)
+    assert clock.run_steps(1100, 1000, 10_000) == pytest.approx(1200, rel=0.01)  # resumed
+    assert clock.run_steps(100, 0, 150) == 150  # its steps end it before the time
+    assert clock.run_steps(0, 0, 10_000) == 10_000  # no pace yet
+    assert rnn_train.Clock(None).run_steps(100, 0, 10_000) == 10_000
+
+    parent = dict(settings.DEFAULTS)
+    fine_tune = types.SimpleNamespace(init_from="p", learning_rate=None)
+    assert settings.merge(fine_tune, None, parent)["learning_rate"] == LONG_PEAK
+    fine_tune.learning_rate = 0.01
+    assert settings.merge(fine_tune, None, parent)["learning_rate"] == 0.01
+
+    # a real short run: its rate rises to the short runs' peak, and it is saved as auto
+    corpus = write_corpus(str(tmp_path / "corpus"))
+    result = train(
+        *tiny_flags(tmp_path, corpus),
+        *["--run", "a", "--learning-rate", "auto", "--warmup", "5", "--max-steps", "20"],
+        capsys=capsys,
+    )
+    assert result.returncode == 0, result.stderr
+    rates = [float(v) for _, v in read_events(tmp_path / "log" / "a" / "training")["learning_rate"]]
+    assert max(rates) == pytest.approx(SHORT_PEAK, rel=1e-6)
+    assert ckpt.read_config(str(tmp_path / "ck" / "a" / "ckpt-20"))["learning_rate"] == "auto"
 
 
 def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path, capsys):

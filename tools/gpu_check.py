@@ -64,7 +64,7 @@ GRADIENT_LIMITS = {"float32": 1e-4, "float16": 32 * 2.0**-11, "bfloat16": 32 * 2
 # the learning rate warms up over the steps compared (rnn_train's over its first
 # WARMUP), then stays: from the start, the peak rate makes the runs drift apart faster
 RECIPE = {
-    "learning_rate": settings.DEFAULTS["learning_rate"],
+    "learning_rate": settings.LONG_PEAK,  # the peak LIMITS were measured at
     "schedule": "constant",
     "warmup_share": settings.DEFAULTS["warmup_share"],
 }
@@ -171,7 +171,7 @@ class Trainer:
     def __init__(self, model, config, text, warmup=1):
         self.model, self.config = model, config
         self.recipe = dict(RECIPE, warmup=warmup)
-        self.optimizer = keras.optimizers.Adam(settings.DEFAULTS["learning_rate"])
+        self.optimizer = keras.optimizers.Adam(RECIPE["learning_rate"])
         self.optimizer.build(model.trainable_variables)
         # the default recipe for what the step reads (clipping, zero-state rows), this
         # model's shapes over it
