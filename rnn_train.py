@@ -78,13 +78,14 @@ class StopRequest:
 
 
 class Clock:
-    """The run's one clock, started when the process starts training: the --time-limit
-    deadline, and the pace of the steps trained so far."""
+    """The run's one clock, started when the process starts: the --time-limit deadline
+    (set-up included), and the pace of the steps trained so far."""
 
     def __init__(self, minutes):
         self.start = time.perf_counter()
         self.minutes = minutes
         self.limit = 60 * minutes if minutes else None
+        self.training_from = 0.0  # when the training loop began (elapsed seconds)
         self.first_step = None  # when this process began its first step (elapsed seconds)
         self.in_steps = 0.0  # seconds spent in training steps, the rest being overhead
 
@@ -99,17 +100,29 @@ class Clock:
     def elapsed(self):
         return time.perf_counter() - self.start
 
+    def start_training(self):
+        """The training loop begins: the time it has runs from now. Returns elapsed()."""
+        self.training_from = self.elapsed()
+        return self.training_from
+
     def fraction_used(self):
-        """The fraction of the time limit used, 0 without one."""
-        return self.elapsed() / self.limit if self.limit else 0.0
+        """The fraction of the time limit's training time used, 0 without one. Set-up
+        (reading the text: minutes for a big one) is not the run's progress: counted,
+        a long one would skip --warmup-share's warm-up and start at the peak."""
+        if not self.limit:
+            return 0.0
+        left_at_start = self.limit - self.training_from
+        if left_at_start <= 0:
+            return 1.0
+        return min(1.0, (self.elapsed() - self.training_from) / left_at_start)
 
     def run_steps(self, step, first_step, total):
         """The steps the run will have made when it ends: total, or fewer where the
         time limit ends it first, at the pace of this process's steps so far."""
         used = self.fraction_used()
-        if step == first_step or used * total <= step:  # no pace yet, or no limit first
+        if not used or step == first_step:  # no limit, or no pace yet
             return total
-        return first_step + (step - first_step) / used
+        return min(total, first_step + (step - first_step) / used)
 
     def out_of_time(self):
         return self.limit is not None and self.elapsed() >= self.limit
@@ -176,7 +189,7 @@ def train(args):
     reports.start(text, batches_per_epoch, model, dist, step)
     train_step = make_train_step(model, optimizer, config, dist)
     sampler = Generator(model, topn=default_topn(model.alphasize, SAMPLE_TOPN))
-    window, first_step, since = Window(), step, clock.elapsed()
+    window, first_step, since = Window(), step, clock.start_training()
     reason = GO_ON
     try:
         with StopRequest() as stop:

@@ -392,6 +392,29 @@ def test_learning_rate_auto_falls_with_the_runs_length(tmp_path, capsys):
     assert ckpt.read_config(str(tmp_path / "ck" / "a" / "ckpt-20"))["learning_rate"] == "auto"
 
 
+def test_a_time_limits_progress_counts_from_the_training_not_the_set_up():
+    """A time-limited run's progress (the cosine's, --warmup-share's, and the pace auto
+    counts the run's steps by) runs from when training began: a long set-up (a big
+    text read) skips no warm-up; a resumed run's pace is its own steps'."""
+    clock = rnn_train.Clock(1.0)
+    clock.start -= 20  # 20 s of set-up
+    assert clock.start_training() == pytest.approx(20, abs=1)
+    assert clock.fraction_used() < 0.01
+    config = dict(settings.DEFAULTS, learning_rate=0.005, warmup=100, warmup_share=0.1)
+    assert training.learning_rate_at(0, clock.fraction_used(), config) < 0.1 * 0.005
+    clock.start -= 20  # 20 s of training: half of the 40 the set-up left
+    assert clock.fraction_used() == pytest.approx(0.5, abs=0.01)
+    assert clock.run_steps(100, 0, 10_000) == pytest.approx(200, rel=0.02)
+    # resumed at step 1,000 of 1,500: 100 steps in half the time make 1,200, not 1,500
+    assert clock.run_steps(1100, 1000, 1500) == pytest.approx(1200, rel=0.02)
+    assert clock.run_steps(100, 0, 150) == 150  # its steps end it before the time
+
+    late = rnn_train.Clock(1.0)
+    late.start -= 70  # a set-up longer than the limit: the first step is the last
+    late.start_training()
+    assert late.fraction_used() == 1.0 and late.out_of_time()
+
+
 def test_time_limit_stops_cleanly_and_the_schedule_ends_with_the_time(tmp_path, capsys):
     corpus = write_corpus(str(tmp_path / "corpus"))
     result = train(
