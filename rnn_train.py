@@ -101,9 +101,8 @@ class Clock:
         return time.perf_counter() - self.start
 
     def start_training(self):
-        """The training loop begins: the time it has runs from now. Returns elapsed()."""
+        """The training loop begins: the time it has runs from now."""
         self.training_from = self.elapsed()
-        return self.training_from
 
     def fraction_used(self):
         """The fraction of the time limit's training time used, 0 without one. Set-up
@@ -127,10 +126,10 @@ class Clock:
     def out_of_time(self):
         return self.limit is not None and self.elapsed() >= self.limit
 
-    def time_left(self, steps_left, steps_done, since):
-        """Seconds left at the pace of the steps_done trained since `since` (elapsed
-        seconds), validation, samples and checkpoints included, within the limit."""
-        left = steps_left * (self.elapsed() - since) / steps_done
+    def time_left(self, steps_left, steps_done):
+        """Seconds left at the pace of the steps_done trained since training began,
+        validation, samples and checkpoints included, within the limit."""
+        left = steps_left * (self.elapsed() - self.training_from) / steps_done
         return min(left, max(0.0, self.limit - self.elapsed())) if self.limit else left
 
 
@@ -189,7 +188,8 @@ def train(args):
     reports.start(text, batches_per_epoch, model, dist, step)
     train_step = make_train_step(model, optimizer, config, dist)
     sampler = Generator(model, topn=default_topn(model.alphasize, SAMPLE_TOPN))
-    window, first_step, since = Window(), step, clock.start_training()
+    window, first_step = Window(), step
+    clock.start_training()
     reason = GO_ON
     try:
         with StopRequest() as stop:
@@ -223,7 +223,7 @@ def train(args):
                     reports.stopping(reason)
 
                 if step % config["log_every"] == 0 or last:
-                    left = clock.time_left(total - step, step - first_step, since)
+                    left = clock.time_left(total - step, step - first_step)
                     reports.progress(window, step, epoch, left, learning_rate)
                     window = Window()
                 if text.valid_x is not None and (step % config["eval_every"] == 0 or last):
