@@ -115,14 +115,6 @@ class Clock:
             return 1.0
         return min(1.0, (self.elapsed() - self.training_from) / left_at_start)
 
-    def run_steps(self, step, first_step, total):
-        """The steps the run will have made when it ends: total, or fewer where the
-        time limit ends it first, at the pace of this process's steps so far."""
-        used = self.fraction_used()
-        if not used or step == first_step:  # no limit, or no pace yet
-            return total
-        return min(total, first_step + (step - first_step) / used)
-
     def out_of_time(self):
         return self.limit is not None and self.elapsed() >= self.limit
 
@@ -131,6 +123,15 @@ class Clock:
         validation, samples and checkpoints included, within the limit."""
         left = steps_left * (self.elapsed() - self.training_from) / steps_done
         return min(left, max(0.0, self.limit - self.elapsed())) if self.limit else left
+
+
+def steps_by_the_end(step, first_step, total, used):
+    """The steps the run will have made when it ends: total, or fewer where the time
+    limit ends it first, at the pace of this process's steps so far. used: the share
+    of the limit used (Clock.fraction_used; the chief's in a multiworker run)."""
+    if not used or step == first_step:  # no limit, or no pace yet
+        return total
+    return min(total, first_step + (step - first_step) / used)
 
 
 def read_run_text(args, config, run, dist):
@@ -190,6 +191,7 @@ def train(args):
     sampler = Generator(model, topn=default_topn(model.alphasize, SAMPLE_TOPN))
     window, first_step = Window(), step
     clock.start_training()
+    used = 0.0  # the share of --time-limit used as of the last step (the chief's clock's)
     reason = GO_ON
     try:
         with StopRequest() as stop:
@@ -199,8 +201,8 @@ def train(args):
             for x, y, epoch in batches:  # x, y: [BATCH (this worker's rows), SEQLEN]
                 if step >= total:  # (a signal is heeded after the step, by every worker)
                     break
-                progress = max(step / total, clock.fraction_used())
-                run_steps = clock.run_steps(step, first_step, total)
+                progress = max(step / total, used)
+                run_steps = steps_by_the_end(step, first_step, total, used)
                 learning_rate = learning_rate_at(step, progress, config, run_steps)
                 optimizer.learning_rate.assign(learning_rate)
                 t0 = time.perf_counter()
@@ -217,7 +219,9 @@ def train(args):
                     raise Diverged(f"the loss became {loss} at step {step + 1}")
                 window.add(loss, accuracy, clock.stepped(t0))
                 step += 1
-                reason = dist.stop_together(int(stop.signal or clock.out_of_time()))
+                reason, used = dist.stop_together(
+                    int(stop.signal or clock.out_of_time()), clock.fraction_used()
+                )
                 last = step == total or reason == OUT_OF_TIME
                 if reason > OUT_OF_TIME:
                     reports.stopping(reason)

@@ -10,7 +10,7 @@ did not exist:
     x = dist.split(x)                              # [BATCH, ...] -> each replica its rows
     step = dist.compile(replica_step)              # runs on every replica, means reduced
     state = dist.gather(state)                     # all rows again, to save them
-    reason = dist.stop_together(reason)            # one worker stops: all stop
+    reason, used = dist.stop_together(reason, used)  # one stops: all stop; the chief's clock rules
     saved = dist.agree(saved)                      # all learn whether the chief saved
 
 A distributed step computes what one process computes: replica r always trains
@@ -109,32 +109,47 @@ class Distribution:
         those of the text."""
         if not self.multiworker:
             return slice(0, batch_size)
-        if self._local is None:  # the replica numbers of this worker, asked once
+        first, end = self._local_replicas()
+        each = batch_size // self.replicas
+        return slice(first * each, end * each)
+
+    def _local_replicas(self):
+        """(first, last + 1) of this worker's replica numbers, asked once."""
+        if self._local is None:
             local = []
             self.strategy.experimental_distribute_values_from_function(
                 lambda context: local.append(context.replica_id_in_sync_group) or tf.zeros(())
             )
             self._local = (min(local), max(local) + 1)
-        each = batch_size // self.replicas
-        return slice(self._local[0] * each, self._local[1] * each)
+        return self._local
 
     def gather(self, value):
         """A per-replica value [BATCH/REPLICAS, ...] as the whole batch's [BATCH, ...]."""
         return self.strategy.gather(value, axis=0) if self.strategy else value
 
-    def stop_together(self, reason):
-        """The strongest reason to stop of any worker (a collective: every worker must
-        ask), so that all stop after the same step for the same reason; otherwise the
-        others would hang. reason: an int below REASONS, 0 to go on."""
+    def stop_together(self, reason, used=0.0):
+        """(the strongest reason to stop of any worker, the chief's `used`), a
+        collective: every worker must ask. All stop after the same step for the same
+        reason, or the others would hang. reason: an int below REASONS, 0 to go on;
+        used: the share of --time-limit this worker's clock says is used. The
+        schedule follows the chief's share on every worker: each worker's own clock
+        started a little apart, and learning rates that differ would let the copies
+        of the weights drift apart unseen (only the chief's are saved)."""
         if not self.multiworker:
-            return reason
+            return reason, used
+        first = self._local_replicas()[0]
+
         # tf.distribute reduces by SUM or MEAN only: count each reason over the
-        # workers (a one-hot vector each), then take the highest one counted
-        votes = self.strategy.experimental_distribute_values_from_function(
-            lambda context: tf.one_hot(int(reason), REASONS)
-        )
+        # workers (a one-hot vector each), then take the highest one counted; the
+        # chief's first replica alone adds its share
+        def vote(context):
+            chiefs = used if self.chief and context.replica_id_in_sync_group == first else 0.0
+            return tf.concat([tf.one_hot(int(reason), REASONS), [chiefs]], axis=0)
+
+        votes = self.strategy.experimental_distribute_values_from_function(vote)
         counts = self.strategy.reduce(tf.distribute.ReduceOp.SUM, votes, axis=None).numpy()
-        return int(max(i for i, n in enumerate(counts) if n > 0))
+        reason = max(i for i, n in enumerate(counts[:REASONS]) if n > 0)
+        return int(reason), float(counts[REASONS])
 
     def agree(self, ok):
         """Whether ok holds on every worker (a collective: every worker must ask), so

@@ -306,3 +306,40 @@ def test_a_failed_last_save_fails_every_worker_alike(tmp_path):
             f"{line} and --resume f from step 10"
         ], err
     assert saved and {p: p.read_bytes() for p in saved} == saved
+
+
+# Two workers ask stop_together what the loop asks after every step, each with its own
+# reason and its own clock's share of --time-limit (argv: reason, share)
+ASK = """
+import sys, types
+sys.path.insert(0, sys.argv[3])
+from charrnn.distribute import Distribution, make_strategy
+flags = types.SimpleNamespace(strategy="multiworker", collective_timeout=20)
+dist = Distribution(make_strategy(flags))
+print(*dist.stop_together(int(sys.argv[1]), float(sys.argv[2])), dist.chief)
+"""
+
+
+def test_every_worker_follows_the_chiefs_clock_and_the_strongest_reason():
+    """The share of the time limit used sets each step's learning rate (the cosine,
+    the warm-up, auto's peak): on every worker it must be the chief's, or workers
+    whose clocks started apart would apply different rates and their weights drift
+    apart. The strongest reason to stop is every worker's."""
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in cli.free_ports(2)]}
+    procs = []
+    for i, (reason, share) in enumerate([(0, 0.25), (2, 0.75)]):
+        task = {"cluster": cluster, "task": {"type": "worker", "index": i}}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-c", ASK, str(reason), str(share), HERE],
+                env=dict(os.environ, TF_CONFIG=json.dumps(task)),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    answers = []
+    for out, err, status in finish(procs, timeout=120):
+        assert status == 0, err
+        answers.append(out.split())
+    assert answers == [["2", "0.25", "True"], ["2", "0.25", "False"]]

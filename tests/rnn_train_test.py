@@ -367,11 +367,13 @@ def test_learning_rate_auto_falls_with_the_runs_length(tmp_path, capsys):
 
     clock = rnn_train.Clock(1.0)  # a minute, half of it gone
     clock.start -= 30
-    assert clock.run_steps(100, 0, 10_000) == pytest.approx(200, rel=0.01)
-    assert clock.run_steps(1100, 1000, 10_000) == pytest.approx(1200, rel=0.01)  # resumed
-    assert clock.run_steps(100, 0, 150) == 150  # its steps end it before the time
-    assert clock.run_steps(0, 0, 10_000) == 10_000  # no pace yet
-    assert rnn_train.Clock(None).run_steps(100, 0, 10_000) == 10_000
+    ends, half = rnn_train.steps_by_the_end, clock.fraction_used()
+    assert half == pytest.approx(0.5, rel=0.01)
+    assert ends(100, 0, 10_000, half) == pytest.approx(200, rel=0.01)
+    assert ends(1100, 1000, 10_000, half) == pytest.approx(1200, rel=0.01)  # resumed
+    assert ends(100, 0, 150, half) == 150  # its steps end it before the time
+    assert ends(0, 0, 10_000, half) == 10_000  # no pace yet
+    assert ends(100, 0, 10_000, rnn_train.Clock(None).fraction_used()) == 10_000
 
     parent = dict(settings.DEFAULTS)
     fine_tune = types.SimpleNamespace(init_from="p", learning_rate=None)
@@ -405,10 +407,11 @@ def test_a_time_limits_progress_counts_from_the_training_not_the_set_up():
     assert training.learning_rate_at(0, clock.fraction_used(), config) < 0.1 * 0.005
     clock.start -= 20  # 20 s of training: half of the 40 the set-up left
     assert clock.fraction_used() == pytest.approx(0.5, abs=0.01)
-    assert clock.run_steps(100, 0, 10_000) == pytest.approx(200, rel=0.02)
+    ends, half = rnn_train.steps_by_the_end, clock.fraction_used()
+    assert ends(100, 0, 10_000, half) == pytest.approx(200, rel=0.02)
     # resumed at step 1,000 of 1,500: 100 steps in half the time make 1,200, not 1,500
-    assert clock.run_steps(1100, 1000, 1500) == pytest.approx(1200, rel=0.02)
-    assert clock.run_steps(100, 0, 150) == 150  # its steps end it before the time
+    assert ends(1100, 1000, 1500, half) == pytest.approx(1200, rel=0.02)
+    assert ends(100, 0, 150, half) == 150  # its steps end it before the time
 
     late = rnn_train.Clock(1.0)
     late.start -= 70  # a set-up longer than the limit: the first step is the last
