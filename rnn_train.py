@@ -127,8 +127,8 @@ class Clock:
 
 def steps_by_the_end(step, first_step, total, used):
     """The steps the run will have made when it ends: total, or fewer where the time
-    limit ends it first, at the pace of this process's steps so far. used: the share
-    of the limit used (Clock.fraction_used; the chief's in a multiworker run)."""
+    limit ends it first, at the pace of the steps this process made so far. used: the
+    share of the limit used (Clock.fraction_used; the chief's in a multiworker run)."""
     if not used or step == first_step:  # no limit, or no pace yet
         return total
     return min(total, first_step + (step - first_step) / used)
@@ -191,9 +191,13 @@ def train(args):
     sampler = Generator(model, topn=default_topn(model.alphasize, SAMPLE_TOPN))
     window, first_step = Window(), step
     clock.start_training()
-    used = 0.0  # the share of --time-limit used as of the last step (the chief's clock's)
     reason = GO_ON
     try:
+        # The share of --time-limit used, as of the end of the step before: the chief's,
+        # so that every worker applies the same learning rate and their weights stay
+        # the same (a collective; the others come after each step). A set-up past the
+        # limit gives 1: the one step it leaves is at the schedule's end.
+        used = dist.stop_together(GO_ON, clock.fraction_used())[1]
         with StopRequest() as stop:
             state = dist.split(state)
             mine = dist.worker_rows(B)  # a slice: a worker reads only its rows of the text
@@ -219,8 +223,10 @@ def train(args):
                     raise Diverged(f"the loss became {loss} at step {step + 1}")
                 window.add(loss, accuracy, clock.stepped(t0))
                 step += 1
+                # the time is the chief's: the run stops where its schedule ends
+                out_of_time = dist.chief and clock.out_of_time()
                 reason, used = dist.stop_together(
-                    int(stop.signal or clock.out_of_time()), clock.fraction_used()
+                    int(stop.signal or out_of_time), clock.fraction_used()
                 )
                 last = step == total or reason == OUT_OF_TIME
                 if reason > OUT_OF_TIME:

@@ -320,15 +320,23 @@ print(*dist.stop_together(int(sys.argv[1]), float(sys.argv[2])), dist.chief)
 """
 
 
-def test_every_worker_follows_the_chiefs_clock_and_the_strongest_reason():
+@pytest.mark.parametrize("chief", ["worker", "chief"])
+def test_every_worker_follows_the_chiefs_clock_and_the_strongest_reason(chief):
     """The share of the time limit used sets each step's learning rate (the cosine,
     the warm-up, auto's peak): on every worker it must be the chief's, or workers
     whose clocks started apart would apply different rates and their weights drift
-    apart. The strongest reason to stop is every worker's."""
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in cli.free_ports(2)]}
+    apart. The strongest reason to stop is every worker's. chief: the chief's task,
+    worker 0 or a "chief" task of its own."""
+    ports = cli.free_ports(2)
+    if chief == "worker":
+        cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+        tasks = [("worker", 0), ("worker", 1)]
+    else:
+        cluster = {"chief": [f"127.0.0.1:{ports[0]}"], "worker": [f"127.0.0.1:{ports[1]}"]}
+        tasks = [("chief", 0), ("worker", 0)]
     procs = []
-    for i, (reason, share) in enumerate([(0, 0.25), (2, 0.75)]):
-        task = {"cluster": cluster, "task": {"type": "worker", "index": i}}
+    for (kind, index), (reason, share) in zip(tasks, [(0, 0.25), (2, 0.75)], strict=True):
+        task = {"cluster": cluster, "task": {"type": kind, "index": index}}
         procs.append(
             subprocess.Popen(
                 [sys.executable, "-c", ASK, str(reason), str(share), HERE],
@@ -343,3 +351,14 @@ def test_every_worker_follows_the_chiefs_clock_and_the_strongest_reason():
         assert status == 0, err
         answers.append(out.split())
     assert answers == [["2", "0.25", "True"], ["2", "0.25", "False"]]
+
+
+def test_the_time_limit_is_the_chiefs(tmp_path):
+    """A worker's own --time-limit does not stop the run: the chief's clock does, the
+    one its learning rates follow, so the schedule ends where the run does."""
+    args = on_one_file(tmp_path, *TINY, "--run", "t", "--max-steps", "60", "--save-every", "60")
+    own = [[], ["--time-limit", "0.001"]]  # the other worker's limit: gone at once
+    results = finish(workers(args, own=own))
+    for _, err, status in results:
+        assert status == 0, err
+    assert os.path.exists(tmp_path / "ck" / "t" / "ckpt-60.index")  # all 60 steps
