@@ -105,7 +105,8 @@ class Setting:
 # --learning-rate auto: the peak for a run of so many steps, SHORT_PEAK up to SHORT_RUN
 # and LONG_PEAK from LONG_RUN on, geometric between. Measured on Shakespeare
 # (docs/quality.md): 0.005 ends 0.039 nats/char below 0.003 at 665 steps, 0.021 at
-# 1,600; a full run (8,170 steps) ends at 1.311 with 0.003, and is not measured with more.
+# 1,600; a full run (8,170 steps) ends at 1.311 with 0.003, 1.317 with 0.002, and 0.005
+# was 0.021 behind 0.003 at step 4,000.
 SHORT_RUN, SHORT_PEAK = 2000, 0.005
 LONG_RUN, LONG_PEAK = 8000, 0.003
 
@@ -234,7 +235,8 @@ SETTINGS = [
     S("time_limit", None, positive_float, SESSION,
       "stop after this much time (checkpoint saved), whatever the epoch; a cosine "
       "schedule then ends when the time does", flag=dict(metavar="MINUTES")),
-    S("run", None, text, SESSION, "name of the run (default: the date and time)"),
+    S("run", None, text, SESSION, "name of the run (default: the date and time)",
+      flag=dict(metavar="NAME")),
     S("resume", None, text, SESSION,
       "continue the newest run, or the one named, where it stopped",
       flag=dict(nargs="?", const="", metavar="RUN")),
