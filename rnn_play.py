@@ -9,8 +9,10 @@ character and the state, sample the next character, feed both back.
 
 from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
+import contextlib
 import os
 import sys
+import tempfile
 import time
 
 import numpy as np
@@ -175,6 +177,8 @@ def play(args):
         check_scoring_memory(ckpt.read_config(prefix))
     else:
         check_streams_memory(ckpt.read_config(prefix), args)
+    if args.out_dir:  # now, not after generating what it could not keep
+        check_out_dir(args.out_dir)
     model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config)
     if args.score:
@@ -197,7 +201,10 @@ def play(args):
     out = sys.stdout if args.streams == 1 and not args.out_dir else None
     pieces = [args.prime] if args.prime_file is None else txtutils.read_text_pieces(args.prime_file)
     prime = feed_prime(generator, pieces, alphabet, args.streams, seed, echo=out)
-    samples = generate(generator, alphabet, args.length, args.stop, echo=out)
+    try:
+        samples, stopped = generate(generator, alphabet, args.length, args.stop, echo=out), False
+    except Stopped as e:  # Ctrl-C: keep what each stream has
+        samples, stopped = e.texts, True
     if out:
         return 0
     if args.out_dir:
@@ -205,7 +212,21 @@ def play(args):
     else:
         for i, text in enumerate(samples):
             print(f"==== sample {i + 1} of {len(samples)} ====\n{prime}{text}")
+    if stopped:
+        kept = f"written to {args.out_dir}/" if args.out_dir else "printed above"
+        raise KeyboardInterrupt(
+            f"stopped (Ctrl-C) after {max(map(len, samples)):,} of {args.length:,} "
+            f"characters: the samples so far are {kept}"
+        )
     return 0
+
+
+class Stopped(Exception):
+    """Ctrl-C during a generation that keeps its text: texts, each stream's so far."""
+
+    def __init__(self, texts):
+        super().__init__()
+        self.texts = texts
 
 
 def feed_prime(generator, pieces, alphabet, streams, seed, echo=None):
@@ -238,10 +259,25 @@ def generate(generator, alphabet, length, stop=None, echo=None):
     """The text of each stream, GENERATE_PER_CALL characters per compiled call, until each has
     length characters (0: no end), or ended right after the first stop it generated;
     generation ends when every stream has. echo: a file that the one stream's text is
-    written to as it comes, and nothing is kept (returns None)."""
+    written to as it comes, and nothing is kept (returns None). Ctrl-C raises Stopped
+    with the texts so far, where they are kept."""
     streams = len(generator.state)
     texts, tails = [[] for _ in range(streams)], [""] * streams
-    going = np.ones(streams, bool)
+    try:
+        _generate(generator, alphabet, length, stop, echo, texts, tails)
+    except KeyboardInterrupt:
+        if echo:  # what was generated is on the screen already
+            raise
+        raise Stopped(["".join(t) for t in texts]) from None
+    if echo:
+        echo.write("\n")
+        return None
+    return ["".join(t) for t in texts]
+
+
+def _generate(generator, alphabet, length, stop, echo, texts, tails):
+    """generate's loop: each stream's text to echo or appended to texts[i]."""
+    going = np.ones(len(texts), bool)
     done = 0
     while going.any() and (length == 0 or done < length):
         codes = generator.next(GENERATE_PER_CALL)  # [STREAMS, GENERATE_PER_CALL]
@@ -260,10 +296,6 @@ def generate(generator, alphabet, length, stop=None, echo=None):
                 echo.flush()
             else:
                 texts[i].append(text)
-    if echo:
-        echo.write("\n")
-        return None
-    return ["".join(t) for t in texts]
 
 
 def check_scoring_memory(config):
@@ -309,18 +341,35 @@ def check_streams_memory(config, args):
     )
 
 
-def write_samples(prime, samples, out_dir):
+def check_out_dir(out_dir):
+    """Make --out-dir and write a file in it, or refuse it (UsageError)."""
     try:
         os.makedirs(out_dir, exist_ok=True)
-        width = len(str(len(samples)))
-        for i, text in enumerate(samples):
-            path = os.path.join(out_dir, f"sample-{i + 1:0{width}d}.txt")
-            with open(path, "w", encoding="utf-8", errors="replace") as f:
-                f.write(prime + text + "\n")
+        with tempfile.TemporaryFile(dir=out_dir):
+            pass
     except OSError as e:
         raise cli.UsageError(
-            f"cannot write {e.filename}: {e.strerror}; choose another --out-dir"
+            f"cannot write in --out-dir {out_dir}: {e.strerror}; choose another --out-dir"
         ) from None
+
+
+def write_samples(prime, samples, out_dir):
+    """Each sample to out_dir/sample-N.txt, each file whole or not at all: written
+    beside and renamed over, so a failure leaves an earlier file as it was."""
+    width = len(str(len(samples)))
+    for i, text in enumerate(samples):
+        path = os.path.join(out_dir, f"sample-{i + 1:0{width}d}.txt")
+        part = path + ".part"
+        try:
+            with open(part, "w", encoding="utf-8", errors="replace") as f:
+                f.write(prime + text + "\n")
+            os.replace(part, path)
+        except OSError as e:
+            with contextlib.suppress(OSError):
+                os.remove(part)
+            raise cli.UsageError(
+                f"cannot write {path}: {e.strerror}; choose another --out-dir"
+            ) from None
     print(f"{len(samples)} samples written to {out_dir}/")
 
 
@@ -334,10 +383,15 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         if args.score:  # an unfinished score is no figure: say so, and fail as Ctrl-C does
             message = str(e) or f"scoring of {args.score} stopped (Ctrl-C)"
-            print(f"{PROG}: {message}".replace("\n", "\\n"), file=sys.stderr)
-            return 130
-        print()  # generation was asked to run until Ctrl-C: a quiet stop
-        return 0
+        elif args.streams > 1 or args.out_dir:  # samples kept, then printed or written
+            message = str(e) or "stopped (Ctrl-C) before every sample was " + (
+                f"written to {args.out_dir}/" if args.out_dir else "printed"
+            )
+        else:
+            print()  # one stream, printed as it came: Ctrl-C ends it, as --length 0 asks
+            return 0
+        print(f"{PROG}: {message}".replace("\n", "\\n"), file=sys.stderr)
+        return 130
     except BrokenPipeError:  # e.g. piped into head
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0

@@ -183,6 +183,66 @@ def test_streams_can_go_to_files(tiny_run, tmp_path, capsys):
     assert bad.stderr.startswith("rnn_play.py: error: cannot write") and bad.stderr.count("\n") == 1
 
 
+def test_ctrl_c_keeps_the_samples_generated_so_far(tiny_run, tmp_path, capsys, monkeypatch):
+    """Ctrl-C while many streams generate (KeyboardInterrupt in the third compiled call,
+    where Python raises it on SIGINT) writes each stream's text so far and exits 130
+    with one line saying so; the samples' text is what an uninterrupted run begins with."""
+    out = tmp_path / "samples"
+    common = ("--streams", "3", "--seed", "4", "--prime", "KING:")
+    whole = play_here(tiny_run, *common, "--length", "600", capsys=capsys)
+    assert whole.returncode == 0, whole.stderr
+    real = Generator.next
+    calls = []
+
+    def next_then_ctrl_c(self, n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(self, n)
+
+    monkeypatch.setattr(Generator, "next", next_then_ctrl_c)
+    result = play_here(
+        tiny_run, *common, "--length", "100000", "--out-dir", str(out), capsys=capsys
+    )
+    assert result.returncode == 130, result.stderr
+    done = 2 * generate.GENERATE_PER_CALL
+    assert result.stderr == (
+        f"rnn_play.py: stopped (Ctrl-C) after {done:,} of 100,000 characters: "
+        f"the samples so far are written to {out}/\n"
+    )
+    texts = [(out / f"sample-{i}.txt").read_text() for i in (1, 2, 3)]
+    printed = re.split(r"^==== sample \d of 3 ====\n", whole.stdout, flags=re.MULTILINE)[1:]
+    for text, full in zip(texts, printed, strict=True):
+        assert len(text) == len("KING:") + done + 1 and text == full[: len(text) - 1] + "\n"
+    # Ctrl-C before any sample was kept (while the prime is read): no text, and status 130
+    calls.clear()
+    monkeypatch.setattr(
+        rnn_play, "feed_prime", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt)
+    )
+    early = play_here(tiny_run, *common, "--length", "100", capsys=capsys)
+    assert (early.returncode, early.stdout) == (130, "")
+    assert early.stderr == "rnn_play.py: stopped (Ctrl-C) before every sample was printed\n"
+
+
+def test_a_sample_file_is_written_whole_or_not_at_all(tiny_run, tmp_path, capsys):
+    """Each sample goes to a file beside and is renamed over: a write that fails leaves
+    the earlier sample file as it was, and no part file."""
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / "sample-1.txt").write_text("an earlier sample\n")
+    (out / "sample-1.txt.part").mkdir()  # the file beside cannot be written
+    result = play_here(
+        tiny_run, "--streams", "2", "--length", "5", "--out-dir", str(out), capsys=capsys
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"rnn_play.py: error: cannot write {out / 'sample-1.txt'}: Is a directory; "
+        "choose another --out-dir\n"
+    )
+    assert (out / "sample-1.txt").read_text() == "an earlier sample\n"
+    assert sorted(p.name for p in out.iterdir()) == ["sample-1.txt", "sample-1.txt.part"]
+
+
 # ---------------------------------------------------------------------------
 # --score: streamed, compiled, exact
 
