@@ -298,7 +298,12 @@ def _read(data_patterns, validation_patterns, alphabet, min_count, cache, progre
 
 def _find_text(data_patterns, validation_patterns):
     """The files --data names, and those --validation names ([] for none; None for
-    the default split); CorpusError if either names no file."""
+    the default split); CorpusError if either names no file, or a path (no wildcard)
+    that is not there: a glob matching nothing is dropped, a typed name must not be."""
+    for flag, patterns in (("--data", data_patterns), ("--validation", validation_patterns)):
+        for pattern in patterns or []:
+            if not glob.has_magic(pattern) and not os.path.lexists(os.path.expanduser(pattern)):
+                raise CorpusError(f"{flag} names {pattern}, which does not exist: check the path")
     files = find_files(data_patterns)
     if not files:
         raise CorpusError(

@@ -384,7 +384,21 @@ def test_validation_taking_all_the_training_text_is_a_corpus_error(tmp_path, con
 def test_a_validation_pattern_that_matches_nothing_is_a_corpus_error(tmp_path):
     files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
     with pytest.raises(CorpusError, match="--validation .* matches no file"):
-        charrnn.corpus.read_corpus([str(tmp_path)], [str(tmp_path / "missing.txt")])
+        charrnn.corpus.read_corpus([str(tmp_path)], [str(tmp_path / "missing-*.txt")])
+
+
+def test_a_name_typed_wrong_is_refused_not_skipped(tmp_path):
+    """A path without wildcards that is not there is a mistake, even beside files that
+    are: glob drops it, and the run would train on less text than asked, unsaid."""
+    files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
+    a, typo = str(tmp_path / "a.txt"), str(tmp_path / "b.txtt")
+    with pytest.raises(CorpusError, match=f"^--data names {typo}, which does not exist"):
+        charrnn.corpus.read_corpus([a, typo])
+    with pytest.raises(CorpusError, match=f"^--validation names {typo}, which does not exist"):
+        charrnn.corpus.read_corpus([a], [str(tmp_path / "b.txt"), typo])
+    # a glob that matches nothing beside one that matches is dropped, as a shell would
+    train, *_ = charrnn.corpus.read_corpus([a, str(tmp_path / "c*.txt")], [])
+    assert decode(train) == "aaa"
 
 
 def test_the_memory_of_reading_grows_little_with_the_number_of_files(tmp_path):

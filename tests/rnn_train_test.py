@@ -201,6 +201,7 @@ def bad_input_cases(tmp):
     other = write_corpus(str(tmp / "other"), seed=1)  # not the text the tiny run read
     return [
         ("glob matches nothing", ["--data", str(tmp / "nothing" / "*.txt")], "matches no file"),
+        ("a name not there", [*data, str(tmp / "nothere.txt")], "which does not exist"),
         ("empty files", ["--data", str(empty)], "holds no text"),
         ("binary file", ["--data", str(binary)], "not a text file"),
         ("too small", ["--data", str(small), "--validation", "none"], "too small for one batch"),
