@@ -128,7 +128,10 @@ class Cache:
                     if os.fstat(arrays[name].file.fileno()).st_size != length * dtype.itemsize:
                         break
                 else:
-                    os.utime(in_use.fileno())  # its last use: trim removes the oldest first
+                    # its last use, for trim (oldest out first); a cache this process may
+                    # read but not touch (another user's) still serves its entry
+                    with contextlib.suppress(OSError):
+                        os.utime(in_use.fileno())
                     return arrays
         except (OSError, ValueError, KeyError, TypeError):
             pass

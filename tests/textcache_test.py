@@ -77,6 +77,21 @@ def test_a_second_read_finds_the_codes_the_first_encoded(tmp_path):
     assert charrnn.corpus.read_corpus(moved, cache_dir=cache).encoded is False
 
 
+def test_an_entry_whose_last_use_cannot_be_marked_is_still_found(tmp_path, monkeypatch):
+    """A cache another user made (or on a read-only mount) can be read, but not touched:
+    its entry is still the text's, not encoded again (where writing would then fail)."""
+    data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
+    first = charrnn.corpus.read_corpus(data, cache_dir=cache)
+
+    def refused(*args, **kwargs):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "utime", refused)
+    second = charrnn.corpus.read_corpus(data, cache_dir=cache)
+    assert (first.encoded, second.encoded) == (True, False)
+    assert np.array_equal(first.train, second.train)
+
+
 def test_a_file_edited_to_the_same_size_and_time_is_a_new_text(tmp_path):
     data, cache = write_text(tmp_path / "text"), str(tmp_path / "cache")
     before = charrnn.corpus.read_corpus(data, [], cache_dir=cache)
