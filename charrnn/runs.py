@@ -90,7 +90,11 @@ class RunLock:
     leaves it stuck."""
 
     def __init__(self, run_dir):
-        self.file = open(os.path.join(run_dir, "lock"), "a+")  # noqa: SIM115 (held open)
+        path = os.path.join(run_dir, "lock")
+        try:
+            self.file = open(path, "a+")  # noqa: SIM115 (held open)
+        except OSError as e:
+            raise _unwritable(path, e) from None
         try:
             fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -101,10 +105,21 @@ class RunLock:
                 f"{run_dir} is being trained by another process (pid {pid}): "
                 "wait for it to finish, or stop it first"
             ) from None
-        self.file.seek(0)
-        self.file.truncate()
-        self.file.write(f"{os.getpid()}\n")
-        self.file.flush()
+        try:
+            self.file.seek(0)
+            self.file.truncate()
+            self.file.write(f"{os.getpid()}\n")
+            self.file.flush()
+        except OSError as e:  # a full disk
+            self.file.close()
+            raise _unwritable(path, e) from None
+
+
+def _unwritable(path, error):
+    return ckpt.CheckpointError(
+        f"cannot write {path}: {error.strerror}; a run trains where it may write "
+        "(free some space, or train elsewhere with --checkpoint-dir)"
+    )
 
 
 def find_checkpoint(what, checkpoint_dir, warn):

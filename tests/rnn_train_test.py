@@ -261,6 +261,19 @@ def test_bad_input_gets_one_line_and_loses_nothing(tmp_path, tiny_run, capsys):
         assert tree_digest(ck, log) == before, name
 
 
+def test_a_run_folder_that_cannot_be_written_gets_one_line(tmp_path, tiny_run, capsys):
+    """--resume where the run's lock file cannot be written (here a folder stands in
+    its place; in life a folder of another user's, or a full disk): one line, exit 2."""
+    ck = tmp_path / "ck"
+    shutil.copytree(tiny_run["checkpoints"], ck)
+    os.remove(ck / "tiny" / "lock")
+    (ck / "tiny" / "lock").mkdir()
+    result = train("--resume", "tiny", "--checkpoint-dir", str(ck), capsys=capsys)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"rnn_train.py: error: cannot write {ck / 'tiny' / 'lock'}: ")
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+
+
 def test_resume_restores_everything_training_depends_on(tmp_path):
     """Without dropout (the one random input), 40 steps + resume + 40 steps end with the
     same weights as 80 steps in one go: the weights, optimizer moments, step, data
