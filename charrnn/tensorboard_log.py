@@ -43,11 +43,12 @@ class HeldBackLog:
         self.pending = []  # (run, kind, tag, value, step, description)
 
     def scalar(self, run, tag, value, step, description=None):
-        self.pending.append((run, "scalar", tag, float(value), step, description))
+        if self.log_dir:  # (a log that writes nothing holds nothing: no growth in a long run)
+            self.pending.append((run, "scalar", tag, float(value), step, description))
 
     def text(self, run, tag, text, step):
-        # Markdown: a code block keeps the sample's line breaks
-        self.pending.append((run, "text", tag, f"```\n{text}\n```", step, None))
+        if self.log_dir:  # Markdown: a code block keeps the sample's line breaks
+            self.pending.append((run, "text", tag, f"```\n{text}\n```", step, None))
 
     def pending_json(self):
         """The figures not written yet, as JSON: what the next checkpoint carries."""

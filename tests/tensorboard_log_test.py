@@ -41,9 +41,14 @@ def test_held_back_figures_reach_the_file_only_on_write_out(tmp_path):
     assert len(events.Tensors("loss")) == 1
 
 
-def test_a_log_without_a_folder_writes_nothing(tmp_path):
+def test_a_log_without_a_folder_writes_nothing_and_holds_nothing(tmp_path):
+    """A worker that is not the chief logs nowhere; nor does it keep the figures (it
+    never writes them out: they would grow with the run)."""
     log = HeldBackLog(None, ["training"])
-    log.scalar("training", "loss", 1.0, step=1)
+    for step in range(1, 4):
+        log.scalar("training", "loss", 1.0, step=step)
+        log.text("training", "sample", "text", step=step)
+    assert log.pending == []
     log.write_out()
     assert log.pending == []
     assert os.listdir(tmp_path) == []
