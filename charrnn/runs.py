@@ -235,6 +235,17 @@ def open_run(args, chief):
     return run
 
 
+def has_figures(log_dir):
+    """Whether a run's log folder holds any figure (a run stopped before its first
+    checkpoint leaves event files with none)."""
+    # (imported here: TensorBoard's reader is for training alone, not rnn_play.py)
+    from charrnn.tensorboard_log import logged_steps
+
+    if not os.path.isdir(log_dir):
+        return False
+    return any(logged_steps(os.path.join(log_dir, name)) for name in sorted(os.listdir(log_dir)))
+
+
 def pick_run(args):
     """The name of the run to train, and whether it is resumed."""
     if args.resume is None:
@@ -249,6 +260,12 @@ def pick_run(args):
             raise UsageError(
                 f"run {run} has the best checkpoint of an earlier run of that name in "
                 f"{best}: choose another --run, or delete that folder"
+            )
+        log = os.path.join(args.log_dir, run)
+        if has_figures(log):  # an earlier run's: its curves and this one's would interleave
+            raise UsageError(
+                f"run {run} has the TensorBoard log of an earlier run of that name in "
+                f"{log}: choose another --run, or delete that folder"
             )
         return run, False
     if args.run and args.resume and args.run != args.resume:

@@ -223,6 +223,7 @@ def bad_input_cases(tmp):
         ("resume a run that is not there", ["--resume", "nosuchrun"], "nothing to resume"),
         ("other architecture", ["--resume", "tiny", "--cell-size", "64"], "--cell-size 32"),
         ("run exists", [*data, "--run", "tiny"], "exists already"),
+        ("an earlier run's log", [*data, "--run", "gone"], "TensorBoard log of an earlier run"),
         (
             "resume on other text",
             ["--resume", "tiny", "--data", os.path.join(other, "*.txt")],
@@ -245,6 +246,7 @@ def test_bad_input_gets_one_line_and_loses_nothing(tmp_path, tiny_run, capsys):
     ck, log = tmp_path / "ck", tmp_path / "log"
     shutil.copytree(tiny_run["checkpoints"], ck)
     shutil.copytree(tiny_run["log"], log)
+    shutil.copytree(log / "tiny", log / "gone")  # a run whose checkpoints were deleted
     dirs = ["--checkpoint-dir", str(ck), "--log-dir", str(log)]
     nowhere = ["--checkpoint-dir", str(tmp_path / "none"), "--log-dir", str(log)]
     before = tree_digest(ck, log)

@@ -6,6 +6,7 @@ import os
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from charrnn import runs
 from charrnn.tensorboard_log import HeldBackLog
 
 
@@ -52,3 +53,17 @@ def test_a_log_without_a_folder_writes_nothing_and_holds_nothing(tmp_path):
     log.write_out()
     assert log.pending == []
     assert os.listdir(tmp_path) == []
+
+
+def test_a_name_is_taken_by_a_log_with_figures_not_by_one_without(tmp_path):
+    """A new run refuses a name whose log holds an earlier run's figures (runs.pick_run);
+    a run stopped before its first checkpoint left event files with none: not taken."""
+    log = tmp_path / "log"
+    assert not runs.has_figures(str(log))
+    writer = tf.summary.create_file_writer(str(log / "training"))
+    writer.flush()
+    assert os.listdir(log / "training") and not runs.has_figures(str(log))
+    with writer.as_default(step=1):
+        tf.summary.scalar("loss", 1.0)
+    writer.flush()
+    assert runs.has_figures(str(log))
