@@ -311,6 +311,7 @@ class Saver:
 
     def __init__(self, run_dir, model, optimizer, config, log, dist):
         self.model, self.log, self.dist, self.config = model, log, dist, config
+        self.run_dir = run_dir
         self.step = tf.Variable(0, dtype=tf.int64)
         self.state = tf.Variable(model.zero_state(config["batch_size"]))  # [BATCH, LAYERS*CELL]
         self.figures = tf.Variable("[]")  # the log's figures up to the step, as JSON
@@ -361,6 +362,7 @@ class Saver:
         try:
             self.manager.save(checkpoint_number=step)
         except (OSError, tf.errors.OpError) as e:
+            remove_partial_saves(self.run_dir)  # its pieces: room for the next try
             cli.warn(
                 f"warning: could not save a checkpoint at step {step} "
                 f"({ckpt.short_reason(e)}); the one at step {self.saved_step} is intact"
@@ -454,9 +456,10 @@ class Best:
                 f"({e.strerror}); the best kept is still step {self.step}"
             )
             return
-        for old in all_in(self.dir):  # a failure leaves an older one: the newest is the best
-            if old != name:
-                for path in glob.glob(glob.escape(old) + ".*"):
-                    with contextlib.suppress(OSError):
-                        os.remove(path)
+        # the one replaced, and any pieces of one a kill or full disk left unfinished
+        # (no .index: all_in never finds them)
+        for path in glob.glob(os.path.join(glob.escape(self.dir), "ckpt-*")):
+            if not path.startswith(name + "."):
+                with contextlib.suppress(OSError):
+                    os.remove(path)
         self.step, self.loss = step, loss

@@ -789,6 +789,9 @@ def test_the_best_checkpoint_is_kept_whatever_keep_deletes(tmp_path):
     run = tmp_path / "r"
     run.mkdir()
     best = runs.Best(str(run), MEASURE)
+    (run / "best").mkdir()  # the pieces of a best that a kill left unfinished (no .index)
+    (run / "best" / "ckpt-5.json").write_text("{}")
+    (run / "best" / "ckpt-5.data-00000-of-00001").write_text("5")
     for step, loss in [(10, 2.0), (20, 1.5), (30, 1.7), (40, 1.6)]:
         for suffix in ("index", "data-00000-of-00001"):  # a checkpoint's files, as saved
             (run / f"ckpt-{step}.{suffix}").write_text(f"{step}")
