@@ -246,9 +246,14 @@ def train(args):
                     break
             # the last save, still under StopRequest: a signal now waits for it to end
             if step != saver.saved_step and not saver.save(step, state, x, y):
+                again = (  # a run with no checkpoint yet has nothing to resume
+                    f"--resume {run.name} from step {saver.saved_step}"
+                    if saver.saved_step
+                    else "start the run again"
+                )
                 raise TrainingFailed(
                     f"the last {step - saver.saved_step} steps could not be saved; "
-                    f"free some space and --resume {run.name} from step {saver.saved_step}"
+                    f"free some space and {again}"
                 )
     except (Diverged, tf.errors.OpError) as e:
         raise reports.failure(e, step, saver, dist.multiworker) from None

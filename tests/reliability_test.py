@@ -30,6 +30,7 @@ from conftest import (
     run_cli,
     run_clis,
     session_folder,
+    tiny_flags,
     where,
     write_corpus,
 )
@@ -391,6 +392,26 @@ def test_a_full_disk_loses_no_checkpoint(tmp_path):
     assert again.returncode == 0, again.stderr
     assert "resuming at step 20" in again.stdout
     assert not glob.glob(str(run_dir / "ckpt-*_temp"))  # the pieces of failed saves are gone
+    # a new run that could save nothing has nothing to resume: it is started again
+    fresh = subprocess.run(
+        [
+            *TRAIN,
+            *tiny_flags(tmp_path, str(tmp_path / "corpus")),
+            "--run",
+            "new",
+            "--max-steps",
+            "5",
+        ],
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert fresh.returncode == 1, fresh.stderr
+    assert fresh.stderr.strip().splitlines()[-1] == (
+        "rnn_train.py: error: the last 5 steps could not be saved; free some space and "
+        "start the run again"
+    )
 
 
 def test_one_writer_per_run_and_no_stuck_lock(tmp_path):
