@@ -18,7 +18,8 @@ OUT_DIR holds, when done (written beside it first, renamed into place at the end
     model.json          the alphabet (code i is its i-th character) and the sizes,
                         for a program that runs the step itself
     web/                a static web page that generates text in the browser: the
-                        step for a batch of 1, float32 and int8, run by LiteRT.js
+                        step for a batch of 1, float32 (and int8 where it is at
+                        most half the size), run by LiteRT.js
                         (copied in: the page asks no other host); publish it as it is
 
     python rnn_export.py RUN --serve    # export into export/RUN-ckpt-N/ (unless there
@@ -40,6 +41,8 @@ import os
 import shutil
 import sys
 import tempfile
+
+import tensorflow as tf
 
 from charrnn import ckpt, cli, litertjs, memory, runs, webpage
 from charrnn.export import export
@@ -112,7 +115,11 @@ def check_out_dir(out_dir, serving=False):
     serving: one that holds an export with its page may be served as it is."""
     if serving and os.path.isfile(os.path.join(out_dir, "web", "model.json")):
         return
-    if os.path.isdir(out_dir) and os.listdir(out_dir):
+    try:
+        holds = os.path.isdir(out_dir) and os.listdir(out_dir)
+    except OSError as e:
+        raise ExportError(f"cannot read {out_dir}: {e.strerror}; name a new folder") from None
+    if holds:
         raise ExportError(f"{out_dir} exists and is not empty: name a new folder")
     if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
         raise ExportError(f"{out_dir} exists and is not a folder: name a new folder")
@@ -148,8 +155,9 @@ def write_export(prefix, about, out_dir, runtime):
             webpage.write(model, alphabet, about, os.path.join(work, "web"), runtime)
         check_out_dir(out_dir)  # made meanwhile by another program?
         os.replace(work, os.path.abspath(out_dir))  # onto an empty folder, or none
-    except OSError as e:
-        raise ExportError(f"cannot write {out_dir}: {e.strerror}") from None
+    except (OSError, tf.errors.OpError) as e:  # TensorFlow's writes fail with its own
+        reason = getattr(e, "strerror", None) or ckpt.short_reason(e)
+        raise ExportError(f"cannot write {out_dir}: {reason}") from None
     finally:
         shutil.rmtree(work, ignore_errors=True)  # gone if renamed
 
@@ -162,13 +170,17 @@ def default_out_dir(about):
 
 def exported_already(out_dir, about):
     """True if out_dir holds an export of this checkpoint with its page (an export is
-    renamed into place whole: a folder that holds one holds all of it)."""
+    renamed into place whole: a folder that holds one holds all of it): the same run
+    and checkpoint, and the same weights (a run deleted and trained again to the same
+    step is another model)."""
     try:
         with open(os.path.join(out_dir, "web", "model.json"), encoding="utf-8") as f:
             info = json.load(f)
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and all(info.get(k) == about[k] for k in ("run", "checkpoint"))
+    return isinstance(info, dict) and all(
+        info.get(k) == about[k] for k in ("run", "checkpoint", "index_sha256")
+    )
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -111,7 +111,7 @@ def verified(path, package):
     try:
         with open(path, "rb") as f:
             data = f.read(package.size + 1)
-    except FileNotFoundError:
+    except OSError:  # missing, or no file (a folder, unreadable): fetched again
         return None
     return data if integrity(data) == package.integrity else None
 

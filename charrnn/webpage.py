@@ -3,13 +3,15 @@ the browser, with LiteRT.js on WebAssembly, and loads nothing from any other hos
 
     index.html, charrnn.js, style.css   the page (its sources: charrnn/web/)
     model.json                          the alphabet, the sizes, what the page says
-    step.tflite, step_int8.tflite       the step, float32 and int8, for a batch of 1
+    step.tflite, step_int8.tflite       the step for a batch of 1, float32 and int8 (int8
+                                        only where it is at most half the size)
     litertjs/                           the runtime (charrnn/litertjs.py)
 
 The steps are the export's LiteRT models with a fixed batch of 1, since LiteRT.js
 refuses a dynamic batch dimension. Any static file server serves the folder as it is.
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -71,16 +73,21 @@ def loaded(web_dir):
 
 def about(prefix, config):
     """What the page says of the checkpoint at prefix (checkpoints/RUN/ckpt-N, or
-    checkpoints/RUN/best/ckpt-N): its run, checkpoint, step and number of weights. No
-    path: a published page shows nothing of the machine it was made on."""
+    checkpoints/RUN/best/ckpt-N): its run, checkpoint, step and number of weights, and
+    the sha256 of its .index, which tells its weights from another's. No path: a
+    published page shows nothing of the machine it was made on."""
     run_dir, checkpoint = os.path.split(os.path.abspath(prefix))
     run = os.path.basename(run_dir)
     if run == "best":  # runs.BEST_DIR
         run = os.path.basename(os.path.dirname(run_dir)) + ":best"
     step = checkpoint.removeprefix("ckpt-")
+    with open(prefix + ".index", "rb") as f:  # it holds a checksum of every weight
+        index = hashlib.sha256(f.read()).hexdigest()
     return {
         "run": run,
         "checkpoint": checkpoint,
+        # which weights: a run deleted and trained again to the same step differs here
+        "index_sha256": index,
         "step": int(step) if step.isdigit() else None,
         "parameters": memory.parameters(config),
     }

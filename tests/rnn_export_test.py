@@ -9,11 +9,14 @@ score call against the alphabet's size; the graph's loops around XLA-compiled fu
 one iteration at a time; and bad input, refused in one line with nothing written."""
 
 import concurrent.futures
+import glob
 import itertools
 import json
 import os
 import re
+import resource
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -618,3 +621,45 @@ def test_a_port_in_use_is_one_line(tmp_path):
             rnn_export.serve(str(tmp_path), port)
     assert str(e.value).startswith(f"cannot serve on 127.0.0.1:{port} (")
     assert str(e.value).endswith("): choose another --port")
+
+
+def test_a_full_disk_is_one_line_and_nothing_written(tiny_run, tmp_path):
+    """TensorFlow's own writes fail with its errors, not OSError (simulated with a
+    file-size limit, as a full disk refuses them): one line, exit 2, no folder left."""
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a dead process
+
+    out = tmp_path / "out"
+    argv = ["tiny", str(out), "--no-web", "--checkpoint-dir", str(tiny_run["checkpoints"])]
+    result = subprocess.run(
+        [sys.executable, os.path.join(HERE, "rnn_export.py"), *argv],
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"rnn_export.py: error: cannot write {out}: File too large\n"
+    assert os.listdir(tmp_path) == []
+
+
+def test_serve_reuses_an_export_of_the_same_weights_only(tiny_run, tmp_path):
+    """--serve serves an export in place if it is of this checkpoint: the same run and
+    checkpoint, and the same weights - not those of a run deleted and trained again to
+    the same step (here another checkpoint of the tiny run, under the same name)."""
+    newest, older = runs.all_in(str(tiny_run["checkpoints"] / "tiny"))[:2]
+    again = tmp_path / "again" / "tiny"
+    again.mkdir(parents=True)
+    for path in glob.glob(glob.escape(older) + ".*"):  # the older weights, named as the newest
+        shutil.copy(path, again / (os.path.basename(newest) + path[len(older) :]))
+    about = webpage.about(newest, ckpt.read_config(newest))
+    retrained = str(again / os.path.basename(newest))
+    other = webpage.about(retrained, ckpt.read_config(retrained))
+    assert (other["run"], other["checkpoint"]) == (about["run"], about["checkpoint"])
+    web = tmp_path / "export" / "web"
+    web.mkdir(parents=True)
+    (web / "model.json").write_text(json.dumps(about))
+    assert rnn_export.exported_already(str(tmp_path / "export"), about)
+    assert not rnn_export.exported_already(str(tmp_path / "export"), other)
