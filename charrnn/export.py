@@ -14,6 +14,7 @@ import tensorflow as tf
 import txtutils
 from charrnn import memory
 from charrnn.generate import GENERATE_PER_CALL, SCORE_PER_CALL, generation_loop
+from charrnn.generate import SCORE_LOGITS as PLAY_LOGITS  # rnn_play.py's, for a prime
 from charrnn.model import nats_and_hits, transpose_codes
 from charrnn.tf_quiet import quiet_stderr
 
@@ -173,15 +174,12 @@ class Exported(Step):
         rows = tf.shape(lengths)[0]
 
         def together():
-            x = primes.to_tensor()  # [B, LENGTH]
-            logits, state = self.model.infer(x, self.model.zero_state(rows))
-            return logits[:, -1], state
+            return self.feed(primes.to_tensor())  # [B, LENGTH]
 
         def one_by_one():
             def body(i, logits, states):
-                x = primes[i][None]  # [1, LENGTH_i]
-                out, state = self.model.infer(x, self.model.zero_state(1))
-                return i + 1, logits.write(i, out[0, -1]), states.write(i, state[0])
+                out, state = self.feed(primes[i][None])  # [1, LENGTH_i]
+                return i + 1, logits.write(i, out[0]), states.write(i, state[0])
 
             arrays = [  # element shapes given: zero rows stack to [0, ...]
                 tf.TensorArray(tf.float32, size=rows, element_shape=[n])
@@ -197,6 +195,33 @@ class Exported(Step):
 
         same = tf.reduce_all(tf.equal(lengths, tf.reduce_max(lengths)))
         return tf.cond(same & (rows > 0), together, one_by_one)
+
+    def feed(self, x):
+        """The logits after the last column of x [R, LENGTH > 0] (a prime in each row)
+        [R, ALPHASIZE] and the state [R, STATE], from a zero state: x fed as rnn_play.py
+        feeds a prime (Generator.feed), score_per_call(ALPHASIZE, R) columns a call, so
+        that a call's logits stay small however long the prime, and the state is the
+        one rnn_play.py's calls give."""
+        rows = tf.shape(x)[0]
+        budget = PLAY_LOGITS // (memory.FLOAT * self.alphasize)  # as score_per_call
+        width = tf.clip_by_value(budget // tf.maximum(rows, 1), 1, SCORE_PER_CALL)
+
+        def body(start, logits, state):
+            out, state = self.model.infer(x[:, start : start + width], state)
+            return start + width, out[:, -1], state
+
+        _, logits, state = tf.while_loop(
+            lambda start, *_: start < tf.shape(x)[1],
+            body,
+            (tf.constant(0), tf.zeros([rows, self.alphasize]), self.model.zero_state(rows)),
+            shape_invariants=(
+                tf.TensorShape([]),
+                tf.TensorShape([None, self.alphasize]),
+                tf.TensorShape([None, self.model.state_size]),
+            ),
+            parallel_iterations=ONE_AT_A_TIME,
+        )
+        return logits, state
 
     def sample(self, logits, state, seed, length, top_n, temperature):
         """length characters per row [B, LENGTH], drawn as Generator.next(n) draws them

@@ -31,7 +31,13 @@ from tensorflow.core.protobuf import saved_model_pb2
 import rnn_export
 import txtutils
 from charrnn import ckpt, export, litertjs, runs, webpage
-from charrnn.generate import GENERATE_PER_CALL, SCORE_PER_CALL, Generator, Scorer
+from charrnn.generate import (
+    GENERATE_PER_CALL,
+    SCORE_PER_CALL,
+    Generator,
+    Scorer,
+    score_per_call,
+)
 from charrnn.model import build_model
 from conftest import HERE, cache_env, run_clis
 
@@ -182,9 +188,12 @@ def expected_rows(model, alphabet, primes, length, seed, topn=0, temperature=1.0
     prime gives fed alone, then drawn as stream i of rnn_play.py --streams (Generator)."""
     generator = Generator(model, topn=topn, temperature=temperature)
     generator.start(np.zeros([len(primes), 1], np.int32), seed)  # the seed, as it sets it
-    alone = [model.infer(codes_of(p, alphabet)[None], model.zero_state(1)) for p in primes]
-    generator.logits = np.concatenate([logits[:, -1] for logits, _ in alone])  # [B, ALPHASIZE]
-    generator.state = np.concatenate([state for _, state in alone])  # [B, STATE]
+    alone = [Generator(model) for _ in primes]
+    for one, prime in zip(alone, primes, strict=True):
+        one.start([codes_of(prime, alphabet)], seed)
+    states = [one.state for one in alone]  # (the last call of each prime runs here)
+    generator.logits = np.concatenate([one.logits for one in alone])  # [B, ALPHASIZE]
+    generator.state = np.concatenate(states)  # [B, STATE]
     return drawn(generator, alphabet, length)
 
 
@@ -567,6 +576,48 @@ def test_a_long_alphabet_scores_in_several_calls_as_rnn_play_scores():
     for text, bits, chars in scores:
         assert chars == len(codes_of(text, alphabet)) - 1
         assert bits == pytest.approx(expected_bits(model, codes_of(text, alphabet)), abs=1e-5)
+
+
+def test_a_long_prime_is_fed_in_rnn_plays_calls():
+    """A prime longer than one of rnn_play.py's calls (Generator.feed: 834 characters a
+    call for one stream of a 20,098-symbol alphabet, 278 for three) goes through the
+    model a call at a time as rnn_play.py feeds it - so a call's logits stay within
+    rnn_play.py's budget however long the prime - and the text is rnn_play.py's: in
+    one row, in rows of one prime, and in rows of primes of several lengths."""
+    alphabet = txtutils.ALPHABET + "".join(chr(0x4E00 + i) for i in range(20_000))
+    model, module = small_export(alphabet)
+    assert (score_per_call(len(alphabet)), score_per_call(len(alphabet), 3)) == (834, 278)
+    rng = np.random.default_rng(8)
+    prime = "".join(rng.choice(list(alphabet[1:]), 2_000))
+    seed, length = 12, 30
+    # the calls (run eagerly, the loop runs in Python): their columns
+    infer, calls = model.infer, []
+
+    def counted(x, state):
+        calls.append(tuple(x.shape))
+        return infer(x, state)
+
+    model.infer = counted
+    module.feed(tf.constant(np.broadcast_to(codes_of(prime, alphabet), (3, len(prime)))))
+    model.infer = infer
+    assert calls == [(3, 278)] * 7 + [(3, 2_000 - 7 * 278)]
+
+    def generated(primes):
+        out = module.generate(
+            prime=tf.constant([p.encode() for p in primes]),
+            length=tf.constant(length),
+            temperature=tf.constant(1.0),
+            top_n=tf.constant(0),
+            seed=tf.constant(seed, tf.int64),
+        )
+        return [t.decode() for t in out["text"].numpy()]
+
+    assert generated([prime]) == [expected_text(model, alphabet, prime, length, seed)]
+    streams = Generator(model)
+    streams.start(np.broadcast_to(codes_of(prime, alphabet), (3, len(prime))), seed)
+    assert generated([prime] * 3) == drawn(streams, alphabet, length)
+    primes = [prime, prime[:900], prime[:100]]
+    assert generated(primes) == expected_rows(model, alphabet, primes, length, seed)
 
 
 # ---------------------------------------------------------------------------
