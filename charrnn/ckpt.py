@@ -230,8 +230,9 @@ def restore(checkpoint, prefix):
 
 def short_reason(error):
     """The gist of a TensorFlow or OS error, without TensorFlow's function-node noise:
-    '{{function_node ...}} /path/...; File too large [Op:SaveV2]' -> 'File too large'."""
-    text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]", "", str(error)).strip()
+    '{{function_node ...}} /path/...; File too large [Op:SaveV2]' -> 'File too large'
+    (and the op's name, if it follows)."""
+    text = re.sub(r"\{\{.*?\}\}|\[Op:\w+\]( name: \S*)?", "", str(error)).strip()
     lines = text.splitlines() or [type(error).__name__]
     return lines[0].split("; ")[-1].strip()[:200]
 

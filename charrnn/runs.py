@@ -342,7 +342,13 @@ class Saver:
             # --max-steps, say, or the fingerprint a checkpoint of an older version lacks
             self.checkpoint.config.assign(json.dumps(self.config))
             if has_figures:
-                self.log.recover(self.figures.numpy().decode())
+                try:
+                    self.log.recover(self.figures.numpy().decode())
+                except (OSError, tf.errors.OpError) as e:  # as after a save: the run goes on
+                    cli.warn(
+                        "warning: the TensorBoard figures the checkpoint carries could not "
+                        f"be written ({ckpt.short_reason(e)})"
+                    )
         self.saved_step = int(self.step.numpy())
         return self.saved_step, self.state.value()
 

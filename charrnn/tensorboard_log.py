@@ -18,6 +18,9 @@ import os
 import tensorflow as tf
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from charrnn.ckpt import short_reason
+from charrnn.cli import UsageError
+
 SUMMARIES = {"scalar": tf.summary.scalar, "text": tf.summary.text}
 
 
@@ -36,10 +39,14 @@ class HeldBackLog:
         """log_dir None: a log that writes nothing (a worker that is not the chief)."""
         self.log_dir = log_dir
         self.writers = {}
-        if log_dir:
-            self.writers = {
-                run: tf.summary.create_file_writer(os.path.join(log_dir, run)) for run in runs
-            }
+        try:
+            for run in runs if log_dir else []:
+                self.writers[run] = tf.summary.create_file_writer(os.path.join(log_dir, run))
+        except (OSError, tf.errors.OpError) as e:  # a file in the way, a read-only folder
+            raise UsageError(
+                f"cannot write the TensorBoard log in {log_dir} ({short_reason(e)}): "
+                "choose another --log-dir"
+            ) from None
         self.pending = []  # (run, kind, tag, value, step, description)
 
     def scalar(self, run, tag, value, step, description=None):

@@ -276,6 +276,27 @@ def test_a_run_folder_that_cannot_be_written_gets_one_line(tmp_path, tiny_run, c
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
 
 
+def test_a_log_folder_that_cannot_be_written_gets_one_line(tmp_path, tiny_run, capsys):
+    """--resume where the run's TensorBoard log cannot be written (a file where its
+    training folder should be; in life a read-only folder): one line, exit 2, and the
+    checkpoints as they were."""
+    ck, log = tmp_path / "ck", tmp_path / "log"
+    shutil.copytree(tiny_run["checkpoints"], ck)
+    shutil.copytree(tiny_run["log"], log)
+    shutil.rmtree(log / "tiny" / "training")
+    (log / "tiny" / "training").write_text("in the way")
+    before = tree_digest(ck, log)
+    result = train(
+        "--resume", "tiny", "--checkpoint-dir", str(ck), "--log-dir", str(log), capsys=capsys
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == (
+        f"rnn_train.py: error: cannot write the TensorBoard log in {log / 'tiny'} "
+        "(Not a directory): choose another --log-dir\n"
+    )
+    assert tree_digest(ck, log) == before
+
+
 def test_resume_restores_everything_training_depends_on(tmp_path):
     """Without dropout (the one random input), 40 steps + resume + 40 steps end with the
     same weights as 80 steps in one go: the weights, optimizer moments, step, data
