@@ -133,6 +133,11 @@ def export_checkpoint(args):
     about = webpage.about(prefix, config)
     out_dir = args.out_dir or default_out_dir(about)
     if not (args.serve and exported_already(out_dir, about)):
+        if args.serve and os.path.isfile(os.path.join(out_dir, "web", "model.json")):
+            raise ExportError(
+                f"{out_dir} holds the export of another model (a run of that name trained "
+                "again?): delete that folder, or name another OUT_DIR"
+            )
         check_out_dir(out_dir)
         # fetched first: offline, it fails at once, not after minutes of converting
         runtime = None if args.no_web else litertjs.fetch()
@@ -178,9 +183,11 @@ def exported_already(out_dir, about):
             info = json.load(f)
     except (OSError, ValueError):
         return False
-    return isinstance(info, dict) and all(
-        info.get(k) == about[k] for k in ("run", "checkpoint", "index_sha256")
-    )
+    if not isinstance(info, dict):
+        return False
+    named = info.get("run") == about["run"] and info.get("checkpoint") == about["checkpoint"]
+    # an export from before model.json held the index's sha256 is known by its name alone
+    return named and info.get("index_sha256", about["index_sha256"]) == about["index_sha256"]
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -177,7 +177,7 @@ def play(args):
         check_scoring_memory(ckpt.read_config(prefix))
     else:
         check_streams_memory(ckpt.read_config(prefix), args)
-    if args.out_dir:  # now, not after generating what it could not keep
+    if args.out_dir and not args.score:  # now, not after generating what it could not keep
         check_out_dir(args.out_dir)
     model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config)
@@ -342,11 +342,16 @@ def check_streams_memory(config, args):
 
 
 def check_out_dir(out_dir):
-    """Make --out-dir and write a file in it, or refuse it (UsageError)."""
+    """Refuse (UsageError) an --out-dir that cannot be made or written: made, a file
+    written in it, and removed again if this made it (a run refused later leaves
+    nothing; write_samples makes it again)."""
+    made = not os.path.isdir(out_dir)
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
+        if made:
+            os.rmdir(out_dir)
     except OSError as e:
         raise cli.UsageError(
             f"cannot write in --out-dir {out_dir}: {e.strerror}; choose another --out-dir"
@@ -357,6 +362,12 @@ def write_samples(prime, samples, out_dir):
     """Each sample to out_dir/sample-N.txt, each file whole or not at all: written
     beside and renamed over, so a failure leaves an earlier file as it was."""
     width = len(str(len(samples)))
+    try:
+        os.makedirs(out_dir, exist_ok=True)
+    except OSError as e:
+        raise cli.UsageError(
+            f"cannot write in --out-dir {out_dir}: {e.strerror}; choose another --out-dir"
+        ) from None
     for i, text in enumerate(samples):
         path = os.path.join(out_dir, f"sample-{i + 1:0{width}d}.txt")
         part = path + ".part"
@@ -364,9 +375,11 @@ def write_samples(prime, samples, out_dir):
             with open(part, "w", encoding="utf-8", errors="replace") as f:
                 f.write(prime + text + "\n")
             os.replace(part, path)
-        except OSError as e:
+        except BaseException as e:  # Ctrl-C too: no part file left
             with contextlib.suppress(OSError):
                 os.remove(part)
+            if not isinstance(e, OSError):
+                raise
             raise cli.UsageError(
                 f"cannot write {path}: {e.strerror}; choose another --out-dir"
             ) from None

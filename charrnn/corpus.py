@@ -296,14 +296,20 @@ def _read(data_patterns, validation_patterns, alphabet, min_count, cache, progre
     )
 
 
-def _find_text(data_patterns, validation_patterns):
-    """The files --data names, and those --validation names ([] for none; None for
-    the default split); CorpusError if either names no file, or a path (no wildcard)
-    that is not there: a glob matching nothing is dropped, a typed name must not be."""
+def check_named(data_patterns, validation_patterns):
+    """CorpusError if --data or --validation names a path (no wildcard) that is not
+    there. Globs drop it, so beside files that are there the run would train on less
+    text than asked, unsaid; a glob that matches nothing is dropped, as a shell drops
+    it. (Not for a resumed run's saved paths: its text's changes say what is gone.)"""
     for flag, patterns in (("--data", data_patterns), ("--validation", validation_patterns)):
         for pattern in patterns or []:
             if not glob.has_magic(pattern) and not os.path.lexists(os.path.expanduser(pattern)):
                 raise CorpusError(f"{flag} names {pattern}, which does not exist: check the path")
+
+
+def _find_text(data_patterns, validation_patterns):
+    """The files --data names, and those --validation names ([] for none; None for
+    the default split); CorpusError if either names no file."""
     files = find_files(data_patterns)
     if not files:
         raise CorpusError(

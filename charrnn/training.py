@@ -47,6 +47,7 @@ def read_text(config, run, dist, cache_dir, cache_limit=None, progress=None):
     else:
         start = ckpt.alphabet_of(run.parent_config) if run.parent else txtutils.DEFAULT
         min_count = config["min_char_count"]
+        corpus.check_named(config["data"], config["validation"])
     try:
         text = corpus.read_corpus(
             config["data"],

@@ -35,7 +35,8 @@ COST_CHARS = 1000  # characters of the model's own text that the int8 cost is me
 
 def write(model, alphabet, about, web_dir, runtime):
     """Write the page of model (a CharRNN) and alphabet into web_dir, a new folder.
-    about: what the page says of the model ({"run", "checkpoint", "step", "parameters"});
+    about: what the page says of the model (webpage.about: "run", "checkpoint",
+    "index_sha256", "step", "parameters");
     runtime: the LiteRT.js tarballs (litertjs.fetch)."""
     os.makedirs(web_dir)
     for name in PAGE:

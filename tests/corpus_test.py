@@ -393,11 +393,13 @@ def test_a_name_typed_wrong_is_refused_not_skipped(tmp_path):
     files_of(tmp_path, {"a.txt": "aaa", "b.txt": "bbb"})
     a, typo = str(tmp_path / "a.txt"), str(tmp_path / "b.txtt")
     with pytest.raises(CorpusError, match=f"^--data names {typo}, which does not exist"):
-        charrnn.corpus.read_corpus([a, typo])
+        charrnn.corpus.check_named([a, typo], None)
     with pytest.raises(CorpusError, match=f"^--validation names {typo}, which does not exist"):
-        charrnn.corpus.read_corpus([a], [str(tmp_path / "b.txt"), typo])
+        charrnn.corpus.check_named([a], [str(tmp_path / "b.txt"), typo])
     # a glob that matches nothing beside one that matches is dropped, as a shell would
-    train, *_ = charrnn.corpus.read_corpus([a, str(tmp_path / "c*.txt")], [])
+    glob_too = [a, str(tmp_path / "c*.txt")]
+    charrnn.corpus.check_named(glob_too, [])
+    train, *_ = charrnn.corpus.read_corpus(glob_too, [])
     assert decode(train) == "aaa"
 
 

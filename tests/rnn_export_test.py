@@ -696,7 +696,7 @@ def test_a_full_disk_is_one_line_and_nothing_written(tiny_run, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
-def test_serve_reuses_an_export_of_the_same_weights_only(tiny_run, tmp_path):
+def test_serve_reuses_an_export_of_the_same_weights_only(tiny_run, tmp_path, capfd):
     """--serve serves an export in place if it is of this checkpoint: the same run and
     checkpoint, and the same weights - not those of a run deleted and trained again to
     the same step (here another checkpoint of the tiny run, under the same name)."""
@@ -714,3 +714,14 @@ def test_serve_reuses_an_export_of_the_same_weights_only(tiny_run, tmp_path):
     (web / "model.json").write_text(json.dumps(about))
     assert rnn_export.exported_already(str(tmp_path / "export"), about)
     assert not rnn_export.exported_already(str(tmp_path / "export"), other)
+    # --serve of the retrained run: refused in one line, the export left as it was
+    argv = [retrained, str(tmp_path / "export"), "--serve"]  # refused before any fetch
+    code, lines = refused(capfd, argv)
+    assert code == 2 and lines == [
+        f"rnn_export.py: error: {tmp_path / 'export'} holds the export of another model (a run "
+        "of that name trained again?): delete that folder, or name another OUT_DIR"
+    ]
+    assert json.loads((web / "model.json").read_text()) == about
+    # an export made before model.json held the sha256 is known by its name alone
+    (web / "model.json").write_text(json.dumps({k: about[k] for k in ("run", "checkpoint")}))
+    assert rnn_export.exported_already(str(tmp_path / "export"), about)

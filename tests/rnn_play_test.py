@@ -163,7 +163,7 @@ def test_many_streams_are_separate_samples(tiny_run, capsys):
     assert play_here(tiny_run, *again, capsys=capsys).stdout == result.stdout
 
 
-def test_streams_can_go_to_files(tiny_run, tmp_path, capsys):
+def test_streams_can_go_to_files(tiny_run, tmp_path, capsys, monkeypatch):
     out = tmp_path / "samples"
     result = play(
         tiny_run, "--streams", "12", "--length", "70", "--seed", "1", "--out-dir", str(out)
@@ -175,7 +175,22 @@ def test_streams_can_go_to_files(tiny_run, tmp_path, capsys):
     assert all(len(t) == 1 + 70 + 1 for t in texts)  # prime (a newline), text, newline
     assert "12 samples written to" in result.stdout
     assert len(set(texts)) == 12
-    # a file where the folder should be: one error line
+    # refused later (a --stop the model cannot write): the folder it made is gone again
+    never = (
+        "--streams",
+        "2",
+        "--length",
+        "5",
+        "--stop",
+        "\u0416",
+        "--out-dir",
+        str(tmp_path / "n"),
+    )
+    refused = play_here(tiny_run, *never, capsys=capsys)
+    assert refused.returncode == 2 and "--stop" in refused.stderr
+    assert not (tmp_path / "n").exists()
+    # a file where the folder should be: one error line, before the model is loaded
+    monkeypatch.setattr(runs, "load_model", lambda prefix: pytest.fail("loaded the model"))
     (tmp_path / "taken").write_text("")
     taken = ("--streams", "2", "--length", "5", "--out-dir", str(tmp_path / "taken"))
     bad = play_here(tiny_run, *taken, capsys=capsys)
