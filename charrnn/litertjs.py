@@ -13,6 +13,7 @@ npm pack @litertjs/core@2.5.3 @litertjs/wasm-utils@2.5.3 --pack-destination .lit
 """
 
 import base64
+import contextlib
 import hashlib
 import http.client
 import os
@@ -146,17 +147,22 @@ def fetch_one(package, path, download):
             f"{package.url} ({len(data):,} bytes) has integrity {got}, not the one pinned "
             f"in charrnn/litertjs.py ({package.integrity}): refusing it"
         )
+    written = None
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         # renamed into place whole: another export may be reading the cache meanwhile
         with tempfile.NamedTemporaryFile(dir=os.path.dirname(path), delete=False) as f:
+            written = f.name
             f.write(data)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(f.name, 0o666 & ~umask)  # a file's usual mode, not a temporary's
-        os.replace(f.name, path)
+        os.chmod(written, 0o666 & ~umask)  # a file's usual mode, not a temporary's
+        os.replace(written, path)
     except OSError as e:
-        raise FetchError(f"cannot write {e.filename or path}: {e.strerror}") from None
+        if written:
+            with contextlib.suppress(OSError):
+                os.remove(written)
+        raise FetchError(f"cannot write {path}: {e.strerror}") from None
 
 
 def unpack(paths, web_dir):

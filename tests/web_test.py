@@ -419,6 +419,13 @@ def test_a_damaged_cache_is_fetched_again_and_never_unpacked(tmp_path):
     with pytest.raises(litertjs.FetchError, match="is not the pinned @litertjs/wasm-utils"):
         litertjs.unpack(paths, str(tmp_path / "web"))
     assert litertjs.fetch(str(tmp_path), download=download) == paths and len(fetched) == 3
+    # a folder where a tarball should be: read as no tarball, and refused in words
+    os.remove(paths["@litertjs/core"])
+    os.mkdir(paths["@litertjs/core"])
+    with pytest.raises(litertjs.FetchError, match="^cannot write .*core.*: Is a directory"):
+        litertjs.fetch(str(tmp_path), download=download)
+    assert len(fetched) == 4
+    assert sorted(os.listdir(tmp_path)) == sorted(p.tarball for p in litertjs.PACKAGES) + ["web"]
 
 
 def test_offline_the_export_is_one_line_and_nothing_written(tiny_run, tmp_path, monkeypatch, capfd):
