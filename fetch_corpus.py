@@ -123,7 +123,7 @@ def fill(target, make_texts, files, size):
     """Fill target with the texts make_texts(tmp, texts) writes into the folder texts
     (tmp: a temporary folder beside target, for its downloads), unless target holds .txt
     files already. Returns True if it fetched, False if there was nothing to do."""
-    if glob.glob(os.path.join(target, "*.txt")):
+    if glob.glob(os.path.join(glob.escape(target), "*.txt")):
         return False
     if os.path.isdir(target) and os.listdir(target):
         raise FetchError(
@@ -187,9 +187,18 @@ def url_download(url, dest, limit=DEB_BYTES, timeout=30):
         out.write(data)
 
 
-def copy_download(path, url, dest):
-    """Stands in for url_download when the .deb was downloaded by hand (--deb)."""
-    shutil.copyfile(path, dest)
+def copy_download(path, url, dest, limit=DEB_BYTES):
+    """Stands in for url_download when the .deb was downloaded by hand (--deb): more
+    than limit bytes is refused before any is copied (not a .deb of ours: /dev/zero?)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise FetchError(f"cannot read {path}: {e.strerror}") from None
+    if len(data) > limit:
+        raise FetchError(f"{path} is larger than the {limit:,} bytes pinned: refusing it")
+    with open(dest, "wb") as out:
+        out.write(data)
 
 
 def ar_members(data, name):

@@ -139,7 +139,7 @@ def read_run_text(args, config, run, dist):
     and --cache-size, the same on every worker; its batches per epoch and the run's
     steps; and the run's settings, with those that depend on them."""
     cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
-    limit = int(args.cache_size * 1e9)
+    limit = max(1, int(min(args.cache_size * 1e9, 2**62)))  # bytes: 0 would mean no limit
     text = read_text(config, run, dist, cache_dir, limit, ReadingProgress(dist.chief))
     batches_per_epoch, total = run_length(config, text)
     config = settings.with_old_dropout(config, run.saved_config, total / batches_per_epoch)

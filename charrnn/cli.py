@@ -106,9 +106,12 @@ def _number(v):
     return _whole(v) or (type(v) is float and math.isfinite(v))
 
 
-positive_int = Values("whole number", int, lambda v: _whole(v) and v > 0, "a whole number above 0")
+# (below 2**63: a count becomes a TensorFlow int64)
+positive_int = Values(
+    "whole number", int, lambda v: _whole(v) and 0 < v < 2**63, "a whole number from 1 to 2**63-1"
+)
 non_negative_int = Values(
-    "whole number", int, lambda v: _whole(v) and v >= 0, "a whole number, 0 or more"
+    "whole number", int, lambda v: _whole(v) and 0 <= v < 2**63, "a whole number from 0 to 2**63-1"
 )
 positive_float = Values("number", float, lambda v: _number(v) and v > 0, "a number above 0")
 non_negative_float = Values("number", float, lambda v: _number(v) and v >= 0, "a number, 0 or more")

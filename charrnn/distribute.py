@@ -52,14 +52,33 @@ def make_strategy(args):
                 "--strategy multiworker needs the cluster in TF_CONFIG: see docs/multiworker.md"
             )
         try:
-            json.loads(os.environ["TF_CONFIG"])
+            cluster = json.loads(os.environ["TF_CONFIG"])
         except ValueError as e:
             raise cli.UsageError(f"TF_CONFIG is not valid JSON ({e})") from None
+        if not names_this_worker(cluster):
+            raise cli.UsageError(
+                'TF_CONFIG must give the "cluster" and this process\'s "task" in it (its '
+                '"type" and "index"): see docs/multiworker.md'
+            )
         options = tf.distribute.experimental.CommunicationOptions(
             timeout_seconds=args.collective_timeout
         )
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        try:
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        except ValueError as e:  # a cluster it cannot train (of parameter servers, say)
+            raise cli.UsageError(f"TF_CONFIG: {e}; see docs/multiworker.md") from None
     return None
+
+
+def names_this_worker(config):
+    """Whether TF_CONFIG's JSON (config) has a cluster and, in it, this process's task."""
+    if not isinstance(config, dict):
+        return False
+    cluster, task = config.get("cluster"), config.get("task")
+    if not (isinstance(cluster, dict) and isinstance(task, dict)):
+        return False
+    members, index = cluster.get(task.get("type")), task.get("index")
+    return isinstance(members, list) and type(index) is int and 0 <= index < len(members)
 
 
 class Distribution:

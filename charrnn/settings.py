@@ -61,6 +61,10 @@ count_or_auto = Values(
     lambda v: v == "auto" or (type(v) is int and v > 0),
     'a whole number above 0, or "auto"',
 )
+# --cpu-replicas: each a logical device made before the batch is known to refuse them
+replicas = Values(
+    "whole number", int, lambda v: positive_int.ok(v) and v <= 1024, "a whole number from 1 to 1024"
+)
 # --learning-rate: a number, or "auto" (a peak that falls with the run's length)
 rate_or_auto = Values(
     "number",
@@ -259,7 +263,7 @@ SETTINGS = [
     S("strategy", "none", cli.one_of("none", "mirrored", "multiworker"), SESSION,
       "data-parallel training with tf.distribute: mirrored = the GPUs of this machine, "
       "multiworker = several machines, as TF_CONFIG describes"),
-    S("cpu_replicas", 1, positive_int, SESSION,
+    S("cpu_replicas", 1, replicas, SESSION,
       "--strategy mirrored on a machine without GPUs: split the CPU into N replicas "
       "(to try distribution out; no faster)", flag=dict(metavar="N")),
     S("collective_timeout", 60.0, positive_float, SESSION,

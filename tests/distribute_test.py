@@ -224,10 +224,17 @@ def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
 def test_distribution_misuse_gets_one_line(tmp_path):
     common = on_one_file(tmp_path, *TINY, "--max-steps", "2")
     env_without = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
+    no_task = json.dumps({"cluster": {"worker": ["localhost:1"]}})
+    past_end = json.dumps(
+        {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}
+    )
     cases = [
         (["--strategy", "mirrored", "--cpu-replicas", "3"], os.environ, "does not split evenly"),
         (["--strategy", "multiworker"], env_without, "TF_CONFIG"),
         (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG="{cluster"), "TF_CONFIG"),
+        (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG=no_task), '"task"'),
+        (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG=past_end), '"task"'),
+        (["--strategy", "mirrored", "--cpu-replicas", str(10**12)], os.environ, "1 to 1024"),
     ]
     results = run_clis(
         *(("rnn_train.py", *common, *args, {"env": env, "timeout": 120}) for args, env, _ in cases)

@@ -842,11 +842,14 @@ def test_main_takes_a_deb_downloaded_by_hand(tmp_path, monkeypatch, capsys, work
     deb = zh_offline(monkeypatch)
     (tmp_path / "by-hand.deb").write_bytes(deb)
     fake_urlopen(monkeypatch, error=AssertionError("must not download"))
-    argv = ["fortunes-zh", "--deb", str(tmp_path / "by-hand.deb"), "--into", str(work / "zh")]
+    into = work / "zh[1]"  # a folder name that is a glob too
+    argv = ["fortunes-zh", "--deb", str(tmp_path / "by-hand.deb"), "--into", str(into)]
     assert fetch_corpus.main(argv) == 0
     assert capsys.readouterr().out.startswith("fetched ")
-    assert (work / "zh" / "tang300.txt").read_bytes() == ZH_PLAIN["tang300"]
+    assert (into / "tang300.txt").read_bytes() == ZH_PLAIN["tang300"]
     assert (tmp_path / "by-hand.deb").read_bytes() == deb  # left as it was
+    assert fetch_corpus.main(argv) == 0  # fetched already: nothing to do, nothing said
+    assert capsys.readouterr() == ("", "")
 
 
 def test_main_refuses_a_wrong_deb_downloaded_by_hand_in_one_line(tmp_path, capsys, work):
@@ -854,6 +857,15 @@ def test_main_refuses_a_wrong_deb_downloaded_by_hand_in_one_line(tmp_path, capsy
     (tmp_path / "by-hand.deb").write_bytes(make_deb())
     assert fetch_corpus.main(["fortunes-zh", "--deb", str(tmp_path / "by-hand.deb")]) == 2
     assert "refusing it" in assert_one_error_line(capsys)
+    assert_nothing_left(work, work / "fortunes-zh")
+
+
+def test_main_refuses_a_deb_by_hand_larger_than_the_pin_before_copying_it(tmp_path, capsys, work):
+    """(/dev/zero, say, would otherwise be copied beside the target until the disk is full.)"""
+    (tmp_path / "big.deb").write_bytes(b"\0" * (fetch_corpus.DEB_BYTES + 1))
+    assert fetch_corpus.main(["fortunes-zh", "--deb", str(tmp_path / "big.deb")]) == 2
+    line = assert_one_error_line(capsys)
+    assert f"big.deb is larger than the {fetch_corpus.DEB_BYTES:,} bytes pinned" in line
     assert_nothing_left(work, work / "fortunes-zh")
 
 

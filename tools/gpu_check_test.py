@@ -108,5 +108,5 @@ def test_a_bad_flag_is_one_line_and_status_2(capsys):
         gpu_check.main(["--steps", "0"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("gpu_check.py: error: argument --steps: must be a whole number above 0")
+    assert err.startswith("gpu_check.py: error: argument --steps: must be a whole number from 1 to")
     assert len(err.strip().splitlines()) == 1
