@@ -56,7 +56,7 @@ def without(config, key):
 
 # (what is wrong, the edit, words the message must hold)
 BAD_CONFIGS = [
-    ("no layers", lambda c: dict(c, layers=0), ["layers is 0", "above 0"]),
+    ("no layers", lambda c: dict(c, layers=0), ["layers is 0", "from 1 to 2**63-1"]),
     ("negative cells", lambda c: dict(c, cell_size=-32), ["cell_size is -32"]),
     ("a bool for an int", lambda c: dict(c, layers=True), ["layers is true", "whole number"]),
     ("a float for an int", lambda c: dict(c, cell_size=32.0), ["cell_size is 32.0"]),
