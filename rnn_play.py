@@ -50,9 +50,15 @@ def parse_args(argv):
         p.error("argument --prime: give at least one character")
     if args.stop == "":
         p.error("argument --stop: give at least one character")
-    if args.length == 0 and (args.streams > 1 or args.out_dir):
+    if args.length == 0 and keeps_samples(args):
         p.error("argument --length: give a length with --streams or --out-dir (0 never ends)")
     return args
+
+
+def keeps_samples(args):
+    """Whether the samples are kept until all are done, then printed or written (more
+    than one stream, or --out-dir), rather than printed as they come."""
+    return args.streams > 1 or bool(args.out_dir)
 
 
 def parser():
@@ -198,7 +204,7 @@ def play(args):
         )
     topn = default_topn(model.alphasize) if args.topn is None else args.topn
     generator = Generator(model, topn=topn, temperature=args.temperature)
-    out = sys.stdout if args.streams == 1 and not args.out_dir else None
+    out = None if keeps_samples(args) else sys.stdout
     pieces = [args.prime] if args.prime_file is None else txtutils.read_text_pieces(args.prime_file)
     prime = feed_prime(generator, pieces, alphabet, args.streams, seed, echo=out)
     try:
@@ -318,7 +324,7 @@ def check_streams_memory(config, args):
     prime = len(args.prime)
     if args.prime_file is not None and os.path.isfile(args.prime_file):
         prime = os.path.getsize(args.prime_file)
-    keeping = args.streams > 1 or args.out_dir
+    keeping = keeps_samples(args)
     call = min(max(prime, 1), score_per_call(config["alphasize"], args.streams))
 
     def needed(streams):
@@ -341,6 +347,12 @@ def check_streams_memory(config, args):
     )
 
 
+def out_dir_error(out_dir, error):
+    return cli.UsageError(
+        f"cannot write in --out-dir {out_dir}: {error.strerror}; choose another --out-dir"
+    )
+
+
 def check_out_dir(out_dir):
     """Refuse (UsageError) an --out-dir that cannot be made or written: made, a file
     written in it, and removed again if this made it (a run refused later leaves
@@ -353,9 +365,7 @@ def check_out_dir(out_dir):
         if made:
             os.rmdir(out_dir)
     except OSError as e:
-        raise cli.UsageError(
-            f"cannot write in --out-dir {out_dir}: {e.strerror}; choose another --out-dir"
-        ) from None
+        raise out_dir_error(out_dir, e) from None
 
 
 def write_samples(prime, samples, out_dir):
@@ -365,9 +375,7 @@ def write_samples(prime, samples, out_dir):
     try:
         os.makedirs(out_dir, exist_ok=True)
     except OSError as e:
-        raise cli.UsageError(
-            f"cannot write in --out-dir {out_dir}: {e.strerror}; choose another --out-dir"
-        ) from None
+        raise out_dir_error(out_dir, e) from None
     for i, text in enumerate(samples):
         path = os.path.join(out_dir, f"sample-{i + 1:0{width}d}.txt")
         part = path + ".part"
@@ -396,7 +404,7 @@ def main(argv=None):
     except KeyboardInterrupt as e:
         if args.score:  # an unfinished score is no figure: say so, and fail as Ctrl-C does
             message = str(e) or f"scoring of {args.score} stopped (Ctrl-C)"
-        elif args.streams > 1 or args.out_dir:  # samples kept, then printed or written
+        elif keeps_samples(args):  # samples kept, then printed or written
             message = str(e) or "stopped (Ctrl-C) before every sample was " + (
                 f"written to {args.out_dir}/" if args.out_dir else "printed"
             )
