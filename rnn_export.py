@@ -191,7 +191,12 @@ def exported_already(out_dir, about):
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
-    """A static file server that logs no line per request."""
+    """A static file server that logs no line per request, and whose files a browser
+    checks with it before each use: the next run's page may be served at the same place."""
+
+    def end_headers(self):
+        self.send_header("Cache-Control", "no-cache")
+        super().end_headers()
 
     def log_message(self, *args):
         pass

@@ -261,7 +261,14 @@ def test_the_chinese_page_writes_what_rnn_play_prints_with_topn_1(visit, exports
     page.page.fill("input[name=length]", "1000")
     page.page.fill("input[name=seed]", "1")
     page.click("#generate", "done")
-    assert "\ufffd" in page.text()[len(ZH_PRIME) :]
+    prime = page.page.input_value("[name=prime]")  # the form's, its CRLF a line feed
+    written = page.text()[len(prime) :]
+    assert page.text().startswith(prime) and "\ufffd" in written
+    # code 0's character is one the page writes, so a stop text may hold it
+    page.page.fill("[name=stop]", "\ufffd")
+    page.click("#generate", "done")
+    assert page.messages() == [warning]
+    assert page.text() == prime + written[: written.index("\ufffd") + 1]
 
 
 def test_a_stop_text_ends_the_text_right_after_it(visit, exports):
@@ -270,6 +277,14 @@ def test_a_stop_text_ends_the_text_right_after_it(visit, exports):
     page = visit("en", prime=PRIME, length=LENGTH, topn=1, stop=stop, autostart=1)
     page.wait("done")
     assert page.text() == PRIME + written[: written.index(stop) + len(stop)]
+    # a stop text that holds a line feed stays whole in the form, for the next Generate
+    line_feed = written.index("\n")
+    stop = written[line_feed - 2 : line_feed + 1]
+    page = visit("en", prime=PRIME, length=LENGTH, topn=1, stop=stop, autostart=1)
+    page.wait("done")
+    page.click("#generate", "done")
+    assert page.text() == PRIME + written[: written.index(stop) + len(stop)]
+    assert page.page.input_value("[name=stop]") == stop
 
 
 def test_continue_goes_on_from_the_state(visit, exports):
@@ -291,13 +306,44 @@ def test_an_endless_run_stops_and_continues(visit):
     assert page.text() == stopped and len(stopped) > 200
     assert page.page.get_attribute("#text", "data-done") is None  # stopped, not finished
     assert page.page.is_enabled("#continue") and page.page.is_disabled("#stop")
+    # the link, and the address, write what is on the page: its length, not "until Stop"
+    link = page.page.get_attribute("#link", "href")
+    assert f"length={len(stopped) - len(PRIME)}&" in link and page.page.url.endswith(link)
+    again = visit("en", **dict(urllib.parse.parse_qsl(link.split("?")[1])))
+    again.wait("done")
+    assert again.text() == stopped
     page.page.click("#continue")  # endless again
+    assert page.page.is_hidden("#link")  # no link writes a text made in parts
     page.page.wait_for_function(
         f"document.getElementById('text').textContent.length > {len(stopped) + 100}"
     )
     page.page.click("#stop")
     page.wait("stopped")
     assert page.text().startswith(stopped)
+    assert page.page.is_hidden("#link")
+
+
+def test_a_prime_too_long_for_a_link_writes_and_says_so(visit):
+    prime = "O Romeo, Romeo, wherefore art thou Romeo? " * 200  # 8,400 characters
+    page = visit("en", prime=prime, length=20, autostart=1)
+    page.wait("done")
+    assert len(page.text()) == len(prime) + 20
+    assert page.messages() == ["the prime is too long for a link: no link to this text"]
+    assert page.page.is_hidden("#link") and "?" not in page.page.url
+
+
+def test_a_page_whose_script_cannot_load_says_so(chromium, servers):
+    context = chromium.new_context()
+    try:
+        context.route("**/charrnn.js", lambda route: route.abort())
+        page = context.new_page()
+        page.goto(servers["en"] + "index.html")
+        page.wait_for_selector("#text[data-state=error]", state="attached", timeout=WAIT_MS)
+        assert page.text_content("#message") == (
+            "cannot load the page's scripts: serve the whole web/ folder that rnn_export.py wrote"
+        )
+    finally:
+        context.close()
 
 
 def test_the_int8_model_and_a_seed(visit, exports):
@@ -347,7 +393,7 @@ def test_bad_parameters_each_get_their_message(visit):
         "be generated",
     ]
     page.page.fill("input[name=temperature]", "1")
-    page.page.fill("input[name=stop]", "")
+    page.page.fill("[name=stop]", "")
     page.page.click("#generate")
     assert page.messages() == ['topn must be a whole number from 1 to 98 (98: all), got "99"']
     assert page.page.get_attribute("#text", "data-state") == "ready"
@@ -370,6 +416,8 @@ def test_the_served_export_is_reused_and_says_where_it_is(exports):
         assert len(printed) == 1 and printed[0].startswith("serving ")  # no export
         with urllib.request.urlopen(url + "model.json", timeout=30) as response:
             assert b'"checkpoint": "ckpt-120"' in response.read()
+            # the next run's page may be served here: a browser asks before it reuses a file
+            assert response.headers["Cache-Control"] == "no-cache"
     finally:
         stop_serving(proc)
 

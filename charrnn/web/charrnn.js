@@ -11,6 +11,9 @@ const PARAMETERS = ["prime", "length", "temperature", "topn", "seed", "stop", "m
 const YIELD_MS = 30; // the loop hands the page back this often: a click on Stop, the text drawn
 const MIN_TEMPERATURE = 1e-30; // generate.py's: the logits divided by it stay finite
 const MAX_WHOLE = Number.MAX_SAFE_INTEGER; // the whole numbers a link carries exactly
+// The longest link the page writes: static hosts and browsers refuse longer addresses
+// (a few kB is common; Python's http.server refuses 64 kB), so a reload would fail
+const MAX_LINK = 8000;
 
 const $ = (id) => document.getElementById(id);
 
@@ -47,7 +50,7 @@ function readSettings(values, info) {
     if (t > 0 && Number.isFinite(t)) settings.temperature = t;
     else errors.push(`temperature must be a number above 0, got ${JSON.stringify(temperature)}`);
   }
-  const alphabet = new Set(Array.from(info.alphabet).slice(1));
+  const alphabet = new Set(Array.from(info.alphabet)); // U+FFFD too: code 0 is written as it
   if (Array.from(settings.stop).some((c) => !alphabet.has(c))) {
     errors.push(
       `stop ${JSON.stringify(settings.stop)} holds characters that are not in the model's ` +
@@ -80,12 +83,17 @@ function urlValues(search) {
   return { values, errors };
 }
 
+function field(form, name) {
+  // by name alone: form.elements.length is the number of fields, not the length field,
+  // and form.elements.namedItem("stop") is the Stop button as well as the stop field
+  return form.querySelector(`[name="${name}"]`);
+}
+
 function formValues(form) {
   const values = {};
   for (const name of PARAMETERS) {
-    // namedItem: form.elements.length is the number of fields, not the length field
-    const field = form.elements.namedItem(name);
-    if (field) values[name] = field.value;
+    const input = field(form, name);
+    if (input) values[name] = input.value;
   }
   return values;
 }
@@ -171,7 +179,8 @@ class Writer {
 
   async load(name) {
     const file = this.info.models[name].file;
-    const url = new URL(file, import.meta.url).href;
+    // the weights' checksum in the address: a cached step of another export is not reused
+    const url = new URL(`${file}?${this.info.index_sha256 ?? ""}`, import.meta.url).href;
     const compiled = await loadAndCompile(url, { accelerator: "wasm" });
     if (this.compiled) this.compiled.delete();
     this.compiled = compiled;
@@ -220,10 +229,9 @@ const ui = {
   stop: $("stop"),
   continue: $("continue"),
 };
-const choice = ui.form.elements.namedItem("model");
+const choice = field(ui.form, "model");
 let writer = null;
 let job = null; // the generation under way: {stopping}
-let shown = null; // the text node the text goes into
 
 const channel = new MessageChannel(); // a task at once, where setTimeout may wait 4 ms
 function nextTask() {
@@ -305,8 +313,8 @@ function fillForm(info, values) {
   const fields = { prime: "", length: d.length, temperature: d.temperature, topn: d.topn };
   Object.assign(fields, { seed: "", stop: "", model: "float32" }, values);
   for (const [name, value] of Object.entries(fields)) {
-    const field = ui.form.elements.namedItem(name);
-    if (field && (name !== "model" || value in info.models)) field.value = String(value);
+    const input = field(ui.form, name);
+    if (input && (name !== "model" || value in info.models)) input.value = String(value);
   }
 }
 
@@ -323,9 +331,9 @@ function unknownWarning(codes) {
 // Generating: Generate starts from the prime, Continue goes on from the state
 
 async function generate(settings) {
+  // what was written: settings.length characters, fewer if stopped (null: in the prime)
   writer.start(settings.seed);
-  shown = document.createTextNode(settings.prime); // as typed, as rnn_play.py prints it
-  ui.text.replaceChildren(shown);
+  ui.text.replaceChildren(settings.prime); // as typed, as rnn_play.py prints it
   const codes = writer.encode(settings.prime);
   job = { stopping: false };
   setState("running");
@@ -337,7 +345,8 @@ async function generate(settings) {
       last = performance.now();
       if (job.stopping) {
         writer.logits = null; // the prime not all fed: nothing to go on from
-        return finish("stopped");
+        finish("stopped");
+        return null;
       }
     }
   }
@@ -365,16 +374,17 @@ async function write(settings) {
     }
     const now = performance.now();
     if (now - last >= YIELD_MS) {
-      shown.appendData(pending);
+      ui.text.append(pending); // a node of its own: appending to one copies all of it
       pending = "";
       showSpeed(made, now - start);
       await nextTask();
       last = performance.now();
     }
   }
-  shown.appendData(pending);
+  ui.text.append(pending);
   showSpeed(made, performance.now() - start);
-  return finish(job.stopping ? "stopped" : "done");
+  finish(job.stopping ? "stopped" : "done");
+  return made;
 }
 
 function showSpeed(chars, ms) {
@@ -407,18 +417,34 @@ async function onGenerate(event, info) {
 async function start(info, settings, values) {
   if (job) return;
   settings.seed ??= randomSeed();
-  const link = shareLink(settings, values);
-  history.replaceState(null, "", link); // the address bar holds the text's settings too
+  const warnings = showLink(shareLink(settings, values));
+  if (settings.model !== writer.name) await switchModel(info, settings.model);
+  showMessages([], [...unknownWarning(writer.encode(settings.prime)), ...warnings]);
+  const made = await generate(settings);
+  if (ui.text.dataset.state === "stopped") {
+    // Stop: the link writes what is on the page; none where nothing was written
+    showLink(made ? shareLink({ ...settings, length: made }, values) : null);
+  }
+}
+
+function showLink(link) {
+  // the address bar and "link to this text" write the text on the page again; none
+  // where they cannot (returns the warning)
+  if (link == null || link.length > MAX_LINK) {
+    history.replaceState(null, "", location.pathname);
+    ui.link.hidden = true;
+    return link == null ? [] : ["the prime is too long for a link: no link to this text"];
+  }
+  history.replaceState(null, "", link);
   ui.link.href = link;
   ui.link.hidden = false;
-  if (settings.model !== writer.name) await switchModel(info, settings.model);
-  showMessages([], unknownWarning(writer.encode(settings.prime)));
-  await generate(settings);
+  return [];
 }
 
 async function onContinue(info) {
   const settings = checkedForm(info);
   if (!settings || job || writer.logits == null) return;
+  showLink(null); // no link writes a text made in parts
   await write(settings); // the state, the logits and the random numbers go on
 }
 
@@ -440,7 +466,8 @@ function fail(error) {
 }
 
 async function loadInfo() {
-  const response = await fetch(new URL("model.json", import.meta.url));
+  // asked of the server each time: an export written again in its place is a new model
+  const response = await fetch(new URL("model.json", import.meta.url), { cache: "no-cache" });
   if (!response.ok) {
     throw new Error(
       `cannot load model.json (HTTP ${response.status}): serve the web/ folder that ` +
