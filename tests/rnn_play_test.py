@@ -112,7 +112,9 @@ def test_endless_output_stops_quietly_on_ctrl_c(tiny_run):
         stderr=subprocess.PIPE,
         preexec_fn=sigint_as_from_a_terminal,
     )
-    proc.stdout.read(2000)  # well past any fixed default length... it keeps going
+    # well past the default length (1,000), and still going
+    assert len(proc.stdout.read(2000)) == 2000
+    assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0

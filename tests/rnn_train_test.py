@@ -132,6 +132,7 @@ def test_resume_continues_at_the_right_step(tmp_path, capsys):
     second = train("--resume", "--max-steps", "100", *where(tmp_path), capsys=capsys)
     assert second.returncode == 0, second.stderr
     assert "resuming at step 60" in second.stdout
+    assert "float32 matmuls in training" in second.stdout
     assert [s for s, _ in progress(second.stdout)] == [70, 80, 90, 100]
     assert os.path.exists(tmp_path / "ck" / "r" / "ckpt-100.index")
     # The curves continue: every step logged once, in order, across both processes.
@@ -338,6 +339,7 @@ def test_mixed_precision_trains_and_saves_float32_weights(tmp_path, capsys):
         capsys=capsys,
     )
     assert first.returncode == 0, first.stderr
+    assert "bfloat16 matmuls in training" in first.stdout  # on a CPU, with or without BF16
     losses = [loss for _, loss in progress(first.stdout)]
     assert losses[-1] < losses[0] - 0.5
     reader = tf.train.load_checkpoint(str(tmp_path / "ck" / "m" / "ckpt-60"))

@@ -370,3 +370,13 @@ def test_the_cache_keeps_within_its_size_least_recently_used_out_never_one_in_us
     del first
     fourth = read(4)
     assert kept() == sorted(os.path.basename(c.codes_folder) for c in (third, fourth))
+    # least recently used, not oldest: entry 3, read again (a hit), outlives entry 4
+    third_entry = os.path.basename(third.codes_folder)
+    del third, fourth
+    again = charrnn.corpus.read_corpus(
+        [str(tmp_path / "text3")], [], cache_dir=cache, cache_limit=30_000
+    )
+    assert os.path.basename(again.codes_folder) == third_entry
+    del again
+    fifth = read(5)
+    assert kept() == sorted([third_entry, os.path.basename(fifth.codes_folder)])

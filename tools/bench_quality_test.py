@@ -6,6 +6,7 @@ import math
 import re
 
 from conftest import TINY, run_cli
+from tools import bench_quality
 
 WORDS = [
     "the",
@@ -94,7 +95,12 @@ def test_both_entrants_train_and_score_both_texts(tmp_path):
     assert len(test) == 50 and test[0].endswith(" 40")
     # each entry 12 ideographs, a space, 1 to 3 digits, and the 3 characters of "\n%\n"
     assert 12 / 19 < figures["zh_text_share"] < 12 / 17
-    assert 0 <= runs["zh", "this checkout"]["zh_share"] <= 1
+    # the share of ideographs in the samples rnn_play.py wrote, 1,000 characters each
+    samples = sorted((work / "3-zh-this-0.02-samples").glob("*.txt"))
+    assert len(samples) == bench_quality.SAMPLES
+    written = "".join(path.read_text(encoding="utf-8") for path in samples)
+    assert len(written) >= bench_quality.SAMPLES * 1000
+    assert runs["zh", "this checkout"]["zh_share"] == bench_quality.ideograph_share(written)
     log = (work / "3-zh-this-0.02.log").read_text()
     assert "validating on" in log and "(valid.txt)" in log
     alphabet = re.search(r"alphabet: (\d+) symbols", log)
