@@ -61,6 +61,14 @@ count_or_auto = Values(
     lambda v: v == "auto" or (type(v) is int and v > 0),
     'a whole number above 0, or "auto"',
 )
+# --run, --resume: one folder in CHECKPOINT_DIR and in LOG_DIR ("": the default); ":" is
+# RUN:best's, and "best" is the folder of a run's best checkpoint (runs.BEST_DIR)
+run_name = Values(
+    "run name",
+    str,
+    lambda v: type(v) is str and v not in (".", "..", "best") and not set(v) & set("/\\:"),
+    'a folder\'s name, without "/", "\\" or ":", and not ".", ".." or "best"',
+)
 # --cpu-replicas: each a logical device made before the batch is known to refuse them
 replicas = Values(
     "whole number", int, lambda v: positive_int.ok(v) and v <= 1024, "a whole number from 1 to 1024"
@@ -239,9 +247,9 @@ SETTINGS = [
     S("time_limit", None, positive_float, SESSION,
       "stop after this much time (checkpoint saved), whatever the epoch; a cosine "
       "schedule then ends when the time does", flag=dict(metavar="MINUTES")),
-    S("run", None, text, SESSION, "name of the run (default: the date and time)",
+    S("run", None, run_name, SESSION, "name of the run (default: the date and time)",
       flag=dict(metavar="NAME")),
-    S("resume", None, text, SESSION,
+    S("resume", None, run_name, SESSION,
       "continue the newest run, or the one named, where it stopped",
       flag=dict(nargs="?", const="", metavar="RUN")),
     S("init_from", None, text, SESSION,

@@ -64,6 +64,17 @@ BROKEN_PRIME = b"RO\xff\xfeMEO\xe2\x82:\xf0\x9f\x98"
 CYRILLIC = "абвгдежз"
 WIDE = "𝄞"
 
+# generate's settings that it refuses, (length, top_n, temperature), and the regular
+# expression of what it says of each: the setting, what it must be, the value it got
+REFUSED = {
+    "length -1": (-1, 2, 1.0, r"\[length must be 0 or more\.\s*\] .*\[-1\]"),
+    "top_n -1": (10, -1, 1.0, r"\[top_n must be 0 or more\.\s*\] .*\[-1\]"),
+    "temperature 0": (10, 2, 0.0, r"\[temperature must be a number above 0, got\] \[0\]"),
+    "temperature -1": (10, 2, -1.0, r"\[temperature must be a number above 0, got\] \[-1\]"),
+    "temperature nan": (10, 2, math.nan, r"\[temperature must be a number above 0, got\] \[nan\]"),
+    "temperature inf": (10, 2, math.inf, r"\[temperature must be a number above 0, got\] \[inf\]"),
+}
+
 # Run by a separate Python process whose cwd and path hold no file of this repository:
 # what a user of the export has. argv[1]: JSON of what to run; prints JSON results.
 LOADER = r"""
@@ -90,6 +101,15 @@ def generate(model, primes, length, top_n, temperature, seed):
         seed=tf.constant(seed, tf.int64),
     )["text"]
     return [t.decode("utf-8") for t in out.numpy()]
+
+
+def refusal(model, call):
+    # the lines of generate's error that say what is wrong with its settings, or None
+    try:
+        generate(model, *call)
+    except tf.errors.InvalidArgumentError as e:
+        return [line for line in e.message.splitlines() if "assertion failed" in line]
+    return None
 
 
 def score(model, texts):
@@ -135,6 +155,7 @@ for name, spec in job["exports"].items():
     model = tf.saved_model.load(spec["dir"] + "/saved_model")
     r = results[name] = {"signatures": sorted(model.signatures)}
     r["generated"] = {k: generate(model, *call) for k, call in spec["generate"].items()}
+    r["refused"] = {k: refusal(model, call) for k, call in spec.get("refused", {}).items()}
     r["score"] = score(model, spec["score"])
     if "steps" in spec:
         r["litert"] = {
@@ -260,6 +281,11 @@ def exported(tiny_run, tmp_path_factory):
             "batch": [BATCH, LENGTH, topn, temperature, seed],
             "first alone": [BATCH[:1], LENGTH, topn, temperature, seed],
             "broken": [[as_json(BROKEN_PRIME)], LENGTH, 0, 1.3, 3],  # SETTINGS[1]
+            "nothing": [[PRIME], 0, 0, 1.0, 1],  # the least length and top_n there are
+        },
+        "refused": {
+            name: [[PRIME], length, top_n, temperature, 1]
+            for name, (length, top_n, temperature, _) in REFUSED.items()
         },
         "score": [text, "ab", "", as_json(broken_text(text))],
         "steps": codes_of(text[:300], tiny_alphabet).tolist(),
@@ -433,6 +459,20 @@ def test_score_is_rnn_play_score(exported):
     assert f"{bits:.3f}" == printed[1]
     assert chars[:3] == [len(text) - 1, 1, 0]
     assert short > 0 and np.isnan(empty)  # fewer than 2 characters: no figure
+
+
+def test_generate_refuses_bad_settings_and_says_which(exported):
+    """The SavedModel's generate checks what its caller may get wrong - a negative length
+    or top_n, a temperature that is not a number above 0 (0 would divide the logits by
+    zero) - and says which setting, what it must be and the value it got. A length and
+    a top_n of 0 (every symbol) are settings: no text, no error."""
+    loaded = exported["loaded"]["tiny"]
+    assert loaded["generated"]["nothing"] == [""]
+    assert set(loaded["refused"]) == set(REFUSED)
+    for name, (*_, said) in REFUSED.items():
+        lines = loaded["refused"][name]
+        assert lines is not None, f"{name}: generated, not refused"
+        assert len(lines) == 1 and re.fullmatch(f"assertion failed: {said}", lines[0]), lines
 
 
 def test_saved_model_cli_lists_the_three_signatures(exported):
@@ -730,3 +770,25 @@ def test_serve_reuses_an_export_of_the_same_weights_only(tiny_run, tmp_path, cap
     # an export made before model.json held the sha256 is known by its name alone
     (web / "model.json").write_text(json.dumps({k: about[k] for k in ("run", "checkpoint")}))
     assert rnn_export.exported_already(str(tmp_path / "export"), about)
+
+
+def test_the_page_names_a_best_checkpoint_run_best_and_gives_its_step(
+    tiny_run, tmp_path, monkeypatch
+):
+    """webpage.about, what model.json and the page say of a checkpoint: RUN:best - as a
+    user names it - for checkpoints/RUN/best/ckpt-N, the one RUN:best finds, and RUN for
+    checkpoints/RUN/ckpt-N, each with its checkpoint and step; named from the checkout
+    (checkpoints/, the default, is a relative path) or from inside the folder."""
+    newest = runs.all_in(str(tiny_run["checkpoints"] / "tiny"))[0]
+    config = ckpt.read_config(newest)
+    for folder, step in (("r/best", 40), ("r", 70)):  # the tiny run's weights, renamed
+        (tmp_path / "ck" / folder).mkdir(parents=True, exist_ok=True)
+        for path in glob.glob(glob.escape(newest) + ".*"):
+            shutil.copy(path, tmp_path / "ck" / folder / f"ckpt-{step}{path[len(newest) :]}")
+    monkeypatch.chdir(tmp_path)
+    best = webpage.about(runs.find_checkpoint("r:best", "ck", print), config)
+    assert (best["run"], best["checkpoint"], best["step"]) == ("r:best", "ckpt-40", 40)
+    plain = webpage.about(runs.find_checkpoint("r", "ck", print), config)
+    assert (plain["run"], plain["checkpoint"], plain["step"]) == ("r", "ckpt-70", 70)
+    monkeypatch.chdir(tmp_path / "ck" / "r" / "best")
+    assert webpage.about("ckpt-40", config) == best

@@ -24,6 +24,7 @@ import fetch_corpus
 import rnn_train
 import txtutils
 from charrnn import ckpt, runs, settings, training
+from charrnn.distribute import Distribution
 from charrnn.model import build_model, mean_loss_and_accuracy
 from conftest import (
     FIXED_SCHEDULE,
@@ -536,6 +537,54 @@ def test_recipe_talk_is_the_talks_settings(tmp_path, capsys):
     }
 
 
+def applied_gradient(clip_norm, strategy=None):
+    """What one training step (training.make_train_step, --clip-norm clip_norm) applies
+    to a tiny model's weights, from the same weights and batch each time: the weights
+    before minus after, under plain SGD at a rate of 1 - the gradient as the step hands
+    it to the optimizer (Adam's first step moves each weight by about its rate,
+    whatever the gradient's size: it would hide a clip). strategy: a tf.distribute one."""
+    dist = Distribution(strategy)
+    config = {"alphasize": 98, "cell_size": 16, "layers": 2, "dropout": 0.0}
+    keras.utils.set_random_seed(1)
+    with dist.scope():
+        model = build_model(config)
+        optimizer = keras.optimizers.SGD(1.0)
+        optimizer.build(model.trainable_variables)
+    config = {"seed": 0, "clip_norm": clip_norm, "batch_size": 4, "zero_state_every": 0}
+    step = training.make_train_step(model, optimizer, config, dist)
+    x = np.random.default_rng(0).integers(1, 98, size=[4, 12]).astype(np.int32)
+    before = [v.numpy() for v in model.trainable_variables]
+    step(x, np.roll(x, -1, axis=1), model.zero_state(4), tf.constant(0, tf.int64), False)
+    return [b - v.numpy() for b, v in zip(before, model.trainable_variables, strict=True)]
+
+
+def global_norm(tensors):
+    return math.sqrt(sum(float(np.sum(np.square(t, dtype=np.float64))) for t in tensors))
+
+
+@pytest.mark.parametrize("strategy", [None, "mirrored"])
+def test_clip_norm_scales_a_larger_gradient_down_to_that_global_norm(strategy):
+    """--clip-norm C: a step whose gradient has a global norm above C applies it scaled
+    down to norm C (every weight's share by the same factor: one global norm, not one
+    per weight), and one within C as it is. Under a strategy (one replica here; two:
+    distribute_test.py), the sum over the replicas is clipped, in the step as well."""
+
+    def make():
+        # made in the test, after TensorFlow has its devices: one CPU replica
+        return tf.distribute.MirroredStrategy(["/cpu:0"]) if strategy else None
+
+    unclipped = applied_gradient(0.0, make())  # --clip-norm 0: never clip
+    norm = global_norm(unclipped)
+    assert norm > 0.1  # a real gradient, worth clipping
+    clipped = applied_gradient(norm / 10, make())
+    assert global_norm(clipped) == pytest.approx(norm / 10, rel=1e-3)
+    for small, full in zip(clipped, unclipped, strict=True):
+        np.testing.assert_allclose(small, full / 10, rtol=1e-3, atol=1e-6)
+    within = applied_gradient(norm * 2, make())
+    for same, full in zip(within, unclipped, strict=True):
+        np.testing.assert_allclose(same, full, rtol=1e-4, atol=1e-6)
+
+
 def test_dropout_starts_where_dropout_from_epoch_says(tmp_path):
     """With --dropout-from-epoch E, the steps before E epochs train exactly as a run
     without dropout (same losses, bit for bit with --deterministic), and later ones
@@ -876,6 +925,40 @@ def test_a_run_names_its_best_checkpoint_and_run_best_finds_it(tmp_path, capsys)
     ckpt.verify(prefix)
     with pytest.raises(ckpt.CheckpointError, match="no run named nosuchrun"):
         runs.find_checkpoint("nosuchrun:best", str(tmp_path / "ck"), print)
+
+
+def test_the_run_taken_when_none_is_named_is_the_one_whose_newest_checkpoint_is_newest(
+    tmp_path,
+):
+    """runs.newest_run, the run of --resume, rnn_play.py and rnn_export.py when none is
+    named: of several runs, the one whose newest checkpoint was written last - not the
+    one of the most steps, nor the first or last by name - passing over what holds no
+    complete checkpoint, however recent (a run stopped before its first save, a save
+    cut short, a file)."""
+    ck = tmp_path / "ck"
+    start = 1_700_000_000  # seconds since 1970: long before the folders made below
+
+    def save(run, step, seconds, suffixes=("data-00000-of-00001", "index")):
+        """A checkpoint's files as a save leaves them (the .index last), start + seconds."""
+        (ck / run).mkdir(parents=True, exist_ok=True)
+        for suffix in suffixes:
+            path = ck / run / f"ckpt-{step}.{suffix}"
+            path.write_text(f"{step}")
+            os.utime(path, (start + seconds, start + seconds))
+
+    assert runs.newest_run(str(ck)) is None  # no folder yet
+    (ck / "stopped").mkdir(parents=True)  # now: newer than any checkpoint below
+    assert runs.newest_run(str(ck)) is None
+    save("a", 500, 10)
+    save("b", 20, 30)
+    save("c", 300, 20)
+    assert runs.newest_run(str(ck)) == "b"
+    save("d", 900, 40, suffixes=["data-00000-of-00001"])  # cut short: no .index
+    (ck / "a" / "ckpt-600_temp").mkdir()  # a save of a in progress
+    (ck / "notes.txt").write_text("runs to keep")
+    assert runs.newest_run(str(ck)) == "b"
+    save("a", 600, 50)  # a, resumed, saves again
+    assert runs.newest_run(str(ck)) == "a"
 
 
 # ---------------------------------------------------------------------------

@@ -160,3 +160,22 @@ def test_a_checkpoint_from_before_dropout_from_epoch_keeps_when_its_dropout_star
     given = rnn_train.parse_args(["--dropout-from-epoch", "1"])
     merged = settings.merge(given, dict(old, dropout_from=0.25))
     assert settings.with_old_dropout(merged, saved, 8)["dropout_from_epoch"] == 1.0
+
+
+@pytest.mark.parametrize("flag", ["--run", "--resume"])
+@pytest.mark.parametrize("name", ["..", ".", "a/b", "/tmp/x", "a\\b", "x:best", "best"])
+def test_a_run_name_that_is_not_one_folder_is_refused_in_one_line(
+    flag, name, tmp_path, monkeypatch, capsys
+):
+    """--run .. wrote its checkpoints and TensorBoard folders into the folder above
+    checkpoints/ and log/; a/b nested a run in another; x:best and best are not the
+    names of RUN:best and of a run's best/ folder that they look like."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        rnn_train.main([flag, name, "--max-steps", "1"])
+    assert exited.value.code == 2
+    assert capsys.readouterr().err == (
+        f"rnn_train.py: error: argument {flag}: must be {settings.run_name.must_be}, "
+        f"got {name} (see --help)\n"
+    )
+    assert os.listdir(tmp_path) == []
