@@ -61,13 +61,33 @@ count_or_auto = Values(
     lambda v: v == "auto" or (type(v) is int and v > 0),
     'a whole number above 0, or "auto"',
 )
+# Where TensorFlow deletes a run's old checkpoints, it reads their path as a glob: in
+# a run's name or its folder, * ? [ would match, and delete, other runs' checkpoints.
+GLOB = set("*?[")
 # --run, --resume: one folder in CHECKPOINT_DIR and in LOG_DIR ("": the default); ":" is
-# RUN:best's, and "best" is the folder of a run's best checkpoint (runs.BEST_DIR)
+# RUN:best's, "best" the folder of a run's best checkpoint (runs.BEST_DIR), a leading
+# "." hidden (.text is the cache's) or "..", a leading "-" a flag in --resume NAME
 run_name = Values(
     "run name",
     str,
-    lambda v: type(v) is str and v not in (".", "..", "best") and not set(v) & set("/\\:"),
-    'a folder\'s name, without "/", "\\" or ":", and not ".", ".." or "best"',
+    lambda v: (
+        type(v) is str
+        and v != "best"
+        and not v.startswith((".", "-"))
+        and not set(v) & (GLOB | set("/\\:"))
+        and len(v.encode(errors="surrogateescape")) <= 255  # a file name's most bytes
+    ),
+    'a folder\'s name of at most 255 bytes, without / \\ : * ? [, not starting with "." '
+    'or "-", and not "best"',
+)
+# --checkpoint-dir: a folder (not ""), no glob character (above); --log-dir, --cache-dir:
+# a folder (not "")
+folder = Values("folder", str, lambda v: type(v) is str and v != "", "a folder's path")
+checkpoint_folder = Values(
+    "folder",
+    str,
+    lambda v: folder.ok(v) and not set(v) & GLOB,
+    "a folder's path without * ? or [",
 )
 # --cpu-replicas: each a logical device made before the batch is known to refuse them
 replicas = Values(
@@ -257,8 +277,8 @@ SETTINGS = [
       "checkpoint (RUN:best: its best; or the checkpoint given), its architecture and "
       "alphabet, on this --data (default: the parent's)",
       flag=dict(metavar="RUN_OR_CHECKPOINT")),
-    S("checkpoint_dir", "checkpoints", text, SESSION, "where runs keep checkpoints"),
-    S("cache_dir", None, text, SESSION,
+    S("checkpoint_dir", "checkpoints", checkpoint_folder, SESSION, "where runs keep checkpoints"),
+    S("cache_dir", None, folder, SESSION,
       "where the encoded text is kept: encoded once, read a batch's rows at a time by "
       "every run on it "
       "(default: CHECKPOINT_DIR/.text; safe to delete)", flag=dict(metavar="DIR")),
@@ -266,7 +286,7 @@ SETTINGS = [
       "GB of encoded text the cache keeps: past it, the entries least recently used "
       "go, never one a run is reading (an edited text is a new entry)",
       flag=dict(metavar="GB")),
-    S("log_dir", "log", text, SESSION, "TensorBoard logs"),
+    S("log_dir", "log", folder, SESSION, "TensorBoard logs"),
     # ---- data-parallel training (distribute.py)
     S("strategy", "none", cli.one_of("none", "mirrored", "multiworker"), SESSION,
       "data-parallel training with tf.distribute: mirrored = the GPUs of this machine, "

@@ -163,19 +163,42 @@ def test_a_checkpoint_from_before_dropout_from_epoch_keeps_when_its_dropout_star
 
 
 @pytest.mark.parametrize("flag", ["--run", "--resume"])
-@pytest.mark.parametrize("name", ["..", ".", "a/b", "/tmp/x", "a\\b", "x:best", "best"])
+@pytest.mark.parametrize(
+    "name",
+    ["..", ".", "a/b", "/tmp/x", "a\\b", "x:best", "best", "b[12]", "b*", "b?", ".text", "-x"]
+    + ["x" * 256],
+)
 def test_a_run_name_that_is_not_one_folder_is_refused_in_one_line(
     flag, name, tmp_path, monkeypatch, capsys
 ):
     """--run .. wrote its checkpoints and TensorBoard folders into the folder above
     checkpoints/ and log/; a/b nested a run in another; x:best and best are not the
-    names of RUN:best and of a run's best/ folder that they look like."""
+    names of RUN:best and of a run's best/ folder that they look like; b[12] had
+    TensorFlow delete run b1's old checkpoints with its own (it globs their paths);
+    .text is the text cache's folder; -x cannot be resumed by name (a flag)."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as exited:
-        rnn_train.main([flag, name, "--max-steps", "1"])
+        rnn_train.main([f"{flag}={name}", "--max-steps", "1"])
     assert exited.value.code == 2
     assert capsys.readouterr().err == (
         f"rnn_train.py: error: argument {flag}: must be {settings.run_name.must_be}, "
         f"got {name} (see --help)\n"
     )
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "flag, value", [("--checkpoint-dir", "runs[1]"), ("--checkpoint-dir", ""), ("--log-dir", "")]
+)
+def test_a_checkpoint_folder_with_a_glob_character_or_an_empty_folder_is_refused(
+    flag, value, tmp_path, monkeypatch, capsys
+):
+    """An empty folder put the run's folders in the current one; runs[1]/RUN's old
+    checkpoints, deleted by a glob, would take runs1/RUN's with them."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        rnn_train.main([f"{flag}={value}", "--max-steps", "1"])
+    assert exited.value.code == 2
+    [line] = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"rnn_train.py: error: argument {flag}: must be a folder's path")
     assert os.listdir(tmp_path) == []
