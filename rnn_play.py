@@ -10,6 +10,7 @@ character and the state, sample the next character, feed both back.
 from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import contextlib
+import glob
 import os
 import sys
 import tempfile
@@ -123,7 +124,8 @@ def parser():
     p.add_argument(
         "--out-dir",
         metavar="DIR",
-        help="write each sample to DIR/sample-N.txt instead of the console",
+        help="write each sample to DIR/sample-N.txt instead of the console (a DIR that "
+        "holds no earlier samples)",
     )
     p.add_argument(
         "--score",
@@ -354,10 +356,16 @@ def out_dir_error(out_dir, error):
 
 
 def check_out_dir(out_dir):
-    """Refuse (UsageError) an --out-dir that cannot be made or written: made, a file
-    written in it, and removed again if this made it (a run refused later leaves
-    nothing; write_samples makes it again)."""
+    """Refuse (UsageError) an --out-dir that holds an earlier run's samples (they would
+    be overwritten, or mixed with these: sample-01 beside sample-001), or that cannot be
+    made or written: made, a file written in it, and removed again if this made it (a
+    run refused later leaves nothing; write_samples makes it again)."""
     made = not os.path.isdir(out_dir)
+    if not made and glob.glob(os.path.join(glob.escape(out_dir), "sample-*.txt")):
+        raise cli.UsageError(
+            f"--out-dir {out_dir} holds the samples of an earlier run (sample-*.txt): "
+            "choose another --out-dir, or delete them"
+        )
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
@@ -370,7 +378,7 @@ def check_out_dir(out_dir):
 
 def write_samples(prime, samples, out_dir):
     """Each sample to out_dir/sample-N.txt, each file whole or not at all: written
-    beside and renamed over, so a failure leaves an earlier file as it was."""
+    beside and renamed into place, so a failure leaves no half-written sample."""
     width = len(str(len(samples)))
     try:
         os.makedirs(out_dir, exist_ok=True)

@@ -242,11 +242,10 @@ def test_ctrl_c_keeps_the_samples_generated_so_far(tiny_run, tmp_path, capsys, m
 
 
 def test_a_sample_file_is_written_whole_or_not_at_all(tiny_run, tmp_path, capsys):
-    """Each sample goes to a file beside and is renamed over: a write that fails leaves
-    the earlier sample file as it was, and no part file."""
+    """Each sample goes to a file beside and is renamed into place: a write that fails
+    leaves no sample file, and no part file."""
     out = tmp_path / "samples"
     out.mkdir()
-    (out / "sample-1.txt").write_text("an earlier sample\n")
     (out / "sample-1.txt.part").mkdir()  # the file beside cannot be written
     result = play_here(
         tiny_run, "--streams", "2", "--length", "5", "--out-dir", str(out), capsys=capsys
@@ -256,8 +255,28 @@ def test_a_sample_file_is_written_whole_or_not_at_all(tiny_run, tmp_path, capsys
         f"rnn_play.py: error: cannot write {out / 'sample-1.txt'}: Is a directory; "
         "choose another --out-dir\n"
     )
-    assert (out / "sample-1.txt").read_text() == "an earlier sample\n"
-    assert sorted(p.name for p in out.iterdir()) == ["sample-1.txt", "sample-1.txt.part"]
+    assert sorted(p.name for p in out.iterdir()) == ["sample-1.txt.part"]
+
+
+def test_an_out_dir_holding_earlier_samples_is_refused_before_the_model_loads(
+    tiny_run, tmp_path, capsys, monkeypatch
+):
+    """Samples of an earlier run would be overwritten, or mixed with these (10 samples
+    are sample-01..10, 100 are sample-001..100): the folder is refused, left as it was."""
+    out = tmp_path / "samples"
+    out.mkdir()
+    (out / "sample-01.txt").write_text("an earlier sample\n")
+    monkeypatch.setattr(runs, "load_model", lambda prefix: pytest.fail("loaded the model"))
+    result = play_here(
+        tiny_run, "--streams", "100", "--length", "5", "--out-dir", str(out), capsys=capsys
+    )
+    assert result.returncode == 2
+    assert result.stderr == (
+        f"rnn_play.py: error: --out-dir {out} holds the samples of an earlier run "
+        "(sample-*.txt): choose another --out-dir, or delete them\n"
+    )
+    assert sorted(p.name for p in out.iterdir()) == ["sample-01.txt"]
+    assert (out / "sample-01.txt").read_text() == "an earlier sample\n"
 
 
 # ---------------------------------------------------------------------------
