@@ -367,7 +367,7 @@ BAD = {  # each parameter, its bad value, and the page's message
     "topn": ("0", 'topn must be a whole number from 1 to 98 (98: all), got "0"'),
     "temperature": ("warm", 'temperature must be a number above 0, got "warm"'),
     "seed": ("1.5", 'seed must be a whole number from 0 to 9007199254740991, got "1.5"'),
-    "model": ("int4", 'model must be float32 or int8, got "int4"'),
+    "model": ("toString", 'model must be float32 or int8, got "toString"'),
     "autostart": ("yes", 'autostart must be 1 or 0, got "yes"'),
     "lenght": (
         "5",

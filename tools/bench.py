@@ -349,8 +349,9 @@ def file_count_figures(counts, size, code, model_flags, limit_mb, valid_bytes):
             folder = os.path.join(tmp, f"files{count}")
             train = write_files(os.path.join(folder, "train"), size, count)
             key = f"files_{count}"
+            cache_dir = takes_flag(code, "--cache-dir")  # an older checkout's has none
             figures.update(
-                text_run_figures(key, code, folder, train, valid, model_flags, True, limit_mb)
+                text_run_figures(key, code, folder, train, valid, model_flags, cache_dir, limit_mb)
             )
             shutil.rmtree(folder)
     return figures

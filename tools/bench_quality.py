@@ -362,7 +362,11 @@ def main(argv=None):
     p.add_argument("--valid", default=VALID_PLAY, help=argparse.SUPPRESS)
     p.add_argument("--peer-cell", type=int, default=512, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    work = args.work_dir or tempfile.mkdtemp(prefix="bench-quality-")
+    # absolute: --code's runs start in its checkout; a folder of its own: a bench's runs
+    # are named by their order, so an earlier bench's runs would refuse the same names
+    work = os.path.abspath(args.work_dir or tempfile.mkdtemp(prefix="bench-quality-"))
+    if os.path.isdir(os.path.join(work, "checkpoints")):
+        cli.fail("bench_quality.py", f"{work} holds an earlier bench's runs: name a new --work-dir")
     os.makedirs(work, exist_ok=True)
     texts = {}
     try:

@@ -27,7 +27,7 @@ import numpy as np
 from playwright.sync_api import sync_playwright
 
 import txtutils
-from charrnn import ckpt, litertjs, memory, runs, settings, webpage
+from charrnn import cli, ckpt, litertjs, memory, runs, settings, webpage
 from charrnn.hardware import cpu_name
 from charrnn.model import build_model
 from tools import browser
@@ -106,8 +106,12 @@ def measure(model, web, chars, rounds):
 def main(argv=None):  # a measuring tool: bad arguments may end in a traceback
     parser = argparse.ArgumentParser(prog="bench_web.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("checkpoint", nargs="?", help="a run or checkpoint (default: untrained)")
-    parser.add_argument("--chars", type=int, default=2000, help="characters per generation")
-    parser.add_argument("--rounds", type=int, default=3, help="timings of each, taken in turn")
+    parser.add_argument(
+        "--chars", type=cli.positive_int, default=2000, help="characters per generation"
+    )
+    parser.add_argument(
+        "--rounds", type=cli.positive_int, default=3, help="timings of each, taken in turn"
+    )
     args = parser.parse_args(argv)
     model, alphabet, about = model_of(args.checkpoint)
     with tempfile.TemporaryDirectory(prefix="bench_web.") as tmp:

@@ -57,9 +57,10 @@ function readSettings(values, info) {
         "alphabet: it could never be generated",
     );
   }
-  if (!(settings.model in info.models)) {
+  if (!Object.hasOwn(info.models, settings.model)) {
     const offered = Object.keys(info.models).join(" or ");
-    const why = "int8" in info.models ? "" : " (this model's int8 file would not be much smaller)";
+    const int8 = Object.hasOwn(info.models, "int8");
+    const why = int8 ? "" : " (this model's int8 file would not be much smaller)";
     errors.push(`model must be ${offered}${why}, got ${JSON.stringify(values.model)}`);
     settings.model = "float32";
   }
@@ -314,7 +315,8 @@ function fillForm(info, values) {
   Object.assign(fields, { seed: "", stop: "", model: "float32" }, values);
   for (const [name, value] of Object.entries(fields)) {
     const input = field(ui.form, name);
-    if (input && (name !== "model" || value in info.models)) input.value = String(value);
+    const offered = name !== "model" || Object.hasOwn(info.models, value);
+    if (input && offered) input.value = String(value);
   }
 }
 
