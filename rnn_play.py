@@ -12,6 +12,7 @@ from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's lo
 import contextlib
 import glob
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -358,20 +359,23 @@ def out_dir_error(out_dir, error):
 def check_out_dir(out_dir):
     """Refuse (UsageError) an --out-dir that holds an earlier run's samples (they would
     be overwritten, or mixed with these: sample-01 beside sample-001), or that cannot be
-    made or written: made, a file written in it, and removed again if this made it (a
-    run refused later leaves nothing; write_samples makes it again)."""
-    made = not os.path.isdir(out_dir)
-    if not made and glob.glob(os.path.join(glob.escape(out_dir), "sample-*.txt")):
+    made or written: made, a file written in it, and removed again with any folder above
+    it this made (a run refused later leaves nothing; write_samples makes it again)."""
+    if os.path.isdir(out_dir) and glob.glob(os.path.join(glob.escape(out_dir), "sample-*.txt")):
         raise cli.UsageError(
             f"--out-dir {out_dir} holds the samples of an earlier run (sample-*.txt): "
             "choose another --out-dir, or delete them"
         )
+    made = None  # the highest folder this makes: a/ of a/b/c, if a/ is not there
+    path = os.path.abspath(out_dir)
+    while not os.path.lexists(path) and path != os.path.dirname(path):
+        made, path = path, os.path.dirname(path)
     try:
         os.makedirs(out_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=out_dir):
             pass
         if made:
-            os.rmdir(out_dir)
+            shutil.rmtree(made)  # folders this made, empty again
     except OSError as e:
         raise out_dir_error(out_dir, e) from None
 

@@ -186,11 +186,11 @@ def test_streams_can_go_to_files(tiny_run, tmp_path, capsys, monkeypatch):
         "--stop",
         "\u0416",
         "--out-dir",
-        str(tmp_path / "n"),
+        str(tmp_path / "n" / "m" / "samples"),
     )
     refused = play_here(tiny_run, *never, capsys=capsys)
     assert refused.returncode == 2 and "--stop" in refused.stderr
-    assert not (tmp_path / "n").exists()
+    assert not (tmp_path / "n").exists()  # nor the folders above it this made
     # a file where the folder should be: one error line, before the model is loaded
     monkeypatch.setattr(runs, "load_model", lambda prefix: pytest.fail("loaded the model"))
     (tmp_path / "taken").write_text("")
