@@ -153,13 +153,15 @@ def write_export(prefix, about, out_dir, runtime):
     LiteRT.js tarballs) is None: all in a folder beside it, renamed into place whole."""
     model, config = runs.load_model(prefix)
     alphabet = ckpt.alphabet_of(config).chars  # the checkpoint's, as rnn_play.py reads it
-    work = work_dir(out_dir)
+    # a link to an empty folder: the work folder goes beside that folder, renamed onto it
+    target = os.path.realpath(out_dir)
+    work = work_dir(target)
     try:
         export(model, alphabet, work)
         if runtime is not None:
             webpage.write(model, alphabet, about, os.path.join(work, "web"), runtime)
         check_out_dir(out_dir)  # made meanwhile by another program?
-        os.replace(work, os.path.abspath(out_dir))  # onto an empty folder, or none
+        os.replace(work, target)  # onto an empty folder, or none
     except (OSError, tf.errors.OpError) as e:  # TensorFlow's writes fail with its own
         reason = getattr(e, "strerror", None) or ckpt.short_reason(e)
         raise ExportError(f"cannot write {out_dir}: {reason}") from None

@@ -741,6 +741,20 @@ def test_a_full_disk_is_one_line_and_nothing_written(tiny_run, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_an_out_dir_that_links_to_an_empty_folder_gets_the_export(tiny_run, tmp_path):
+    """OUT a link to an empty folder (on a bigger disk, say): the export is made beside
+    that folder and renamed onto it (renaming onto the link failed, after the export),
+    and the link leads to it."""
+    target = tmp_path / "big" / "out"
+    target.mkdir(parents=True)
+    link = tmp_path / "out"
+    link.symlink_to(target)
+    argv = ["tiny", str(link), "--no-web", "--checkpoint-dir", str(tiny_run["checkpoints"])]
+    assert rnn_export.main(argv) == 0
+    assert link.is_symlink() and "saved_model" in os.listdir(link)
+    assert os.listdir(tmp_path / "big") == ["out"]  # no work folder left beside it
+
+
 def test_serve_reuses_an_export_of_the_same_weights_only(tiny_run, tmp_path, capfd):
     """--serve serves an export in place if it is of this checkpoint: the same run and
     checkpoint, and the same weights - not those of a run deleted and trained again to

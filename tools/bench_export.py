@@ -90,6 +90,9 @@ def main(argv=None):  # a measuring tool: bad arguments may end in a traceback
     if len(argv) < 3:
         sys.exit(__doc__)
     what, held_out, out = argv[:3]
+    if os.path.lexists(out) and not (os.path.isdir(out) and not os.listdir(out)):
+        # an export's files replaced beside an older page: make web would serve them as one
+        sys.exit(f"bench_export.py: {out} exists and is not an empty folder: name a new folder")
     prefix = runs.find_checkpoint(what, "checkpoints", print)  # a run name, directory or checkpoint
     chars = int(argv[3]) if len(argv) > 3 else 20_000
     model, config = runs.load_model(prefix)

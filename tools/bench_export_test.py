@@ -4,6 +4,8 @@ reports every figure, and the held-out losses of the three ways agree."""
 import json
 import os
 
+import pytest
+
 from conftest import HERE
 from tools import bench_export
 
@@ -25,3 +27,8 @@ def test_bench_export_reports_sizes_speeds_and_agreeing_losses(tmp_path, capsys)
     saved = held_out["SavedModel score, nats/char"]
     assert abs(held_out["LiteRT float32, nats/char"] - saved) < 1e-4, held_out
     assert abs(held_out["LiteRT int8, nats/char"] - saved) < 0.05, held_out
+    # the same folder again: refused before anything is written over that export
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(SystemExit, match="exists and is not an empty folder: name a new"):
+        bench_export.main([run, os.path.join(OLD, "corpus.txt"), str(out), "500"])
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
