@@ -333,8 +333,7 @@ def main(argv=None):
         cli.error(PROG, e)
         return 2  # cli.fail's status, returned rather than exited: tests call main()
     except KeyboardInterrupt:  # the corpus is written beside and renamed whole, or not at all
-        print(f"{PROG}: stopped (Ctrl-C); nothing written", file=sys.stderr)
-        return 130
+        return cli.stopped(PROG)
     return 0
 
 

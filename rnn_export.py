@@ -247,8 +247,7 @@ def main(argv=None):
     except (ckpt.CheckpointError, memory.OutOfMemory, ExportError, litertjs.FetchError) as e:
         cli.fail(PROG, e)
     except KeyboardInterrupt:
-        print(f"{PROG}: stopped (Ctrl-C); nothing written", file=sys.stderr)
-        return 130
+        return cli.stopped(PROG)
 
 
 if __name__ == "__main__":

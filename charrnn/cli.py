@@ -37,6 +37,13 @@ def fail(prog, message):
     sys.exit(2)
 
 
+def stopped(prog):
+    """Say that Ctrl-C stopped a program before it wrote anything; the status to exit
+    with (a shell's for SIGINT)."""
+    print(f"{prog}: stopped (Ctrl-C); nothing written", file=sys.stderr)
+    return 130
+
+
 def utf8_output():
     """Write stdout and stderr in UTF-8 whatever the locale (LANG=C included): the text
     of a model may be in any language. A lone surrogate (bytes that were not UTF-8,

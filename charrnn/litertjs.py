@@ -208,8 +208,7 @@ def main(argv=None):
         cli.error(PROG, e)
         return 2
     except KeyboardInterrupt:  # each tarball is renamed into place whole, or not at all
-        print(f"{PROG}: stopped (Ctrl-C); nothing written", file=sys.stderr)
-        return 130
+        return cli.stopped(PROG)
     if missing:
         print(f"fetched LiteRT.js {VERSION} into {os.path.relpath(CACHE)}/ (integrity verified)")
     return 0

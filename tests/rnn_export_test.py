@@ -806,3 +806,24 @@ def test_the_page_names_a_best_checkpoint_run_best_and_gives_its_step(
     assert (plain["run"], plain["checkpoint"], plain["step"]) == ("r", "ckpt-70", 70)
     monkeypatch.chdir(tmp_path / "ck" / "r" / "best")
     assert webpage.about("ckpt-40", config) == best
+
+
+def test_ctrl_c_while_exporting_is_one_line_and_leaves_nothing(
+    tiny_run, tmp_path, monkeypatch, capfd
+):
+    """Ctrl-C while the model converts (in TensorFlow's export here): one line, the status
+    of a Ctrl-C, and no OUT nor work folder left."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(rnn_export, "export", interrupted)
+    out = tmp_path / "out"
+    argv = ["tiny", str(out), "--no-web", "--checkpoint-dir", str(tiny_run["checkpoints"])]
+    assert rnn_export.main(argv) == 130
+    # (the last line: TensorFlow, loaded in this process, logs its own before it)
+    err = capfd.readouterr().err
+    assert err.endswith("\n") and err.splitlines()[-1] == (
+        "rnn_export.py: stopped (Ctrl-C); nothing written"
+    )
+    assert os.listdir(tmp_path) == []
