@@ -342,6 +342,7 @@ def file_count_figures(counts, size, code, model_flags, limit_mb, valid_bytes):
     """text_run_figures of the same `size` bytes of text cut into each of counts files
     (keys files_N_...): a real run and its --resume each."""
     figures = {"file_counts": counts, "file_count_text_bytes": size}
+    cache_dir = takes_flag(code, "--cache-dir")  # an older checkout's has none
     with tempfile.TemporaryDirectory(prefix="bench-files-") as tmp:
         valid = os.path.join(tmp, "valid.txt")
         english_text(valid_bytes, seed=1).tofile(valid)
@@ -349,7 +350,6 @@ def file_count_figures(counts, size, code, model_flags, limit_mb, valid_bytes):
             folder = os.path.join(tmp, f"files{count}")
             train = write_files(os.path.join(folder, "train"), size, count)
             key = f"files_{count}"
-            cache_dir = takes_flag(code, "--cache-dir")  # an older checkout's has none
             figures.update(
                 text_run_figures(key, code, folder, train, valid, model_flags, cache_dir, limit_mb)
             )
