@@ -17,7 +17,7 @@ from typing import NamedTuple
 import numpy as np
 
 import txtutils
-from charrnn import textcache
+from charrnn import settings, textcache
 from txtutils import DEFAULT, MIN_COUNT, VALID_MAX_ROWS, VALID_SEQLEN, Alphabet, CorpusError
 
 
@@ -311,6 +311,11 @@ def _find_text(data_patterns, validation_patterns):
     """The files --data names, and those --validation names ([] for none; None for
     the default split); CorpusError if either names no file."""
     files = find_files(data_patterns)
+    if not files and list(data_patterns) == settings.DEFAULTS["data"]:
+        raise CorpusError(
+            f"--data {' '.join(data_patterns)} matches no file: `make corpus` fetches "
+            "Shakespeare, or train on your own text with --data"
+        )
     if not files:
         raise CorpusError(
             f"--data {' '.join(data_patterns)} matches no file: "

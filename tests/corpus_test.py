@@ -357,8 +357,16 @@ def test_a_pattern_that_matches_nothing_is_a_corpus_error(tmp_path):
     with pytest.raises(CorpusError, match="matches no file"):
         charrnn.corpus.read_corpus([str(tmp_path / "nothing-*.txt")])
     (tmp_path / "empty-folder").mkdir()
-    with pytest.raises(CorpusError, match="matches no file"):
+    with pytest.raises(CorpusError, match="matches no file: check the path"):
         charrnn.corpus.read_corpus([str(tmp_path / "empty-folder")])
+
+
+def test_the_default_text_not_yet_fetched_is_an_error_that_says_how_to_fetch_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)  # no shakespeare/ here
+    with pytest.raises(CorpusError, match="matches no file: `make corpus` fetches Shakespeare"):
+        charrnn.corpus.read_corpus(["shakespeare/*.txt"])
 
 
 def test_a_binary_file_is_a_corpus_error_naming_it(tmp_path):
