@@ -72,16 +72,17 @@ def newest_good(run_dir, warn):
 
 
 def newest_run(checkpoint_dir):
-    """Name of the run whose newest checkpoint was written last, or None."""
-    best, best_time = None, None
+    """Name of the run whose newest checkpoint was written last, or None. Of runs
+    written at the same time (a copy that kept the times, a file system that keeps
+    whole seconds), the last by name: the later one where names are the default's
+    date and time, and the same one whatever order the folder lists them in."""
+    newest = None
     if os.path.isdir(checkpoint_dir):
         for name in os.listdir(checkpoint_dir):
             prefix = newest_in(os.path.join(checkpoint_dir, name))
             if prefix:
-                mtime = os.path.getmtime(prefix + ".index")
-                if best_time is None or mtime > best_time:
-                    best, best_time = name, mtime
-    return best
+                newest = max(newest or (), (os.stat(prefix + ".index").st_mtime_ns, name))
+    return newest[1] if newest else None
 
 
 class RunLock:

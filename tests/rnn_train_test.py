@@ -928,7 +928,7 @@ def test_a_run_names_its_best_checkpoint_and_run_best_finds_it(tmp_path, capsys)
 
 
 def test_the_run_taken_when_none_is_named_is_the_one_whose_newest_checkpoint_is_newest(
-    tmp_path,
+    tmp_path, monkeypatch
 ):
     """runs.newest_run, the run of --resume, rnn_play.py and rnn_export.py when none is
     named: of several runs, the one whose newest checkpoint was written last - not the
@@ -936,6 +936,7 @@ def test_the_run_taken_when_none_is_named_is_the_one_whose_newest_checkpoint_is_
     complete checkpoint, however recent (a run stopped before its first save, a save
     cut short, a file)."""
     ck = tmp_path / "ck"
+    listdir = os.listdir
     start = 1_700_000_000  # seconds since 1970: long before the folders made below
 
     def save(run, step, seconds, suffixes=("data-00000-of-00001", "index")):
@@ -959,6 +960,14 @@ def test_the_run_taken_when_none_is_named_is_the_one_whose_newest_checkpoint_is_
     assert runs.newest_run(str(ck)) == "b"
     save("a", 600, 50)  # a, resumed, saves again
     assert runs.newest_run(str(ck)) == "a"
+    # two runs saved the same second: the later by name, whatever order the folder
+    # lists them in
+    save("2026-12-07_10-00-00", 250, 60)
+    save("2026-12-07_10-05-00", 250, 60)
+    listed = os.listdir(ck)
+    for order in (sorted(listed), sorted(listed, reverse=True)):
+        monkeypatch.setattr(os, "listdir", lambda p, o=order: o if p == str(ck) else listdir(p))
+        assert runs.newest_run(str(ck)) == "2026-12-07_10-05-00"
 
 
 # ---------------------------------------------------------------------------
