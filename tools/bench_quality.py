@@ -45,6 +45,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -354,7 +355,11 @@ def main(argv=None):
     p.add_argument("--flags", default="", help="rnn_train.py flags for this checkout's runs")
     p.add_argument("--no-peer", action="store_true", help="leave out the Keras peer")
     p.add_argument("--test", default=TEST_PLAY, help="the held-out play scored")
-    p.add_argument("--work-dir", help="keep the runs' logs and checkpoints here")
+    p.add_argument(
+        "--work-dir",
+        help="keep the runs' logs and checkpoints here (else a temporary folder, removed "
+        "at the end: they take ~50 MB a checkpoint)",
+    )
     p.add_argument("--json", help="write the figures as JSON to this file")
     # for the tests: tiny texts of their own and a tiny peer
     p.add_argument("--corpus", default=CORPUS, help=argparse.SUPPRESS)
@@ -368,6 +373,15 @@ def main(argv=None):
     if os.path.isdir(os.path.join(work, "checkpoints")):
         cli.fail("bench_quality.py", f"{work} holds an earlier bench's runs: name a new --work-dir")
     os.makedirs(work, exist_ok=True)
+    try:
+        return bench(args, work)
+    finally:
+        if not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def bench(args, work):
+    """The runs, in turn, in work; their figures printed, and written to --json."""
     texts = {}
     try:
         if args.minutes:
@@ -400,6 +414,8 @@ def main(argv=None):
             who = "this" if label == "this checkout" else "code"
             name = f"{number}-{text}-{who}-{minutes:g}"
             figures = run_project(code, minutes, texts[text], work, name, flags, text == "zh")
+        if not args.work_dir:  # (removed at the end)
+            figures.pop("log", None)
         results.append(dict(figures, who=label, text=text, minutes=minutes, started=t0))
         print(shown(results[-1], label, minutes, text), flush=True)
         if args.json:  # after every run: a failure later keeps what was measured
