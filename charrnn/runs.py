@@ -76,13 +76,13 @@ def newest_run(checkpoint_dir):
     written at the same time (a copy that kept the times, a file system that keeps
     whole seconds), the last by name: the later one where names are the default's
     date and time, and the same one whatever order the folder lists them in."""
-    newest = None
+    saved = []  # (when its newest checkpoint was written, run)
     if os.path.isdir(checkpoint_dir):
         for name in os.listdir(checkpoint_dir):
             prefix = newest_in(os.path.join(checkpoint_dir, name))
             if prefix:
-                newest = max(newest or (), (os.stat(prefix + ".index").st_mtime_ns, name))
-    return newest[1] if newest else None
+                saved.append((os.stat(prefix + ".index").st_mtime_ns, name))
+    return max(saved)[1] if saved else None
 
 
 class RunLock:
