@@ -33,9 +33,9 @@ corpus-zh: venv
 litertjs: venv
 	$(PY) -m charrnn.litertjs
 
-# Shakespeare is fetched unless ARGS name the text (--data) or resume a run (whose
-# checkpoint names its text): your own text trains and resumes offline
-train: $(if $(findstring --data,$(ARGS))$(findstring --resume,$(ARGS)),venv,corpus)
+# Shakespeare is fetched unless ARGS name the text (--data) or a checkpoint that names
+# it (--resume, --init-from): your own text trains, resumes and fine-tunes offline
+train: $(if $(findstring --data,$(ARGS))$(findstring --resume,$(ARGS))$(findstring --init-from,$(ARGS)),venv,corpus)
 	$(PY) rnn_train.py $(ARGS)
 
 play: venv

@@ -26,6 +26,7 @@ def commands(target, args):
         ("--data 'mine/*.txt'", False),  # your own text trains offline
         ("--resume", False),  # the run's checkpoint names its text
         ("--resume mine --epochs 12", False),
+        ("--init-from mine:best --run again", False),  # the parent's text, unless --data
     ],
 )
 def test_make_train_fetches_shakespeare_only_when_it_is_the_text(args, fetches):
