@@ -45,7 +45,7 @@ import tempfile
 import tensorflow as tf
 
 from charrnn import ckpt, cli, litertjs, memory, runs, webpage
-from charrnn.export import export
+from charrnn.export import ExportError, check_out_dir, export
 
 PROG = "rnn_export.py"
 HOST = "127.0.0.1"  # the page is served to this machine only
@@ -103,26 +103,7 @@ def parse_args(argv):
 
 
 # ---------------------------------------------------------------------------
-# The output folder (what goes into it: charrnn/export.py)
-
-
-class ExportError(Exception):
-    """An OUT_DIR that cannot be written; the message says what to do."""
-
-
-def check_out_dir(out_dir, serving=False):
-    """Refuse an OUT_DIR that holds anything, or is no folder: nothing is overwritten.
-    serving: one that holds an export with its page may be served as it is."""
-    if serving and os.path.isfile(os.path.join(out_dir, "web", "model.json")):
-        return
-    try:
-        holds = os.path.isdir(out_dir) and os.listdir(out_dir)
-    except OSError as e:
-        raise ExportError(f"cannot read {out_dir}: {e.strerror}; name a new folder") from None
-    if holds:
-        raise ExportError(f"{out_dir} exists and is not empty: name a new folder")
-    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
-        raise ExportError(f"{out_dir} exists and is not a folder: name a new folder")
+# The output folder (what goes into it, and check_out_dir: charrnn/export.py)
 
 
 def export_checkpoint(args):

@@ -35,6 +35,28 @@ SCORE_LOGITS = SCORE_PER_CALL * txtutils.ALPHASIZE * memory.FLOAT
 ONE_AT_A_TIME = 1
 
 
+# rnn_export.py's OUT_DIR, and tools/bench_export.py's: never written over
+
+
+class ExportError(Exception):
+    """An OUT_DIR that cannot be written; the message says what to do."""
+
+
+def check_out_dir(out_dir, serving=False):
+    """Refuse an OUT_DIR that holds anything, or is no folder: nothing is overwritten.
+    serving: one that holds an export with its page may be served as it is."""
+    if serving and os.path.isfile(os.path.join(out_dir, "web", "model.json")):
+        return
+    try:
+        holds = os.path.isdir(out_dir) and os.listdir(out_dir)
+    except OSError as e:
+        raise ExportError(f"cannot read {out_dir}: {e.strerror}; name a new folder") from None
+    if holds:
+        raise ExportError(f"{out_dir} exists and is not empty: name a new folder")
+    if os.path.lexists(out_dir) and not os.path.isdir(out_dir):
+        raise ExportError(f"{out_dir} exists and is not a folder: name a new folder")
+
+
 def score_cells_per_call(alphasize):
     """Characters (rows x columns) that score runs through the model per call: for the
     98 symbols SCORE_PER_CALL (longer calls measured slower), proportionally fewer for a

@@ -25,7 +25,7 @@ from ai_edge_litert.interpreter import Interpreter
 
 import txtutils
 from charrnn import runs
-from charrnn.export import export
+from charrnn.export import ExportError, check_out_dir, export
 from charrnn.generate import GENERATE_PER_CALL, default_topn
 from charrnn.hardware import cpu_name
 from tools.timing import generation_run, median_time, speeds_in_turn
@@ -90,9 +90,10 @@ def main(argv=None):  # a measuring tool: bad arguments may end in a traceback
     if len(argv) < 3:
         sys.exit(__doc__)
     what, held_out, out = argv[:3]
-    if os.path.lexists(out) and not (os.path.isdir(out) and not os.listdir(out)):
-        # an export's files replaced beside an older page: make web would serve them as one
-        sys.exit(f"bench_export.py: {out} exists and is not an empty folder: name a new folder")
+    try:  # an export's files replaced beside an older page: make web would serve them as one
+        check_out_dir(out)
+    except ExportError as e:
+        sys.exit(f"bench_export.py: {e}")
     prefix = runs.find_checkpoint(what, "checkpoints", print)  # a run name, directory or checkpoint
     chars = int(argv[3]) if len(argv) > 3 else 20_000
     model, config = runs.load_model(prefix)

@@ -29,6 +29,6 @@ def test_bench_export_reports_sizes_speeds_and_agreeing_losses(tmp_path, capsys)
     assert abs(held_out["LiteRT int8, nats/char"] - saved) < 0.05, held_out
     # the same folder again: refused before anything is written over that export
     before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    with pytest.raises(SystemExit, match="exists and is not an empty folder: name a new"):
+    with pytest.raises(SystemExit, match="exists and is not empty: name a new folder"):
         bench_export.main([run, os.path.join(OLD, "corpus.txt"), str(out), "500"])
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
