@@ -208,8 +208,8 @@ SETTINGS = [
     S("weight_decay", 0.3, non_negative_float, RECIPE,
       "shrink the weight matrices (not the biases) by this x the learning rate each "
       "step (AdamW's decoupled decay), 0 = never: a run that passes over the same text "
-      "again and again then does better on text it never saw (0.3 more than 0.1 in "
-      "3 passes, as much in 10)", talk=0.0, absent=0.0),
+      "again and again then does better on text it never saw (0.3 beat 0.1 over 3 "
+      "passes and matched it over 10)", talk=0.0, absent=0.0),
     S("dropout", 0.2, fraction, RECIPE,
       "fraction of the values dropped between layers and before the logits, in "
       "training, from --dropout-from-epoch on (the talk's keep 0.8)", talk=0.2),
