@@ -19,6 +19,11 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
+# The programs set this before TensorFlow loads (charrnn/tf_quiet.py). A test module
+# that imports TensorFlow itself may load it first, in a worker's process, and then
+# XLA's start-up lines (once a process) reach the stderr an in-process test compares.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 # Every program a test starts compiles the same few XLA functions again (1.6 s of the
 # 7.6 s of a 60-step tiny run, measured on 2 idle cores). TensorFlow's persistent XLA
 # cache, shared by the processes of one session, compiles each once; the executables it

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import rnn_train
 from charrnn import cli
 from conftest import (
     HERE,
@@ -23,6 +24,7 @@ from conftest import (
     cache_env,
     run_cli,
     run_clis,
+    run_main,
     where,
     without_cache_noise,
     write_corpus,
@@ -221,24 +223,33 @@ def test_a_killed_worker_stops_the_others_and_resume_continues(tmp_path):
     assert os.path.exists(ck / f"ckpt-{saved + 40}.index")
 
 
-def test_distribution_misuse_gets_one_line(tmp_path):
+def test_distribution_misuse_gets_one_line(tmp_path, monkeypatch, capsys):
+    """Each in this process (run_main), as they fail before TensorFlow's devices are
+    touched, but a batch that does not split over 3 CPU replicas: that is found once
+    they are made, which a process does once, so it runs as a program of its own."""
     common = on_one_file(tmp_path, *TINY, "--max-steps", "2")
-    env_without = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
     no_task = json.dumps({"cluster": {"worker": ["localhost:1"]}})
     past_end = json.dumps(
         {"cluster": {"worker": ["localhost:1"]}, "task": {"type": "worker", "index": 1}}
     )
     cases = [
-        (["--strategy", "mirrored", "--cpu-replicas", "3"], os.environ, "does not split evenly"),
-        (["--strategy", "multiworker"], env_without, "TF_CONFIG"),
-        (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG="{cluster"), "TF_CONFIG"),
-        (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG=no_task), '"task"'),
-        (["--strategy", "multiworker"], dict(os.environ, TF_CONFIG=past_end), '"task"'),
-        (["--strategy", "mirrored", "--cpu-replicas", str(10**12)], os.environ, "1 to 1024"),
+        (["--strategy", "multiworker"], None, "TF_CONFIG"),
+        (["--strategy", "multiworker"], "{cluster", "TF_CONFIG"),
+        (["--strategy", "multiworker"], no_task, '"task"'),
+        (["--strategy", "multiworker"], past_end, '"task"'),
+        (["--strategy", "mirrored", "--cpu-replicas", str(10**12)], None, "1 to 1024"),
     ]
-    results = run_clis(
-        *(("rnn_train.py", *common, *args, {"env": env, "timeout": 120}) for args, env, _ in cases)
-    )
+    results = []
+    for args, tf_config, _ in cases:
+        if tf_config is None:
+            monkeypatch.delenv("TF_CONFIG", raising=False)
+        else:
+            monkeypatch.setenv("TF_CONFIG", tf_config)
+        results.append(run_main(rnn_train.main, *common, *args, capsys=capsys))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    uneven = ["--strategy", "mirrored", "--cpu-replicas", "3"]
+    cases.append((uneven, None, "does not split evenly"))
+    results.append(run_cli("rnn_train.py", *common, *uneven, timeout=120))
     for (args, _, expected), result in zip(cases, results, strict=True):
         lines = result.stderr.strip().splitlines()
         assert result.returncode == 2, (args, result.stderr)

@@ -429,7 +429,7 @@ def play_in_process(capfd, argv):
 
 
 @settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(prime=st.text(alphabet=HOSTILE_CHAR, min_size=1, max_size=40), as_one_arg=st.booleans())
 @example(prime="\r", as_one_arg=True)

@@ -16,7 +16,6 @@ machine, and compare figures only within one run.
 from charrnn import tf_quiet  # noqa: F401, I001  (first: quiets TensorFlow's logging before it loads)
 
 import argparse
-import concurrent.futures
 import dataclasses
 import json
 import os
@@ -338,11 +337,10 @@ def write_files(folder, size, count, seed=2):
     return folder
 
 
-def file_count_figures(counts, size, code, model_flags, limit_mb, valid_bytes):
+def file_count_figures(counts, size, code, model_flags, cache_dir, limit_mb, valid_bytes):
     """text_run_figures of the same `size` bytes of text cut into each of counts files
     (keys files_N_...): a real run and its --resume each."""
     figures = {"file_counts": counts, "file_count_text_bytes": size}
-    cache_dir = takes_flag(code, "--cache-dir")  # an older checkout's has none
     with tempfile.TemporaryDirectory(prefix="bench-files-") as tmp:
         valid = os.path.join(tmp, "valid.txt")
         english_text(valid_bytes, seed=1).tofile(valid)
@@ -376,19 +374,14 @@ def flags_of_model(config):
     return [str(a) for k in keys for a in ("--" + k.replace("_", "-"), config[k])]
 
 
-def text_figures(sizes, code, model_flags, limit_mb, valid_bytes=VALID_BYTES):
+def text_figures(sizes, code, model_flags, cache_dir, limit_mb, valid_bytes=VALID_BYTES):
     """The large-text figures (issue 17), keyed as the JSON names them: for each size,
     ascending, text_run_figures on that much generated text (train/part-*.txt, and
     the same valid.txt of valid_bytes at every size), then the encoding speed of the
     largest. Each size's text is deleted before the next is written: the disk holds
     one at a time."""
     figures = {"text_sizes_bytes": sizes, "memory_limit_gb": limit_mb / 1024}
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-text-") as tmp,
-        concurrent.futures.ThreadPoolExecutor(1) as pool,
-    ):
-        # rnn_train.py --help imports TensorFlow, seconds: it runs while the text is made
-        cache_dir = pool.submit(takes_flag, code, "--cache-dir")
+    with tempfile.TemporaryDirectory(prefix="bench-text-") as tmp:
         valid = os.path.join(tmp, "valid.txt")
         english_text(valid_bytes, seed=1).tofile(valid)
         block = english_text(min(BLOCK_BYTES, sizes[-1]), seed=0)
@@ -398,7 +391,7 @@ def text_figures(sizes, code, model_flags, limit_mb, valid_bytes=VALID_BYTES):
             train_glob = write_text(os.path.join(folder, "train"), size, block)
             figures.update(
                 text_run_figures(
-                    key, code, folder, train_glob, valid, model_flags, cache_dir.result(), limit_mb
+                    key, code, folder, train_glob, valid, model_flags, cache_dir, limit_mb
                 )
             )
             if size == sizes[-1]:
@@ -671,10 +664,13 @@ def measure(config, quick, text_sizes, file_counts, code, limit_gb):
     # need much of the machine's memory. (Their peaks are read from /proc, so that this
     # process's own size does not count, as it does in getrusage's figure for a child.)
     valid_bytes = QUICK_VALID_BYTES if quick else VALID_BYTES
-    texts = text_figures(text_sizes, code, text_model, limit_mb, valid_bytes)
+    cache_dir = takes_flag(code, "--cache-dir")  # an older checkout's has none
+    texts = text_figures(text_sizes, code, text_model, cache_dir, limit_mb, valid_bytes)
     files_bytes = QUICK_FILES_TEXT_BYTES if quick else FILES_TEXT_BYTES
     texts.update(
-        file_count_figures(file_counts, files_bytes, code, text_model, limit_mb, valid_bytes)
+        file_count_figures(
+            file_counts, files_bytes, code, text_model, cache_dir, limit_mb, valid_bytes
+        )
     )
     with tempfile.TemporaryDirectory() as tmp:
         run_rss = real_run_memory_mb(config, run_steps, tmp, code, limit_mb)

@@ -108,38 +108,28 @@ def test_both_entrants_train_and_score_both_texts(tmp_path):
     assert alphabet and int(alphabet[1]) == ALPHABET["zh"], log  # the poems' characters joined
 
 
-def test_the_same_minutes_twice_are_two_runs(tmp_path):
-    """Runs are named by their number too: the same minutes twice (or --code .) once
-    wrote into one run and ended the bench with a traceback."""
-    corpus = tmp_path / "corpus"
-    write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
-    _, figures, work = bench(
-        tmp_path,
-        *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
-        *("--minutes", "0.02", "0.02", "--zh-minutes", "--no-peer"),
-    )
-    assert [r["minutes"] for r in figures["runs"]] == [0.02, 0.02]
-    assert (work / "1-en-this-0.02.log").exists() and (work / "2-en-this-0.02.log").exists()
-
-
 def test_without_a_work_dir_the_runs_leave_nothing_behind(tmp_path):
     """The runs' checkpoints (~50 MB each at the default size) go to a temporary
-    folder that the bench removes; the figures name no log there."""
+    folder that the bench removes; the figures name no log there. The same minutes
+    twice are two runs: they once wrote into one run and ended the bench with a
+    traceback (runs are named by their number too)."""
     corpus, temp, out = tmp_path / "corpus", tmp_path / "temp", tmp_path / "q.json"
     write_corpus(corpus, ["a.txt", "b.txt", "held.txt", "valid.txt"], 12_000)
     temp.mkdir()
     result = run_cli(
         "tools/bench_quality.py",
         *("--corpus", str(corpus), "--test", "held.txt", "--valid", "valid.txt"),
-        *("--minutes", "0.02", "--zh-minutes", "--no-peer", "--json", str(out)),
+        *("--minutes", "0.02", "0.02", "--zh-minutes", "--no-peer", "--json", str(out)),
         *("--flags", " ".join(TINY)),
         env=dict(os.environ, TMPDIR=str(temp)),
         timeout=600,
     )
     assert result.returncode == 0, result.stderr
     assert f"work in {temp}{os.sep}bench-quality-" in result.stdout  # (where it was)
-    (run,) = json.loads(out.read_text())["runs"]
-    assert run["steps"] > 0 and "log" not in run
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["minutes"] for r in runs] == [0.02, 0.02]
+    for run in runs:
+        assert run["steps"] > 0 and "log" not in run
     assert list(temp.iterdir()) == []
 
 
