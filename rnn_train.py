@@ -23,7 +23,7 @@ import time
 import tensorflow as tf
 
 import txtutils
-from charrnn import ckpt, cli, memory, runs, settings
+from charrnn import ckpt, cli, hardware, memory, runs, settings
 from charrnn.cli import UsageError
 from charrnn.distribute import Distribution, WorkerLost
 from charrnn.generate import Generator, default_topn
@@ -141,6 +141,8 @@ def read_run_text(args, config, run, dist):
     cache_dir = args.cache_dir or os.path.join(args.checkpoint_dir, ".text")
     limit = max(1, int(min(args.cache_size * 1e9, 2**62)))  # bytes: 0 would mean no limit
     text = read_text(config, run, dist, cache_dir, limit, ReadingProgress(dist.chief))
+    config = settings.with_batch_size(config, text.alphabet.size, dist.replicas, hardware.on_gpu())
+    dist.check_batch_size(config["batch_size"])
     batches_per_epoch, total = run_length(config, text)
     config = settings.with_old_dropout(config, run.saved_config, total / batches_per_epoch)
     dist.check_same(text_facts(text, total))

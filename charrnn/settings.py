@@ -54,7 +54,7 @@ globs = Values(
 some_globs = Values("file list", str, lambda v: globs.ok(v) and len(v) > 0, globs.must_be)
 text = Values("text", str, lambda v: type(v) is str, "a text")
 true_or_false = Values("boolean", bool, lambda v: type(v) is bool, "true or false")
-# --min-char-count: a count, or "auto" (one that grows with the text)
+# --min-char-count, --batch-size: a count, or "auto" (one that suits the text)
 count_or_auto = Values(
     "whole number",
     lambda text: text if text == "auto" else int(text),
@@ -153,10 +153,36 @@ def auto_learning_rate(run_steps):
     return SHORT_PEAK * (LONG_PEAK / SHORT_PEAK) ** done
 
 
+# --batch-size auto: the talk's TALK_ROWS, or BIG_ALPHABET_ROWS on a CPU for an alphabet
+# of BIG_ALPHABET symbols or more. A CPU reads about as many characters a second in 50
+# rows as in 200, so fewer rows make more steps a minute. On Shakespeare's ~100 symbols
+# that buys nothing (5 and 15 minutes: the same loss with 100 rows as with 200); on a
+# Chinese text's ~4,800, each step teaches the softmax more than 150 more rows do: at 3
+# minutes 50 rows ended 0.22 nats/char below 200 (docs/quality.md). A GPU does 200 rows
+# in the time of 50, so it keeps 200.
+TALK_ROWS = 200
+BIG_ALPHABET, BIG_ALPHABET_ROWS = 1000, 50
+
+
+def auto_batch_size(alphasize, replicas=1, on_gpu=False):
+    """--batch-size auto's rows for an alphabet of alphasize symbols, rounded up to
+    split evenly over the replicas."""
+    rows = BIG_ALPHABET_ROWS if alphasize >= BIG_ALPHABET and not on_gpu else TALK_ROWS
+    return -(-rows // replicas) * replicas
+
+
+def with_batch_size(config, alphasize, replicas=1, on_gpu=False):
+    """config, its --batch-size auto made the rows it means for this run: what the
+    checkpoint saves, so that a resume keeps them."""
+    if config["batch_size"] != "auto":
+        return config
+    return dict(config, batch_size=auto_batch_size(alphasize, replicas, on_gpu))
+
+
 # ---------------------------------------------------------------------------
 # The settings. The model is the talk's (3 x 512 GRU, 30 characters unrolled, 200
-# rows a batch); the recipe learns faster than the talk's (--recipe talk gives it
-# back; docs/quality.md shows what each change buys).
+# rows a batch, fewer for a big alphabet on a CPU); the recipe learns faster than the
+# talk's (--recipe talk gives it back; docs/quality.md shows what each change buys).
 S = Setting
 SETTINGS = [
     # ---- text and model
@@ -173,8 +199,11 @@ SETTINGS = [
       flag=dict(nargs="+", metavar="GLOB", type=str)),
     S("seqlen", 30, positive_int, LAYOUT,
       "characters unrolled: the reach of backpropagation through time"),
-    S("batch_size", 200, positive_int, LAYOUT,
-      "sequences per batch, each row its own contiguous slice of the text"),
+    S("batch_size", "auto", count_or_auto, LAYOUT,
+      "sequences per batch, each row its own contiguous slice of the text (default "
+      f"auto: the talk's {TALK_ROWS}; {BIG_ALPHABET_ROWS} on a CPU for an alphabet of "
+      f"{BIG_ALPHABET:,} symbols or more, where more steps learn more than more rows)",
+      absent=TALK_ROWS),
     S("cell_size", 512, positive_int, MODEL, "GRU units per layer"),
     S("layers", 3, positive_int, MODEL,
       "stacked GRU layers: depth for higher-order structure"),

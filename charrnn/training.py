@@ -70,7 +70,6 @@ def read_text(config, run, dist, cache_dir, cache_limit=None, progress=None):
             f"the text of run {run.name} has changed ({changed}): resume it on the text "
             f"it was trained on, or train on this text in a new run with --init-from {run.name}"
         )
-    dist.check_batch_size(config["batch_size"])
     return text
 
 

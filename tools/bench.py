@@ -44,8 +44,9 @@ DEFAULT = {
     "alphasize": 98,
     **{
         k: settings.DEFAULTS[k]
-        for k in ("cell_size", "layers", "dropout", "char_dropout", "batch_size", "seqlen")
+        for k in ("cell_size", "layers", "dropout", "char_dropout", "seqlen")
     },
+    "batch_size": settings.auto_batch_size(98),  # (the rows of a 98-symbol run)
 }
 QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
 BIG_ALPHABET = 5000  # symbols: a Chinese or Japanese corpus has thousands

@@ -28,8 +28,9 @@ checkout's rnn_play.py --score reckons them). Beside that figure:
 
 The peer is what a Keras user writes first: three keras.layers.GRU(512) layers on
 one-hot characters, one Dense softmax over every time step, Adam 0.001, float32,
-no dropout, no schedule, a tf.function training step, the same state-continuous
-batches of 200 x 30 (txtutils.minibatch_sequencer), the state carried from batch
+no dropout, no schedule, a tf.function training step, the talk's state-continuous
+batches of 200 x 30 (txtutils.minibatch_sequencer: this project's on English; on
+the Chinese text this project's default takes 50 rows), the state carried from batch
 to batch. Its vocabulary is taken from the training text as this project's is (the
 talk's 98 symbols, then every character seen often enough), so both predict the
 same symbols and their nats compare. It is scored the same way, by its own layers.

@@ -43,7 +43,8 @@ STEPS = 50  # training steps compared between the two paths
 TIMED = 10  # training steps timed, after as many of warm-up
 DEFAULT = {
     "alphasize": txtutils.ALPHASIZE,
-    **{k: settings.DEFAULTS[k] for k in ("cell_size", "layers", "batch_size", "seqlen")},
+    **{k: settings.DEFAULTS[k] for k in ("cell_size", "layers", "seqlen")},
+    "batch_size": settings.auto_batch_size(txtutils.ALPHASIZE, on_gpu=True),
 }
 QUICK = dict(DEFAULT, cell_size=32, layers=2, batch_size=8, seqlen=10)
 QUICK_STEPS, QUICK_TIMED = 10, 3
