@@ -164,7 +164,7 @@ def test_the_estimate_counts_the_model_s_real_weights(real):
 
 def the_default_run():
     """The config of a default `make train`, as rnn_train.py makes it."""
-    config = settings.merge(rnn_train.parse_args([]))
+    config = settings.with_batch_size(settings.merge(rnn_train.parse_args([])), txtutils.ALPHASIZE)
     return dict(config, alphabet=txtutils.ALPHABET, alphasize=txtutils.ALPHASIZE)
 
 
